@@ -1,0 +1,166 @@
+"""Budgets: what a test may use, parsed once, and the verdict on a measurement.
+
+Parsing is strict because a budget that silently means something else is worse than none: every
+error names the test, the argument and the value, and says what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .measurement import Measurement, format_metric
+from .tolerance import Tolerance, ToleranceError
+from .units import SizeError, parse_size
+
+BUDGET_METRICS = ("peak", "retained", "private", "allocations")
+_KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance")
+
+
+class BudgetError(ValueError):
+    """A ``mem_budget`` that cannot mean anything; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    peak: int | None = None
+    retained: int | None = None
+    private: int | None = None
+    allocations: int | None = None
+    tolerance: Tolerance | None = None
+    source: str = "mem_budget"
+
+    def limits(self) -> dict[str, int]:
+        return {m: v for m in BUDGET_METRICS if (v := getattr(self, m)) is not None}
+
+    def merged_over(self, farther: Budget) -> Budget:
+        """Closest marker wins per keyword: a function's ``retained=`` keeps a class's peak."""
+        values: dict[str, Any] = {
+            m: getattr(self, m) if getattr(self, m) is not None else getattr(farther, m)
+            for m in (*BUDGET_METRICS, "tolerance")
+        }
+        return replace(self, **values)
+
+
+@dataclass(frozen=True)
+class Violation:
+    metric: str
+    limit: int
+    value: int
+    source: str = "mem_budget"
+
+    def message(self) -> str:
+        return (
+            f"{self.metric} {format_metric(self.metric, self.value)} exceeds {self.source} "
+            f"{format_metric(self.metric, self.limit)} by "
+            f"{format_metric(self.metric, self.value - self.limit)}"
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    violations: tuple[Violation, ...] = ()
+    unmeasured: tuple[str, ...] = field(default=())
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations)
+
+
+def _parse_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BudgetError(f"invalid {what} {value!r}: expected a whole number of allocations")
+    text = str(value).replace("_", "").replace(",", "").strip()
+    if not text.isdigit():
+        raise BudgetError(f"invalid {what} {value!r}: expected a whole number of allocations")
+    return int(text)
+
+
+def parse_budget(
+    args: tuple[object, ...], kwargs: Mapping[str, object], where: str, source: str = "mem_budget"
+) -> Budget:
+    """Turn ``mem_budget(*args, **kwargs)`` on test ``where`` into a ``Budget``."""
+    if len(args) > 1:
+        raise BudgetError(
+            f"invalid mem_budget on {where}: takes one positional limit, got {len(args)} "
+            f"({', '.join(repr(a) for a in args)})"
+        )
+    unknown = sorted(set(kwargs) - set(_KEYWORDS))
+    if unknown:
+        raise BudgetError(
+            f"invalid mem_budget on {where}: unknown keyword {', '.join(unknown)}; "
+            f"expected {', '.join(_KEYWORDS)}"
+        )
+    values = dict(kwargs)
+    if args:
+        if "limit" in values:
+            raise BudgetError(f"invalid mem_budget on {where}: limit given twice")
+        values["limit"] = args[0]
+    if values.get("limit") is not None:
+        if values.get("peak") is not None:
+            raise BudgetError(
+                f"invalid mem_budget on {where}: limit and peak are the same thing; give one"
+            )
+        values["peak"] = values.pop("limit")
+    values.pop("limit", None)
+    parsed: dict[str, Any] = {}
+    try:
+        for metric in ("peak", "retained", "private"):
+            if values.get(metric) is not None:
+                parsed[metric] = parse_size(values[metric], f"{source} {metric} on {where}")
+    except SizeError as exc:
+        raise BudgetError(str(exc)) from None
+    if values.get("allocations") is not None:
+        parsed["allocations"] = _parse_count(
+            values["allocations"], f"{source} allocations on {where}"
+        )
+    if values.get("tolerance") is not None:
+        try:
+            parsed["tolerance"] = Tolerance.parse(
+                values["tolerance"], f"{source} tolerance on {where}"
+            )
+        except ToleranceError as exc:
+            raise BudgetError(str(exc)) from None
+    budget = Budget(source=source, **parsed)
+    if not budget.limits() and budget.tolerance is None:
+        raise BudgetError(
+            f"invalid mem_budget on {where}: no limit given; expected e.g. "
+            "mem_budget('50MB') or mem_budget(retained='1MB', allocations=10_000)"
+        )
+    return budget
+
+
+def parse_budget_spec(text: str, where: str, source: str) -> Budget:
+    """Parse the ini form: ``50MB`` or ``peak=50MB, retained=1MB, allocations=10000``."""
+    args: list[object] = []
+    kwargs: dict[str, object] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if sep:
+            kwargs[key.strip()] = value.strip()
+        else:
+            args.append(part)
+    return parse_budget(tuple(args), kwargs, where, source)
+
+
+def merge_markers(budgets: Iterable[Budget]) -> Budget | None:
+    """Merge budgets ordered closest first (function, class, module)."""
+    merged: Budget | None = None
+    for budget in budgets:
+        merged = budget if merged is None else merged.merged_over(budget)
+    return merged
+
+
+def check(budget: Budget, measurement: Measurement) -> Verdict:
+    violations: list[Violation] = []
+    unmeasured: list[str] = []
+    for metric, limit in budget.limits().items():
+        value = getattr(measurement, metric)
+        if value is None:
+            unmeasured.append(metric)
+        elif value > limit:
+            violations.append(Violation(metric, limit, value, budget.source))
+    return Verdict(tuple(violations), tuple(unmeasured))

@@ -1,0 +1,241 @@
+"""One measurement window over process and Python-heap memory, and its result.
+
+The window is the only place that knows both halves: the kernel's view (peak RSS, anonymous
+memory, fds) from ``usage.ProcessProbe`` and the allocator's view (calls, live and peak bytes)
+from a ``heap`` backend. ``peak`` is the larger of the two peaks: the kernel sees native and
+thread allocations the allocator hooks never do (numpy buffers, mmap), the hooks see exact bytes
+where the kernel rounds to pages and misses spikes under 1 MiB.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .heap import HeapBackend, Site, TypeGrowth, load_backend
+from .units import format_count, format_size
+from .usage import ProcessProbe, open_fds, release_free_memory
+
+METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fds")
+COUNT_METRICS = frozenset({"allocations", "fds"})
+# What each metric is good for: deterministic ones can gate merges; process ones are context.
+DETERMINISTIC = ("allocations", "heap_peak", "retained")
+
+
+def interpreter_scope() -> str:
+    """Which interpreter figures are comparable across: heap bytes and allocation counts are
+    identical across runs and builds of one minor version and differ between versions."""
+    return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def format_metric(metric: str, value: int | None, signed: bool = False) -> str:
+    if metric in COUNT_METRICS:
+        return format_count(value, signed)
+    return format_size(value, signed)
+
+
+@dataclass
+class Measurement:
+    """What one window measured. A metric nobody could measure is ``None``, never a guess."""
+
+    peak: int | None = None
+    heap_peak: int | None = None
+    retained: int | None = None
+    private: int | None = None
+    rss: int | None = None
+    allocations: int | None = None
+    fds: int | None = None
+    frees: int | None = None
+    allocated_bytes: int | None = None
+    kernel_peak: int | None = None
+    retained_blocks: int | None = None
+    sites: list[Site] = field(default_factory=list)
+    types: list[TypeGrowth] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in METRICS}
+
+    def pretty(self) -> str:
+        return "\n".join(
+            f"{name:<12}{format_metric(name, value, name in ('private', 'rss', 'fds')):>14}"
+            for name, value in self.metrics().items()
+        )
+
+
+class Engine:
+    """The process-wide measuring apparatus: one kernel probe, one heap backend.
+
+    Allocator hooks and the kernel peak are per process, so everything that measures (the
+    plugin's per-test windows, a user's ``measure()``) must share one engine for nesting to work.
+    """
+
+    def __init__(self, heap: HeapBackend | None = None) -> None:
+        self.probe = ProcessProbe()
+        self.heap = heap if heap is not None else load_backend()
+        self.lock = threading.RLock()
+
+    def describe(self) -> str:
+        heap = self.heap
+        reason = getattr(heap, "reason", "")
+        return (
+            f"peak = max({self.probe.peak_method}, Python-heap peak); "
+            f"heap = {heap.name}{' - ' + reason if reason else ''}; "
+            "private = anonymous memory after gc and malloc_trim"
+        )
+
+
+@functools.cache
+def get_engine() -> Engine:
+    return Engine()
+
+
+class Meter:
+    """One window. ``start``/``stop`` bracket the code; ``explain`` may follow ``stop`` to get
+    sites and object types (still accurate, since tracking stays on until ``close``)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        heap: bool = True,
+        retained: bool = True,
+        private: bool = False,
+        fds: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.use_heap = heap
+        self.want_retained = retained
+        self.want_private = private
+        self.want_fds = fds
+        self._heap_token: Any = None
+        self._window: Any = None
+        self._fds0: int | None = None
+        self._anon0: int | None = None
+        self.result = Measurement()
+        self._closed = True
+
+    def start(self) -> None:
+        self._closed = False
+        if self.want_private:
+            release_free_memory()
+        if self.want_retained:
+            gc.collect()
+        if self.want_fds:
+            self._fds0 = open_fds()
+        if self.use_heap:
+            self._heap_token = self.engine.heap.begin()
+        self._window = self.engine.probe.begin()
+
+    def stop(self) -> Measurement:
+        kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
+        result = self.result
+        result.kernel_peak = kernel_peak
+        result.rss = rss
+        if self.use_heap:
+            if self.want_retained:
+                gc.collect()
+            reading = self.engine.heap.read(self._heap_token)
+            result.allocations = reading.allocations
+            result.frees = reading.frees
+            result.allocated_bytes = reading.bytes
+            result.heap_peak = reading.heap_peak
+            if kernel_peak is not None and reading.own_peak:
+                result.kernel_peak = kernel_peak = max(0, kernel_peak - reading.own_peak)
+            if self.want_retained:
+                result.retained = max(0, reading.live) if reading.live is not None else None
+                result.retained_blocks = reading.live_blocks
+        peaks = [p for p in (kernel_peak, result.heap_peak) if p is not None]
+        result.peak = max(peaks) if peaks else None
+        if self.want_private:
+            release_free_memory()
+            _, anon = self.engine.probe.resident_and_anon()
+            result.private = anon - anon0
+        if self.want_fds and self._fds0 is not None:
+            now = open_fds()
+            result.fds = None if now is None else now - self._fds0
+        return result
+
+    def explain(
+        self, limit: int = 5, alive_only: bool = False, types: bool = True, by_count: bool = False
+    ) -> None:
+        """Fill ``sites`` (and ``types``) of the result; call between ``stop`` and ``close``."""
+        if not self.use_heap or self._heap_token is None:
+            return
+        heap = self.engine.heap
+        if types:  # first: reading the sites allocates objects the census would then count
+            self.result.types = heap.census(self._heap_token, limit)
+        self.result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.use_heap and self._heap_token is not None:
+                self.engine.heap.end(self._heap_token)
+                self._heap_token = None
+
+
+@contextmanager
+def measure(
+    *, retained: bool = True, private: bool = False, explain: bool = False
+) -> Iterator[Measurement]:
+    """Measure the block; the yielded ``Measurement`` is filled when the block exits.
+
+    ``private=True`` collects garbage and trims malloc before both readings (milliseconds on a
+    big heap) so that memory the allocator merely keeps cached does not count.
+    """
+    meter = Meter(get_engine(), retained=retained, private=private)
+    meter.start()
+    try:
+        yield meter.result
+    finally:
+        try:
+            meter.stop()
+            if explain:
+                meter.explain()
+        finally:
+            meter.close()
+
+
+@dataclass
+class AllocationCount:
+    """Result of ``count_allocations()``: allocator calls and bytes in the block."""
+
+    allocations: int | None = None
+    frees: int | None = None
+    bytes: int | None = None
+    heap_peak: int | None = None
+
+
+class count_allocations:  # noqa: N801 - used like a function: ``with count_allocations() as c``
+    """Count allocator calls, frees, requested bytes and the heap peak of a block.
+
+    Counts are deterministic for one Python version after a warm-up run and a ``gc.collect()``
+    (which this does on entry); they are ``None`` on the tracemalloc fallback, which cannot
+    count calls.
+    """
+
+    def __init__(self, collect: bool = True) -> None:
+        self._collect = collect
+        self._engine = get_engine()
+        self._token: Any = None
+        self.result = AllocationCount()
+
+    def __enter__(self) -> AllocationCount:
+        if self._collect:
+            gc.collect()
+        self._token = self._engine.heap.begin()
+        return self.result
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        reading = self._engine.heap.read(self._token)
+        self._engine.heap.end(self._token)
+        self.result.allocations = reading.allocations
+        self.result.frees = reading.frees
+        self.result.bytes = reading.bytes
+        self.result.heap_peak = reading.heap_peak

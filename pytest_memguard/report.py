@@ -1,0 +1,194 @@
+"""Rendering: failure messages, the terminal summary, the JSON report, JUnit properties.
+
+Nothing here measures or decides; it turns results into text and files. Files are written to a
+temporary file in the same directory and renamed over the target, so a reader (or a crash)
+never sees half a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .heap import Site, TypeGrowth
+from .measurement import METRICS, Measurement, format_metric
+from .units import format_size
+
+REPORT_VERSION = 1
+PROPERTY_PREFIX = "memguard."
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that it is either the old file or the whole new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".memguard-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def short_path(path: str) -> str:
+    """Paths under the working directory print relative to it, as pytest prints node ids."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _frame(frame: Any) -> str:
+    return f"{short_path(frame.filename)}:{frame.lineno}"
+
+
+def render_sites(sites: Sequence[Site], alive_only: bool) -> list[str]:
+    if not sites:
+        return []
+    what = "still alive at the end" if alive_only else "allocated during the test"
+    lines = [f"Top allocation sites ({what}; sampled, estimated):"]
+    for site in sites:
+        amount = site.alive_bytes if alive_only else site.bytes
+        blocks = "block" if site.count == 1 else "blocks"
+        caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
+        name = f" in {site.frame.function}" if site.frame.function else ""
+        lines.append(
+            f"  {format_size(amount):>10}  {site.count:>8,} {blocks:<6}  "
+            f"{_frame(site.frame)}{name}{caller}"
+        )
+    return lines
+
+
+def render_types(types: Sequence[TypeGrowth], scale: int = 0) -> list[str]:
+    """Rows under 1% of ``scale`` (the figure that failed) are noise next to it: dropped."""
+    rows = [t for t in types if t.bytes * 100 >= scale]
+    if not rows:
+        return []
+    lines = ["Object types allocated during the test and still alive:"]
+    for row in rows:
+        lines.append(f"  {format_size(row.bytes):>10}  {row.count:>8,}  {row.name}")
+    return lines
+
+
+def render_measurement(m: Measurement) -> str:
+    parts = [
+        f"{name} {format_metric(name, value, name in ('private', 'rss', 'fds'))}"
+        for name, value in m.metrics().items()
+        if value is not None
+    ]
+    return "measured: " + ", ".join(parts)
+
+
+def render_failure(
+    headlines: Iterable[str], m: Measurement, alive_only: bool, scale: int = 0
+) -> str:
+    lines = list(headlines)
+    if m.kernel_peak is not None and m.heap_peak is not None:
+        lines.append(
+            f"  (peak is the larger of the kernel high-water mark {format_size(m.kernel_peak)} "
+            f"and the Python-heap peak {format_size(m.heap_peak)})"
+        )
+    lines.append(render_measurement(m))
+    lines.extend(render_sites(m.sites, alive_only))
+    lines.extend(render_types(m.types, scale))
+    return "\n".join(lines)
+
+
+def to_properties(
+    metrics: Mapping[str, int | None],
+    extra: Mapping[str, Any] = (),  # type: ignore[assignment]
+) -> list[tuple[str, Any]]:
+    """Flat ``memguard.<metric>`` properties: they reach JUnit XML and travel from xdist workers
+    to the controller with the report."""
+    props: list[tuple[str, Any]] = [
+        (f"{PROPERTY_PREFIX}{name}", value) for name, value in metrics.items() if value is not None
+    ]
+    props.extend((f"{PROPERTY_PREFIX}{k}", v) for k, v in dict(extra).items())
+    return props
+
+
+@dataclass
+class TestRecord:
+    """Everything the controller knows about one test, rebuilt from its reports."""
+
+    nodeid: str
+    outcome: str = "passed"
+    metrics: dict[str, int | None] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    phases_passed: set[str] = field(default_factory=set)
+    measured: bool = False
+
+    def absorb(self, when: str, outcome: str, properties: Iterable[tuple[str, Any]]) -> None:
+        if outcome == "passed":
+            self.phases_passed.add(when)
+        if outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
+            self.outcome = "error" if (outcome == "failed" and when != "call") else outcome
+        for key, value in properties:
+            if not key.startswith(PROPERTY_PREFIX):
+                continue
+            name = key[len(PROPERTY_PREFIX) :]
+            if name in METRICS:
+                self.metrics[name] = value
+                self.measured = True
+            else:
+                self.extra[name] = value
+
+    @property
+    def fully_passed(self) -> bool:
+        return self.outcome == "passed" and {"setup", "call", "teardown"} <= self.phases_passed
+
+
+def report_json(scope: str, header: str, records: Iterable[TestRecord]) -> str:
+    tests = []
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if not record.measured:
+            continue
+        entry: dict[str, Any] = {
+            "nodeid": record.nodeid,
+            "outcome": record.outcome,
+            "metrics": {name: record.metrics.get(name) for name in METRICS},
+            "budget": {
+                k[len("budget.") :]: v for k, v in record.extra.items() if k.startswith("budget.")
+            },
+            "baseline": {
+                k[len("baseline.") :]: v
+                for k, v in record.extra.items()
+                if k.startswith("baseline.")
+            },
+        }
+        others = {
+            k: v for k, v in record.extra.items() if not k.startswith(("budget.", "baseline."))
+        }
+        if others:
+            entry["details"] = others
+        tests.append(entry)
+    document = {"version": REPORT_VERSION, "scope": scope, "measured": header, "tests": tests}
+    return json.dumps(document, indent=1, sort_keys=False) + "\n"
+
+
+def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
+    measured = [r for r in records if r.measured and r.metrics.get("peak") is not None]
+    if not measured or top <= 0:
+        return []
+    measured.sort(key=lambda r: (-(r.metrics.get("peak") or 0), r.nodeid))
+    cols = ("peak", "heap_peak", "retained", "allocations")
+    shown = measured[:top]
+    widths = [max(len(c), 10) for c in cols]
+    lines = [
+        "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths)) + "  test",
+    ]
+    for record in shown:
+        cells = [format_metric(c, record.metrics.get(c)) for c in cols]
+        lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {record.nodeid}")
+    return lines

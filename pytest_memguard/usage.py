@@ -1,0 +1,348 @@
+"""Process memory: what the operating system says this process holds.
+
+Two very different costs live here. ``usage()`` is the full picture (virtual, physical, private,
+proportional, swapped, peak) and on Linux reads ``/proc/self/smaps_rollup``, whose cost grows
+with the resident set (about 10 µs per MB): fine for a report, wrong for every test. The
+``ProcessProbe`` is the per-test bracket and must cost the same on a 10 MB and a 10 GB process:
+a kept-open ``/proc/self/statm`` read with ``os.pread`` and a write of ``5`` to a kept-open
+``/proc/self/clear_refs`` that resets the kernel's high-water mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import os
+import resource
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .units import format_size
+
+IS_LINUX = sys.platform.startswith("linux")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# ru_maxrss is KiB on Linux and the BSDs, bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """A reading of the whole process; ``None`` where the platform cannot say.
+
+    ``private`` is USS (pages no other process maps); ``proportional`` is PSS (shared pages
+    divided among their sharers). Both move when a sibling process starts or exits, which is
+    why gates use anonymous memory and Python-heap figures instead.
+    """
+
+    virtual: int | None
+    physical: int | None
+    private: int | None
+    proportional: int | None
+    swapped: int | None
+    peak: int | None
+
+    def pretty(self) -> str:
+        rows = (
+            ("virtual", self.virtual, "address space reserved, mostly never touched"),
+            ("physical", self.physical, "resident (RSS), includes shared libraries"),
+            ("private", self.private, "owned by this process alone (USS)"),
+            ("proportional", self.proportional, "PSS: shared pages split among sharers"),
+            ("swapped", self.swapped, "paged out to swap"),
+            ("peak", self.peak, "highest physical since start or last reset"),
+        )
+        return "\n".join(
+            f"{name:<13}{format_size(value):>12}  {meaning}" for name, value, meaning in rows
+        )
+
+
+def _kib_fields(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    with open(path, "rb") as handle:
+        for line in handle:
+            key, _, rest = line.partition(b":")
+            name = key.decode()
+            if name in wanted:
+                found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
+def usage() -> MemoryUsage:
+    """Read every figure for this process (costs O(resident set) on Linux; not for hot paths)."""
+    if IS_LINUX and os.path.exists("/proc/self/smaps_rollup"):
+        status = _kib_fields("/proc/self/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
+        rollup = _kib_fields(
+            "/proc/self/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap")
+        )
+        private = rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+        return MemoryUsage(
+            virtual=status.get("VmSize"),
+            physical=status.get("VmRSS"),
+            private=private,
+            proportional=rollup.get("Pss"),
+            swapped=rollup.get("Swap", status.get("VmSwap")),
+            peak=status.get("VmHWM"),
+        )
+    return _usage_psutil()
+
+
+def _usage_psutil() -> MemoryUsage:
+    import psutil
+
+    proc = psutil.Process()
+    info = proc.memory_info()
+    try:
+        full = proc.memory_full_info()
+    except (psutil.AccessDenied, OSError):  # pragma: no cover - platform dependent
+        full = None
+    peak = getattr(info, "peak_wset", None)
+    if peak is None and hasattr(resource, "getrusage"):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    return MemoryUsage(
+        virtual=getattr(info, "vms", None),
+        physical=getattr(info, "rss", None),
+        private=getattr(full, "uss", None) if full is not None else None,
+        proportional=getattr(full, "pss", None) if full is not None else None,
+        swapped=getattr(full, "swap", None) if full is not None else None,
+        peak=peak,
+    )
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``: without it freed memory stays in arenas and looks leaked."""
+    if not IS_LINUX:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl has no malloc_trim
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand free allocator memory back to the OS before a reading."""
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def open_fds() -> int | None:
+    """Open file descriptors (handles on Windows): a leaked fd is invisible to memory metrics."""
+    if IS_LINUX:
+        try:
+            return len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own fd
+        except OSError:  # pragma: no cover
+            return None
+    try:
+        import psutil
+
+        proc = psutil.Process()
+        if hasattr(proc, "num_fds"):
+            return proc.num_fds()
+        handles: int = proc.num_handles()  # type: ignore[attr-defined,unused-ignore]
+        return handles  # pragma: no cover - Windows
+    except Exception:  # pragma: no cover
+        return None
+
+
+@dataclass
+class _Window:
+    start_resident: int
+    start_anon: int
+    high: int
+    # ru_maxrss also folds in signal->maxrss, which the kernel raises when a thread exits and
+    # clear_refs never resets: once it stands above this window's start, only VmHWM is honest.
+    precise: bool = False
+
+
+class ProcessProbe:
+    """The O(1) per-test bracket: resident/anonymous memory and the kernel's peak.
+
+    Windows nest (the plugin's per-test window around a user's ``measure()``): resetting the
+    kernel peak for an inner window must not lose what the outer one had already seen, so every
+    open window keeps its own running maximum, folded in before each reset.
+    """
+
+    def __init__(self) -> None:
+        self._windows: list[_Window] = []
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self._statm: int | None = None
+        self._status: int | None = None
+        self._clear_refs: int | None = None
+        self._sampler: _PeakSampler | None = None
+        if IS_LINUX:
+            flags = os.O_RDONLY | os.O_CLOEXEC
+            try:
+                self._statm = os.open("/proc/self/statm", flags)
+                self._status = os.open("/proc/self/status", flags)
+            except OSError:  # pragma: no cover
+                self._statm = self._status = None
+            try:
+                self._clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+                os.write(self._clear_refs, b"5")
+            except OSError:
+                self._clear_refs = None
+        if self._clear_refs is None:
+            self._sampler = _PeakSampler(self.resident)
+        self._pid = os.getpid()
+
+    @property
+    def peak_method(self) -> str:
+        if self._clear_refs is not None:
+            return "kernel high-water mark (clear_refs)"
+        return "RSS sampled every 1 ms (clear_refs unavailable; short spikes can be missed)"
+
+    def close(self) -> None:
+        for fd in (self._statm, self._status, self._clear_refs):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._statm = self._status = self._clear_refs = None
+        if self._sampler is not None:
+            self._sampler.stop()
+
+    def _reopen_after_fork(self) -> None:
+        # A forked child inherits the parent's fds, which still point at the parent's /proc.
+        if os.getpid() != self._pid:
+            self.close()
+            self._windows = []
+            self._open()
+
+    def resident_and_anon(self) -> tuple[int, int]:
+        """Resident and anonymous bytes (resident minus file-backed and shared pages)."""
+        if self._statm is not None:
+            fields = os.pread(self._statm, 128, 0).split()
+            resident = int(fields[1]) * PAGE_SIZE
+            return resident, resident - int(fields[2]) * PAGE_SIZE
+        import psutil
+
+        info = psutil.Process().memory_info()
+        shared = getattr(info, "shared", 0)
+        return info.rss, info.rss - shared
+
+    def resident(self) -> int:
+        return self.resident_and_anon()[0]
+
+    @staticmethod
+    def _maxrss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+
+    def _vmhwm(self) -> int:
+        assert self._status is not None
+        data = os.pread(self._status, 4096, 0)
+        start = data.index(b"VmHWM:") + 6
+        return int(data[start : data.index(b"kB", start)]) * 1024
+
+    def _high_water(self, precise: bool) -> int:
+        """The kernel's peak RSS since the last reset. The cheap read (1 µs) is ru_maxrss; the
+        precise one (~15 µs) parses VmHWM and is only needed when ru_maxrss is stale."""
+        if self._clear_refs is not None:
+            if precise and self._status is not None:
+                return max(self._vmhwm(), self.resident())
+            # ru_maxrss is folded in lazily by the kernel; the current RSS may be higher.
+            return max(self._maxrss(), self.resident())
+        assert self._sampler is not None
+        return max(self._sampler.high(), self.resident())
+
+    def _reset_high_water(self) -> None:
+        if self._clear_refs is not None:
+            os.write(self._clear_refs, b"5")
+        elif self._sampler is not None:
+            self._sampler.reset()
+
+    def begin(self) -> _Window:
+        self._reopen_after_fork()
+        with self._lock:
+            if self._windows:
+                high = self._high_water(any(w.precise for w in self._windows))
+                for window in self._windows:
+                    window.high = max(window.high, high)
+            self._reset_high_water()
+            if self._sampler is not None:
+                self._sampler.acquire()
+            resident, anon = self.resident_and_anon()
+            stale = self._clear_refs is not None and self._maxrss() > resident + (512 << 10)
+            window = _Window(resident, anon, resident, precise=stale)
+            self._windows.append(window)
+            return window
+
+    def end(self, window: _Window) -> tuple[int, int, int, int]:
+        """Close ``window``: (peak above start, resident change, anonymous now, anon at start)."""
+        with self._lock:
+            high = self._high_water(any(w.precise for w in self._windows) or window.precise)
+            resident, anon = self.resident_and_anon()
+            if window in self._windows:
+                self._windows.remove(window)
+            for outer in self._windows:
+                outer.high = max(outer.high, high)
+            if self._sampler is not None:
+                self._sampler.release()
+            window.high = max(window.high, high)
+            return (
+                max(0, window.high - window.start_resident),
+                resident - window.start_resident,
+                anon,
+                window.start_anon,
+            )
+
+
+class _PeakSampler:
+    """Fallback peak where clear_refs cannot be written: poll RSS from a thread at 1 ms.
+
+    A Python thread waits for the GIL, so it misses spikes made inside C code; the report header
+    says so. It only runs while a window is open.
+    """
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+        self._high = 0
+        self._users = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            value = self._read()
+            if value > self._high:
+                self._high = value
+
+    def acquire(self) -> None:
+        with self._guard:
+            self._users += 1
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="memguard-peak-sampler", daemon=True
+                )
+                self._thread.start()
+
+    def release(self) -> None:
+        with self._guard:
+            self._users -= 1
+            if self._users <= 0:
+                self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def reset(self) -> None:
+        self._high = self._read()
+
+    def high(self) -> int:
+        return self._high

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Callable
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+HAS_XDIST = True
+try:
+    import xdist  # noqa: F401
+except ImportError:  # pragma: no cover
+    HAS_XDIST = False
+
+Runner = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param((), id="serial"),
+        pytest.param(
+            ("-n", "2"),
+            id="xdist",
+            marks=pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist not installed"),
+        ),
+    ]
+)
+def plugin_args(request: pytest.FixtureRequest) -> Sequence[str]:
+    """Run a plugin test once in one process and once under ``-n 2`` (syrupy's pattern)."""
+    return tuple(request.param)
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester) -> Runner:
+    """Run an inner pytest session in a subprocess: the allocator hook, the kernel peak and
+    tracemalloc are process-wide, so the inner session must not share ours."""
+
+    def runner(*args: str, env: dict[str, str] | None = None) -> pytest.RunResult:
+        old = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=300)
+        finally:
+            for key, value in old.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return runner
+
+
+MiB = 2**20
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,188 @@
+"""The allocator hook (and its tracemalloc fallback) through the public API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import pytest_memguard as pm
+from pytest_memguard.heap import (
+    ExtBackend,
+    Frame,
+    TracemallocBackend,
+    aggregate_sites,
+    load_backend,
+)
+from pytest_memguard.measurement import get_engine
+
+MiB = 2**20
+HOOK = isinstance(get_engine().heap, ExtBackend)
+needs_hook = pytest.mark.skipif(not HOOK, reason="allocator hook extension not built")
+
+
+def fill(slots: list[object], n: int) -> None:
+    for i in range(n):
+        slots[i] = bytearray(1000)
+
+
+@needs_hook
+def test_empty_block_counts_zero() -> None:
+    for _ in range(3):
+        with pm.count_allocations() as c:
+            pass
+    assert (c.allocations, c.bytes, c.heap_peak) == (0, 0, 0)
+
+
+@needs_hook
+def test_exact_counts_for_a_known_sequence() -> None:
+    slots: list[object] = [None] * 40
+    fill(slots, 40)  # warm up
+    results = {}
+    for n in (10, 20, 40):
+        slots = [None] * 40
+        with pm.count_allocations() as c:
+            fill(slots, n)
+        results[n] = c
+    # Each bytearray(1000) is exactly two allocator calls: the object and its buffer.
+    assert results[20].allocations - results[10].allocations == 20  # type: ignore[operator]
+    assert results[40].allocations - results[20].allocations == 40  # type: ignore[operator]
+    assert results[40].bytes - results[20].bytes >= 20 * 1000  # type: ignore[operator]
+
+
+@needs_hook
+def test_heap_peak_within_one_percent() -> None:
+    with pm.count_allocations() as c:
+        buffer = bytearray(25 * MiB)
+        del buffer
+    assert c.heap_peak is not None
+    assert abs(c.heap_peak - 25 * MiB) <= 0.01 * 25 * MiB
+
+
+@needs_hook
+def test_sites_name_the_line_of_a_large_allocation() -> None:
+    with pm.measure(explain=True) as m:
+        kept = bytearray(8 * MiB)  # the site
+    line = sys._getframe().f_lineno - 1
+    assert m.sites, "a large allocation is always sampled"
+    top = m.sites[0]
+    assert top.frame.filename == __file__
+    assert top.frame.lineno == line
+    assert top.bytes >= 8 * MiB
+    assert top.alive_bytes >= 8 * MiB
+    assert kept
+
+
+@needs_hook
+def test_threads_are_counted_and_nothing_breaks() -> None:
+    def work() -> None:
+        for _ in range(200):
+            bytearray(100_000)
+
+    with pm.count_allocations() as c:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert c.allocations is not None
+    assert c.allocations >= 4 * 200
+    assert c.heap_peak is not None
+    assert c.heap_peak >= 100_000
+
+
+PROGRAM = textwrap.dedent(
+    """
+    import gc, json
+    import pytest_memguard as pm
+
+    def work():
+        d = {}
+        for i in range(2000):
+            d[str(i)] = [i] * (i % 7)
+        return json.dumps(sorted(d))
+
+    work()
+    gc.collect()
+    with pm.count_allocations() as c:
+        work()
+    print(json.dumps([c.allocations, c.frees, c.bytes, c.heap_peak]))
+    """
+)
+
+
+@needs_hook
+def test_counts_are_identical_across_processes_and_hash_seeds() -> None:
+    results = set()
+    for seed in ("0", "1", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run(
+            [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True
+        )
+        results.add(out.stdout.strip())
+    assert len(results) == 1, results
+    allocations = json.loads(results.pop())[0]
+    assert allocations > 2000
+
+
+def test_forced_fallback_uses_tracemalloc_and_says_so() -> None:
+    program = textwrap.dedent(
+        """
+        import pytest_memguard as pm
+        from pytest_memguard.measurement import get_engine
+        print(get_engine().describe())
+        with pm.count_allocations() as c:
+            b = bytearray(4 * 2**20)
+        print(c.allocations, c.heap_peak)
+        with pm.measure(explain=True) as m:
+            kept = [bytearray(1000) for _ in range(2000)]  # the site
+        print(m.retained, m.sites[0].frame.lineno, m.types[0].name)
+        """
+    )
+    site_line = 1 + program.splitlines().index(
+        next(line for line in program.splitlines() if "# the site" in line)
+    )
+    env = dict(os.environ, MEMGUARD_FORCE_TRACEMALLOC="1")
+    out = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    describe, counts, explained = out.stdout.strip().splitlines()
+    assert "tracemalloc" in describe
+    assert "MEMGUARD_FORCE_TRACEMALLOC" in describe
+    allocations, heap_peak = counts.split()
+    assert allocations == "None"  # tracemalloc cannot count calls: say so, never guess
+    assert int(heap_peak) >= 4 * 2**20
+    retained, lineno, kind = explained.split()
+    assert int(retained) >= 2000 * 1000
+    assert int(lineno) == site_line
+    assert kind == "bytearray"
+
+
+def test_load_backend_honours_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMGUARD_FORCE_TRACEMALLOC", "1")
+    backend = load_backend()
+    assert isinstance(backend, TracemallocBackend)
+    assert not backend.counts_calls
+
+
+def test_aggregate_sites_groups_by_top_user_frame() -> None:
+    here = Frame("app.py", 10, "f")
+    there = Frame("app.py", 20, "g")
+    rows = [
+        (100, 1000.0, True, (here,)),
+        (100, 1000.0, False, (here,)),
+        (50, 5000.0, True, (there,)),
+    ]
+    by_bytes = aggregate_sites(rows, 5, alive_only=False)
+    assert [s.frame for s in by_bytes] == [there, here]
+    assert by_bytes[1].bytes == 2000
+    assert by_bytes[1].count == 20
+    assert by_bytes[1].alive_bytes == 1000
+    alive = aggregate_sites(rows, 1, alive_only=True)
+    assert len(alive) == 1
+    assert alive[0].frame == there

@@ -1,0 +1,298 @@
+"""mem_budget end to end: every kind of memory, each on both sides of its limit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from .conftest import Runner
+
+CORPUS = """
+import mmap
+import threading
+
+import pytest
+
+MiB = 2**20
+
+
+def touch(buf):
+    for i in range(0, len(buf), 4096):
+        buf[i] = 1
+
+
+@pytest.mark.mem_budget("50MB")
+def test_pass_bytearray():
+    touch(bytearray(30 * MiB))
+
+
+@pytest.mark.mem_budget("50MB")
+def test_fail_bytearray():
+    touch(bytearray(60 * MiB))
+
+
+@pytest.mark.mem_budget("40MB")
+def test_pass_small_objects():
+    x = [(i, str(i)) for i in range(100_000)]
+
+
+@pytest.mark.mem_budget("4MB")
+def test_fail_small_objects():
+    x = [(i, str(i)) for i in range(100_000)]
+
+
+@pytest.mark.mem_budget("100MB")
+def test_pass_mmap():
+    m = mmap.mmap(-1, 60 * MiB)
+    touch(m)
+    m.close()
+
+
+@pytest.mark.mem_budget("30MB")
+def test_fail_mmap():
+    m = mmap.mmap(-1, 60 * MiB)
+    touch(m)
+    m.close()
+
+
+def _thread_alloc():
+    touch(bytearray(40 * MiB))
+
+
+@pytest.mark.mem_budget("80MB")
+def test_pass_thread():
+    t = threading.Thread(target=_thread_alloc)
+    t.start()
+    t.join()
+
+
+@pytest.mark.mem_budget("20MB")
+def test_fail_thread():
+    t = threading.Thread(target=_thread_alloc)
+    t.start()
+    t.join()
+
+
+KEEP = []
+
+
+@pytest.mark.mem_budget(retained="1MB")
+def test_pass_retained_dropped():
+    x = [bytearray(1000) for _ in range(5000)]
+
+
+@pytest.mark.mem_budget(retained="1MB")
+def test_fail_retained_kept():
+    KEEP.append([bytearray(1000) for _ in range(5000)])
+
+
+@pytest.mark.mem_budget(private="8MB")
+def test_pass_private_freed():
+    b = bytearray(30 * MiB)
+    touch(b)
+    del b
+
+
+@pytest.mark.mem_budget(private="8MB")
+def test_fail_private_kept():
+    b = bytearray(30 * MiB)
+    touch(b)
+    KEEP.append(b)
+
+
+@pytest.mark.mem_budget("50MB")
+def test_pass_ten_buffers_in_turn():
+    for _ in range(10):
+        b = bytearray(10 * MiB)
+        touch(b)
+        del b
+
+
+@pytest.mark.mem_budget(peak="30MB", retained="2MB")
+class TestClassMarker:
+    def test_pass_in_class(self):
+        touch(bytearray(10 * MiB))
+
+    def test_fail_in_class(self):
+        touch(bytearray(40 * MiB))
+
+    @pytest.mark.mem_budget(retained="100KB")
+    def test_fail_retained_overrides_class(self):
+        KEEP.append(bytearray(1 * MiB))
+"""
+
+ALLOCATIONS = """
+import pytest
+
+@pytest.mark.mem_budget(allocations=50_000)
+def test_pass_allocations():
+    x = [str(i) for i in range(10_000)]
+
+@pytest.mark.mem_budget(allocations=5_000)
+def test_fail_allocations():
+    x = [str(i) for i in range(10_000)]
+"""
+
+MODULE_AND_DEFAULT = """
+import pytest
+
+pytestmark = pytest.mark.mem_budget("20MB")
+
+def test_pass_module_marker():
+    bytearray(5 * 2**20)
+
+def test_fail_module_marker():
+    b = bytearray(30 * 2**20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+"""
+
+DEFAULT_ONLY = """
+import pytest
+
+def test_pass_default():
+    bytearray(2 * 2**20)
+
+def test_fail_default():
+    bytearray(12 * 2**20)
+
+@pytest.mark.mem_budget("50MB")
+def test_pass_marker_overrides_default():
+    bytearray(12 * 2**20)
+"""
+
+NUMPY = """
+import pytest
+np = pytest.importorskip("numpy")
+
+@pytest.mark.mem_budget("100MB")
+def test_pass_numpy():
+    a = np.ones(8 * 2**20)  # 64 MiB, allocated by numpy outside the Python allocators
+
+@pytest.mark.mem_budget("32MB")
+def test_fail_numpy():
+    a = np.ones(8 * 2**20)
+"""
+
+
+def outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """Test name -> PASSED/FAILED/ERROR from the -rA short summary (serial and xdist alike)."""
+    found: dict[str, str] = {}
+    for line in result.stdout.lines:
+        match = re.match(r"^(PASSED|FAILED|ERROR|SKIPPED) \S*::(\w+(?:::\w+)?)", line)
+        if match:
+            found[match.group(2).split("::")[-1]] = match.group(1)
+    return found
+
+
+def assert_sides(result: pytest.RunResult) -> None:
+    seen = outcomes(result)
+    assert seen, result.stdout.str()
+    for name, outcome in seen.items():
+        expected = "PASSED" if "_pass_" in name else "FAILED"
+        assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
+
+
+def test_budget_corpus_each_on_its_side(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_budgets=CORPUS)
+    result = run(*plugin_args, "-rA")
+    assert_sides(result)
+    assert len(outcomes(result)) == 16
+    text = result.stdout.str()
+    assert re.search(r"peak 6\d\.\d MiB exceeds mem_budget 50\.0 MiB by \d+\.\d MiB", text)
+    assert "retained " in text
+    assert "exceeds mem_budget 1.0 MiB" in text
+    assert "exceeds mem_budget 100.0 KiB" in text
+
+
+def test_failure_says_where_the_memory_went(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_where="""
+        import pytest
+
+        KEEP = []
+
+        @pytest.mark.mem_budget(retained="1MB")
+        def test_leaky():
+            KEEP.append([bytearray(1000) for _ in range(5000)])  # line 7
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*retained * exceeds mem_budget 1.0 MiB by *",
+            "measured: peak *, heap_peak *, retained *",
+            "Top allocation sites (still alive at the end; sampled, estimated):",
+            "*test_where.py:7 in *",
+            "Object types allocated during the test and still alive:",
+            "*5,000  bytearray",
+        ]
+    )
+
+
+def test_allocations_budget(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_allocs=ALLOCATIONS)
+    result = run("-rA")
+    assert_sides(result)
+    result.stdout.fnmatch_lines(
+        [
+            "*allocations *,??? exceeds mem_budget 5,000 by *",
+            "Top allocation sites*",
+            "*test_allocs.py:9 in *",
+        ]
+    )
+
+
+def test_module_marker_and_ini_default(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_module=MODULE_AND_DEFAULT, test_default=DEFAULT_ONLY)
+    pytester.makeini("[pytest]\nmem_default_budget = 8MB\n")
+    result = run(*plugin_args, "-rA")
+    assert_sides(result)
+    assert len(outcomes(result)) == 5
+    result.stdout.fnmatch_lines(["*exceeds mem_default_budget 8.0 MiB*"])
+
+
+def test_numpy_memory_is_seen(pytester: pytest.Pytester, run: Runner) -> None:
+    pytest.importorskip("numpy")
+    pytester.makepyfile(test_np=NUMPY)
+    assert_sides(run("-rA"))
+
+
+@pytest.mark.parametrize(
+    ("marker", "fragment"),
+    [
+        ('mem_budget("fifty")', "'fifty'"),
+        ('mem_budget("50XB")', "'50XB'"),
+        ("mem_budget(-5)", "-5"),
+        ('mem_budget(peek="1MB")', "unknown keyword peek"),
+        ('mem_budget(allocations="lots")', "'lots'"),
+        ("mem_budget()", "no limit given"),
+    ],
+)
+def test_bad_budget_is_an_error_naming_test_and_value(
+    pytester: pytest.Pytester, run: Runner, marker: str, fragment: str
+) -> None:
+    pytester.makepyfile(
+        test_bad=f"""
+        import pytest
+
+        RAN = []
+
+        @pytest.mark.{marker}
+        def test_marked():
+            RAN.append(1)
+            raise AssertionError("the body must not run")
+        """
+    )
+    result = run()
+    result.assert_outcomes(errors=1)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines([f"*test_bad.py::test_marked*{fragment}*"])
+    assert "the body must not run" not in result.stdout.str()

@@ -1,0 +1,212 @@
+"""The plugin's frame: header, summary, report, JUnit properties, options, robustness."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from xml.etree import ElementTree
+
+import pytest
+
+from .conftest import Runner
+
+SIMPLE = """
+def test_big():
+    b = bytearray(12 * 2**20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+
+def test_small():
+    x = [1] * 10
+"""
+
+
+def test_header_says_what_is_measured_and_how(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["memguard *: peak = max(*); heap = *; private = *"])
+
+
+def test_summary_lists_top_tests_by_peak(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run(*plugin_args, "--mem-top=1")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*memguard: top 1 tests by peak memory*",
+            "*peak*heap_peak*retained*allocations*test",
+            "*1?.? MiB*test_summary_lists_top_tests_by_peak.py::test_big",
+        ]
+    )
+    assert "::test_small" not in result.stdout.str().split("top 1 tests")[1]
+
+
+def test_top_zero_hides_the_summary(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run("--mem-top=0")
+    assert "tests by peak memory" not in result.stdout.str()
+
+
+def test_json_report_covers_every_test(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(
+        SIMPLE
+        + """
+import pytest
+
+@pytest.mark.mem_budget("1MB")
+def test_over():
+    b = bytearray(4 * 2**20)
+"""
+    )
+    result = run(*plugin_args, "--mem-report=out/report.json")
+    result.assert_outcomes(passed=2, failed=1)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["version"] == 1
+    assert report["scope"].startswith(("cpython-", "pypy-"))
+    tests = {t["nodeid"].split("::")[1]: t for t in report["tests"]}
+    assert set(tests) == {"test_big", "test_small", "test_over"}
+    assert set(tests["test_big"]["metrics"]) == {
+        "peak",
+        "heap_peak",
+        "retained",
+        "private",
+        "rss",
+        "allocations",
+        "fds",
+    }
+    assert tests["test_big"]["metrics"]["peak"] >= 12 * 2**20
+    assert tests["test_big"]["metrics"]["private"] is None
+    assert tests["test_over"]["outcome"] == "failed"
+    assert tests["test_over"]["budget"] == {"peak": 2**20}
+    assert tests["test_small"]["outcome"] == "passed"
+
+
+def test_metrics_reach_junit_xml(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(SIMPLE)
+    run("--junitxml=junit.xml").assert_outcomes(passed=2)
+    tree = ElementTree.parse(pytester.path / "junit.xml")
+    names = {p.get("name") for p in tree.iter("property")}
+    assert {"memguard.peak", "memguard.heap_peak", "memguard.rss", "memguard.fds"} <= names
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--mem-top=-1",), "--mem-top"),
+        (("--mem-top=lots",), "--mem-top"),
+        (("--mem-baseline=sometimes",), "--mem-baseline"),
+        (("--mem-tolerance=lots",), "--mem-tolerance"),
+        (("--mem-leak-iterations=0",), "--mem-leak-iterations"),
+        (("--mem-leak-warmup=-2",), "--mem-leak-warmup"),
+    ],
+)
+def test_bad_options_are_usage_errors_naming_the_option(
+    pytester: pytest.Pytester, run: Runner, args: tuple[str, ...], fragment: str
+) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert fragment in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("ini", "fragment"),
+    [
+        ("mem_top = many", "mem_top"),
+        ("mem_scope = module", "mem_scope"),
+        ("mem_default_budget = fifty", "mem_default_budget"),
+        ("mem_baseline_metrics = peak speed", "mem_baseline_metrics"),
+        ("mem_tolerance = 10%%", "mem_tolerance"),
+    ],
+)
+def test_bad_ini_values_are_usage_errors_naming_the_key(
+    pytester: pytest.Pytester, run: Runner, ini: str, fragment: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(SIMPLE)
+    result = run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert fragment in result.stderr.str()
+
+
+def test_help_and_markers_list_everything(pytester: pytest.Pytester, run: Runner) -> None:
+    helptext = run("--help").stdout.str()
+    for flag in (
+        "--mem-baseline",
+        "--mem-tolerance",
+        "--mem-leak-check",
+        "--mem-report",
+        "--mem-isolate",
+        "--mem-top",
+        "mem_default_budget",
+        "mem_scope",
+    ):
+        assert flag in helptext
+    markers = run("--markers").stdout.str()
+    for marker in ("mem_budget(limit=None", "mem_leak_check(iterations=None", "mem_isolate"):
+        assert marker in markers
+
+
+def test_works_with_warnings_as_errors_and_without_cacheprovider(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(SIMPLE)
+    run("-W", "error", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_can_be_disabled(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run("-p", "no:memguard")
+    result.assert_outcomes(passed=2)
+    assert "memguard" not in result.stdout.str()
+
+
+def test_fixture_usage_and_measure(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        """
+        def test_it(memguard):
+            u = memguard.usage()
+            assert u.virtual >= u.physical >= u.private > 0
+            print(u.pretty())
+            with memguard.measure() as m:
+                b = bytearray(6 * 2**20)
+                del b
+            assert m.heap_peak >= 6 * 2**20
+            assert m.peak >= m.heap_peak
+        """
+    )
+    result = run("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*virtual *", "physical *", "private *"])
+
+
+def test_measures_call_not_fixtures_by_default_and_all_with_scope_test(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture
+        def big():
+            b = bytearray(40 * 2**20)
+            for i in range(0, len(b), 4096):
+                b[i] = 1
+            yield b
+            del b
+
+        @pytest.mark.mem_budget("20MB")
+        def test_uses_big(big):
+            assert len(big)
+        """
+    )
+    run().assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\nmem_scope = test\n")
+    result = run()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*peak 4?.? MiB exceeds mem_budget 20.0 MiB*"])
