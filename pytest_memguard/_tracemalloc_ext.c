@@ -816,6 +816,24 @@ error:
     return NULL;
 }
 
+static PyObject *ext_set_sampling(PyObject *self, PyObject *arg)
+{
+    /* Change the sampling interval inside an open window (1 = every allocation: how a leak is
+       explained after it was found). Returns the old interval. */
+    Py_ssize_t interval = PyLong_AsSsize_t(arg);
+    if (interval == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (interval < 0) {
+        PyErr_SetString(PyExc_ValueError, "interval must be >= 0");
+        return NULL;
+    }
+    size_t old = sample_interval;
+    sample_interval = (size_t)interval;
+    countdown = interval ? next_countdown() : 0;
+    return PyLong_FromSize_t(old);
+}
+
 static PyObject *ext_sample_count(PyObject *self, PyObject *unused)
 {
     return PyLong_FromSize_t(n_samples);
@@ -879,6 +897,8 @@ static PyMethodDef methods[] = {
     {"samples", ext_samples, METH_VARARGS,
      "samples(first=0): [(size, weight, domain, alive, ((filename, line, name), ...)), ...]"},
     {"sample_count", ext_sample_count, METH_NOARGS, "Samples taken since enable()."},
+    {"set_sampling", ext_set_sampling, METH_O,
+     "Set the sampling interval in bytes (1: every allocation); return the old one."},
     {"block_size", ext_block_size, METH_O,
      "Size of the object's block if allocated while tracking and alive, else -1."},
     {"own_bytes", ext_own_bytes, METH_NOARGS,

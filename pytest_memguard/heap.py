@@ -83,6 +83,15 @@ class HeapBackend(Protocol):
         self, token: Any, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]: ...
     def census(self, token: Any, limit: int) -> list[TypeGrowth]: ...
+    def own_bytes(self) -> int: ...
+    def growth_sites(
+        self,
+        token: Any,
+        call: Callable[[], object],
+        between: Callable[[], None],
+        calls: int,
+        limit: int,
+    ) -> list[Site]: ...
 
 
 def _user_frames(frames: tuple[Frame, ...]) -> tuple[Frame, ...]:
@@ -127,6 +136,18 @@ def aggregate_sites(
     ]
 
 
+def all_objects() -> list[object]:
+    """``gc.get_objects()`` including frozen objects, which it silently leaves out (the leak
+    loop and per-test collection run under ``gc.freeze()``)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        try:
+            return gc.get_objects()
+        finally:
+            gc.freeze()
+    return gc.get_objects()
+
+
 def census_objects(block_size: Callable[[object], int], limit: int) -> list[TypeGrowth]:
     """Types of objects allocated in the window and still alive, by bytes.
 
@@ -136,7 +157,7 @@ def census_objects(block_size: Callable[[object], int], limit: int) -> list[Type
     """
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     seen: set[int] = set()
-    objects = gc.get_objects()
+    objects = all_objects()
     ours = {id(seen), id(counts), id(objects)}
     for obj in objects:
         if id(obj) in ours:
@@ -161,6 +182,60 @@ def census_objects(block_size: Callable[[object], int], limit: int) -> list[Type
     del objects
     order = sorted(counts.items(), key=lambda kv: (-kv[1][1], kv[0]))
     return [TypeGrowth(name, c, b) for name, (c, b) in order[:limit]]
+
+
+def _reachable_ids(roots: Sequence[object], depth: int = 4) -> set[int]:
+    """Ids of ``roots`` and what they hold, a few levels deep: bookkeeping to leave out."""
+    found: set[int] = set()
+    level = list(roots)
+    for _ in range(depth):
+        following = []
+        for obj in level:
+            if id(obj) not in found:
+                found.add(id(obj))
+                following.extend(gc.get_referents(obj))
+        level = following
+    return found
+
+
+def census_types(exclude: Sequence[object] = ()) -> dict[str, tuple[int, int]]:
+    """Live objects by type name: (count, bytes). Compared before and after a few calls, it
+    names the types that grew. ``exclude`` (and what it holds) is bookkeeping to skip."""
+    skip = _reachable_ids(exclude)
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    seen: set[int] = set()
+    objects = all_objects()
+    skip.update((id(seen), id(totals), id(objects), id(skip)))
+    for obj in objects:
+        if id(obj) in skip:
+            continue
+        for candidate in (obj, *gc.get_referents(obj)):
+            ident = id(candidate)
+            if ident in seen or ident in skip:
+                continue
+            if candidate is not obj and gc.is_tracked(candidate):
+                continue
+            seen.add(ident)
+            kind = type(candidate)
+            if kind.__module__.startswith(_PACKAGE_NAME):
+                continue
+            entry = totals[f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")]
+            entry[0] += 1
+            with contextlib.suppress(TypeError):
+                entry[1] += sys.getsizeof(candidate)
+    del objects
+    return {name: (c, b) for name, (c, b) in totals.items()}
+
+
+def _per_call(sites: list[Site], per: int, limit: int) -> list[Site]:
+    """Sites of growth, per call: at least a block per call, or a block that keeps growing
+    (a list's array); what is merely alive once (a cache refilled) is not growth."""
+    per = max(1, per)
+    return [
+        Site(s.frame, s.bytes // per, max(1, round(s.count / per)), s.alive_bytes // per, s.stack)
+        for s in sites
+        if s.count >= per or s.alive_bytes >= 64 * per
+    ][:limit]
 
 
 @dataclass
@@ -227,6 +302,36 @@ class ExtBackend:
     def census(self, token: _ExtToken, limit: int) -> list[TypeGrowth]:
         return census_objects(self._ext.block_size, limit)
 
+    def own_bytes(self) -> int:
+        """Bytes of the hook's own tables and samples (in the C heap, not the user's)."""
+        return int(self._ext.own_bytes()[0])
+
+    def growth_sites(
+        self,
+        token: _ExtToken,
+        call: Callable[[], object],
+        between: Callable[[], None],
+        calls: int,
+        limit: int,
+    ) -> list[Site]:
+        """Trace every allocation ``call`` makes (not what ``between`` does) for ``calls``
+        calls; the sites of what is still alive after, per call."""
+        first = self._ext.sample_count()
+        old = self._ext.set_sampling(0)
+        try:
+            for _ in range(calls):
+                self._ext.set_sampling(1)
+                call()
+                self._ext.set_sampling(0)
+                between()
+        finally:
+            self._ext.set_sampling(old)
+        rows = [
+            (size, weight, bool(alive), tuple(Frame(f, line, fn) for f, line, fn in stack))
+            for size, weight, _domain, alive, stack in self._ext.samples(first)
+        ]
+        return _per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
+
 
 @dataclass
 class _TmToken:
@@ -290,6 +395,35 @@ class TracemallocBackend:
             stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
             rows.append((max(1, stat.size // max(1, stat.count)), float(stat.size), True, stack))
         return aggregate_sites(rows, limit, alive_only, by_count)
+
+    def growth_sites(
+        self,
+        token: _TmToken,
+        call: Callable[[], object],
+        between: Callable[[], None],
+        calls: int,
+        limit: int,
+    ) -> list[Site]:
+        ignore = [
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, f"{_PACKAGE_DIR}{os.sep}*"),
+        ]
+        before = tracemalloc.take_snapshot().filter_traces(ignore)
+        for _ in range(calls):
+            call()
+            between()
+        after = tracemalloc.take_snapshot().filter_traces(ignore)
+        rows = []
+        for stat in after.compare_to(before, "traceback"):
+            if stat.size_diff <= 0:
+                continue
+            stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
+            size = max(1, stat.size_diff // max(1, stat.count_diff))
+            rows.append((size, float(stat.size_diff), True, stack))
+        return _per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
+
+    def own_bytes(self) -> int:
+        return 0  # tracemalloc's own memory is subtracted where the native heap is read
 
     def census(self, token: _TmToken, limit: int) -> list[TypeGrowth]:
         if not tracemalloc.is_tracing():

@@ -11,12 +11,13 @@ import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pytest
 
 from . import __version__
 from .budget import Budget, BudgetError, Verdict, check, merge_markers, parse_budget
+from .leaks import LeakResult, LeakRunner, LeakSettings, LeakSettingsError, parse_leak_marker
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
@@ -28,6 +29,8 @@ from .report import (
     to_properties,
 )
 from .usage import MemoryUsage, usage
+
+T = TypeVar("T")
 
 MARKERS = (
     "mem_budget(limit=None, *, peak=None, retained=None, private=None, allocations=None, "
@@ -50,6 +53,7 @@ class TestPlan:
     """What to measure for one test, decided once at collection."""
 
     budget: Budget | None = None
+    leak: LeakSettings | None = None
     error: str | None = None
     heap: bool = True
     retained: bool = False
@@ -132,7 +136,8 @@ class MemguardPlugin:
     def _plan(self, item: pytest.Item) -> TestPlan:
         try:
             budget = self._budget(item)
-        except BudgetError as exc:
+            leak = self._leak(item)
+        except (BudgetError, LeakSettingsError) as exc:
             return TestPlan(error=str(exc))
         retained = budget is not None and budget.retained is not None
         private = budget is not None and budget.private is not None
@@ -140,7 +145,23 @@ class MemguardPlugin:
             budget.retained is not None or budget.allocations is not None
         )
         heap = self.engine.heap.cheap or needs_heap or retained
-        return TestPlan(budget=budget, heap=heap, retained=retained, private=private)
+        return TestPlan(budget=budget, leak=leak, heap=heap, retained=retained, private=private)
+
+    @property
+    def leak_defaults(self) -> LeakSettings:
+        return LeakSettings(
+            iterations=self.settings.mem_leak_iterations, warmup=self.settings.mem_leak_warmup
+        )
+
+    def _leak(self, item: pytest.Item) -> LeakSettings | None:
+        mark = item.get_closest_marker("mem_leak_check")
+        if mark is not None:
+            return parse_leak_marker(
+                tuple(mark.args), dict(mark.kwargs), _where(item), self.leak_defaults
+            )
+        if self.settings.mem_leak_check and item.get_closest_marker("no_mem_leak_check") is None:
+            return self.leak_defaults
+        return None
 
     def _budget(self, item: pytest.Item) -> Budget | None:
         budgets = [
@@ -234,7 +255,25 @@ class MemguardPlugin:
             self._finish(item, plan, judge=False)
             raise
         self._finish(item, plan, judge=True)
+        if plan.leak is not None:
+            self._check_leaks(item, plan.leak)
         return result
+
+    def _check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
+        """Call the test function again and again with the same fixture values (the official
+        run above passed) and fail when memory grows from call to call."""
+        result = LeakRunner(self.engine, settings).run(item.runtest)
+        item.user_properties.extend(to_properties({}, _leak_properties(result)))
+        if result.threads > 1:
+            warnings.warn(
+                MemguardWarning(
+                    f"mem_leak_check on {_where(item)}: {result.threads - 1} other thread(s) "
+                    "were alive; memory readings are process-wide, so their allocations count"
+                ),
+                stacklevel=1,
+            )
+        if result.leaked:
+            pytest.fail(result.message(), pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(
@@ -279,11 +318,47 @@ class MemguardPlugin:
             self._froze_gc = False
 
 
+def _leak_properties(result: LeakResult) -> dict[str, Any]:
+    props: dict[str, Any] = {"leak.calls": result.calls, "leak.leaked": result.leaked}
+    props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})
+    return props
+
+
 class MemguardFixture:
     """The ``memguard`` fixture: measure memory from inside a test."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, leak_defaults: LeakSettings | None = None) -> None:
         self._engine = engine
+        self._leak_defaults = leak_defaults or LeakSettings()
+
+    def check_leaks(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        iterations: int | None = None,
+        warmup: int | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` like ``mem_leak_check``; raise AssertionError (a test
+        failure) with the report on a leak, else return the last call's result."""
+        where = getattr(fn, "__qualname__", repr(fn))
+        try:
+            settings = parse_leak_marker(
+                (), {"iterations": iterations, "warmup": warmup}, where, self._leak_defaults
+            )
+        except LeakSettingsError as exc:
+            raise ValueError(str(exc)) from None
+        last: list[T] = []
+
+        def call() -> None:
+            last[:] = [fn(*args, **kwargs)]
+
+        result = LeakRunner(self._engine, settings).run(call)
+        if result.leaked:
+            raise AssertionError(result.message(f"{where}:"))
+        value = last[0]
+        last.clear()
+        return value
 
     def usage(self) -> MemoryUsage:
         return usage()
@@ -298,4 +373,6 @@ class MemguardFixture:
 def memguard(request: pytest.FixtureRequest) -> MemguardFixture:
     """Measure memory, check for leaks and run long soaks from inside a test."""
     plugin = request.config.stash.get(PLUGIN_KEY, None)
-    return MemguardFixture(plugin.engine if plugin is not None else get_engine())
+    if plugin is None:  # pragma: no cover - the fixture comes with the plugin
+        return MemguardFixture(get_engine())
+    return MemguardFixture(plugin.engine, plugin.leak_defaults)

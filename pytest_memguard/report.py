@@ -192,3 +192,75 @@ def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
         cells = [format_metric(c, record.metrics.get(c)) for c in cols]
         lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {record.nodeid}")
     return lines
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 50) -> str:
+    """A compact picture of a series: does it climb, level off or saw up and down?"""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width)]
+    low, high = min(values), max(values)
+    if high == low:
+        return _SPARKS[0] * len(values)
+    scale = (len(_SPARKS) - 1) / (high - low)
+    return "".join(_SPARKS[int((v - low) * scale)] for v in values)
+
+
+_LEAK_UNITS = {"blocks": "blocks", "bytes": "B", "native": "B", "fds": "fds"}
+
+
+def _per_call(metric: str, value: float) -> str:
+    if metric in ("bytes", "native"):
+        return f"{format_size(int(round(value)), signed=True)}/call"
+    return f"{value:+.2f}/call"
+
+
+def render_leak(result: Any, what: str = "memory") -> str:
+    """The failure of a leak check: growth per call, the judged series, sites and types."""
+    names = ", ".join(f.metric for f in result.findings)
+    lines = [
+        f"{what} leaks: {names} grew over {result.judged} judged calls "
+        f"({result.calls} calls in all, after warm-up and escalation)"
+    ]
+    for finding in result.findings:
+        per_call = _per_call(finding.metric, finding.per_call)
+        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason}")
+    growth = ", ".join(
+        f"{metric} {_per_call(metric, value)}" for metric, value in result.growth.items() if value
+    )
+    if growth:
+        lines.append(f"  net growth over the judged calls: {growth}")
+    for metric in ("blocks", "bytes"):
+        series = result.series.get(metric)
+        if series:
+            lines.append(f"  {metric:<7} {sparkline(series)}")
+    if result.sites:
+        lines.append(
+            f"Where the growing memory is allocated (every allocation traced over "
+            f"{result.explained_calls} more calls; per call):"
+        )
+        for site in result.sites:
+            caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
+            name = f" in {site.frame.function}" if site.frame.function else ""
+            lines.append(
+                f"  {format_size(site.alive_bytes):>10}  {site.count:>6,} blocks  "
+                f"{_frame(site.frame)}{name}{caller}"
+            )
+    if result.types:
+        lines.append("Object types that grew (per call):")
+        for row in result.types:
+            lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
+    if "native" in {f.metric for f in result.findings} and not result.sites:
+        lines.append(
+            "  (native heap growth: memory allocated by C code outside Python's allocators)"
+        )
+    if result.threads > 1:
+        lines.append(
+            f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
+        )
+    return "\n".join(lines)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
-from typing import Union
-
-SizeLike = Union[int, float, str]
 
 _UNITS = {
     "": 1,

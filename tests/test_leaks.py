@@ -1,0 +1,183 @@
+"""Leak decision rules on hand-made series, and the runner in this process."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Sequence
+
+import pytest
+
+from pytest_memguard.leaks import (
+    LeakRunner,
+    LeakSettings,
+    LeakSettingsError,
+    MetricFinding,
+    judge,
+    parse_leak_marker,
+    r_squared,
+    theil_sen,
+    trend,
+)
+from pytest_memguard.measurement import get_engine
+
+FLAT = [100] * 31
+
+
+def metrics(findings: Sequence[MetricFinding]) -> set[str]:
+    return {f.metric for f in findings}
+
+
+def test_theil_sen_ignores_one_outlier() -> None:
+    values = [float(i) for i in range(20)]
+    values[10] = 500.0
+    assert theil_sen(values) == pytest.approx(1.0)
+    assert theil_sen([5.0]) == 0.0
+
+
+def test_r_squared_of_a_line_and_of_noise() -> None:
+    line = [3.0 * i for i in range(30)]
+    assert r_squared(line, 3.0) == pytest.approx(1.0)
+    assert r_squared([1.0] * 30, 0.0) == 0.0
+
+
+def test_clean_series_has_no_findings() -> None:
+    assert judge({"blocks": FLAT, "bytes": FLAT, "fds": [3] * 31, "native": FLAT}) == []
+
+
+def test_one_block_per_call_is_found_by_the_every_call_rule() -> None:
+    blocks = list(range(100, 131))
+    found = judge({"blocks": blocks, "bytes": FLAT, "fds": [3] * 31})
+    assert metrics(found) == {"blocks"}
+    assert found[0].reason == "grew on every call"
+
+
+def test_a_leak_every_fourth_call_is_found_by_the_trend_rule() -> None:
+    blocks = [100 + (i // 4) for i in range(31)]
+    found = judge({"blocks": blocks})
+    assert metrics(found) == {"blocks"}
+    assert found[0].reason == "steady upward trend"
+
+
+def test_a_cache_that_fills_and_stops_is_not_a_leak() -> None:
+    blocks = [100 + min(i, 10) for i in range(31)]
+    assert judge({"blocks": blocks}) == []
+
+
+def test_noise_around_a_level_is_not_a_leak() -> None:
+    blocks = [100 + (1 if i % 3 == 0 else -1 if i % 3 == 1 else 0) for i in range(31)]
+    assert judge({"blocks": blocks}) == []
+
+
+def test_bytes_staircase_over_the_whole_run() -> None:
+    # A list growing one slot per call: its array grows in 1/8 steps, nothing between.
+    staircase = []
+    capacity = 0
+    for size in range(1, 282):
+        if size > capacity:
+            capacity = size + (size >> 3) + 6
+        staircase.append(56 + 8 * capacity)
+    window = staircase[-31:]
+    found = judge({"bytes": window}, full={"bytes": staircase[5:]})
+    assert metrics(found) == {"bytes"}
+
+
+def test_native_growth_with_one_unrelated_jump() -> None:
+    native = [1000 + 128 * i for i in range(31)]
+    native[7:] = [v + 33_000 for v in native[7:]]
+    found = judge({"native": native})
+    assert metrics(found) == {"native"}
+    assert found[0].per_call == 128
+
+
+def test_any_fd_change_is_a_leak() -> None:
+    fds = [5] * 31
+    fds[20:] = [6] * 11
+    assert metrics(judge({"fds": fds})) == {"fds"}
+
+
+def test_tolerance_allows_small_byte_growth() -> None:
+    series = {"blocks": list(range(31)), "bytes": [i * 32 for i in range(31)]}
+    assert metrics(judge(series)) == {"blocks", "bytes"}
+    assert judge(series, tolerance=64) == []
+    assert metrics(judge(series, tolerance=16)) == {"blocks", "bytes"}
+
+
+def test_trend_halves() -> None:
+    t = trend([0, 1, 2, 3, 4, 5, 6, 7, 8])
+    assert t.growing(0.5)
+    assert not trend([0, 4, 8, 8, 8, 8, 8, 8, 8]).growing(0.2)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fragment"),
+    [
+        ((0,), {}, "iterations"),
+        ((), {"iterations": 2.5}, "iterations"),
+        ((), {"warmup": -1}, "warmup"),
+        ((), {"warmup": "5"}, "warmup"),
+        ((), {"iterations": True}, "iterations"),
+        ((), {"speed": 1}, "unknown keyword speed"),
+        ((1, 2, 3), {}, "at most"),
+        ((10,), {"iterations": 5}, "given twice"),
+        ((), {"tolerance": "lots"}, "'lots'"),
+    ],
+)
+def test_bad_leak_markers_name_the_test(
+    args: tuple[object, ...], kwargs: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(LeakSettingsError) as info:
+        parse_leak_marker(args, kwargs, "tests/t.py::test_x", LeakSettings())
+    assert "tests/t.py::test_x" in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_marker_defaults_and_overrides() -> None:
+    defaults = LeakSettings(iterations=12, warmup=3)
+    assert parse_leak_marker((), {}, "t", defaults) == defaults
+    custom = parse_leak_marker((20, 2), {"tolerance": "1KB"}, "t", defaults)
+    assert (custom.iterations, custom.warmup, custom.tolerance) == (20, 2, 1024)
+
+
+SINK: list[object] = []
+
+
+def test_runner_catches_one_object_per_call_and_explains_it() -> None:
+    sink: list[object] = []
+
+    def leaky() -> None:
+        sink.append(object())  # the leaking line
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(leaky)
+    assert result.leaked
+    assert "blocks" in metrics(result.findings)
+    assert result.growth["blocks"] == pytest.approx(1.0, abs=0.1)
+    assert any(t.name == "object" and t.count == 1 for t in result.types)
+    message = result.message()
+    assert "blocks" in message
+    assert "grew on every call" in message
+
+
+def test_runner_passes_clean_code_at_the_first_stage() -> None:
+    def clean() -> None:
+        d = collections.OrderedDict((i, str(i)) for i in range(50))
+        d.clear()
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(clean)
+    assert not result.leaked
+    assert result.calls == 35
+
+
+def test_runner_lets_a_bounded_cache_fill() -> None:
+    @functools.lru_cache(maxsize=64)
+    def cached(key: int) -> list[int]:
+        return [key]
+
+    counter = iter(range(10**6))
+
+    def fill() -> None:
+        cached(next(counter))
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(fill)
+    assert not result.leaked
+    assert result.calls > 35  # it was suspect while filling, then escalated and passed

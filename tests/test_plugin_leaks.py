@@ -1,0 +1,326 @@
+"""mem_leak_check end to end: a corpus of leaky and clean test bodies, each on its side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from .conftest import Runner
+from .test_plugin_budget import outcomes
+
+CORPUS = """
+import collections
+import ctypes
+import functools
+import json
+import logging
+import os
+import re
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.mem_leak_check
+
+SINK = []
+REGISTRY = {}
+COUNTER = [0]
+FILES = []
+QUEUE = collections.deque()
+
+
+def bump():
+    COUNTER[0] += 1
+    return COUNTER[0]
+
+
+def test_leak_new_object():
+    SINK.append(object())
+
+
+def test_leak_100_bytes():
+    SINK.append(b"x" * 100 + bytes(bump() % 2))
+
+
+def test_leak_dict_entry():
+    REGISTRY[f"key-{bump()}"] = None
+
+
+def test_leak_unique_logger():
+    logging.getLogger(f"memguard.corpus.{bump()}")
+
+
+@functools.lru_cache(maxsize=None)
+def _unbounded(key):
+    return [key]
+
+
+def test_leak_unbounded_lru_cache():
+    _unbounded(bump())
+
+
+def test_leak_producer_outruns_consumer():
+    QUEUE.append(object())
+    QUEUE.append(object())
+    QUEUE.popleft()
+
+
+SLOTS = []
+
+
+def test_leak_list_slot_bytes_only():
+    SLOTS.append(None)
+
+
+def test_leak_fd():
+    FILES.append(open(os.devnull))
+
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+
+
+def test_leak_c_malloc():
+    _libc.malloc(112)
+
+
+class Resurrect:
+    def __del__(self):
+        SINK.append(self)
+
+
+def test_leak_resurrecting_del():
+    Resurrect()
+
+
+def test_leak_every_fourth_call():
+    if bump() % 4 == 0:
+        SINK.append(object())
+
+
+def test_pass_json_round_trip():
+    json.loads(json.dumps({"a": [1, 2, 3], "b": {"c": "d"}}))
+
+
+def test_pass_big_list_built_and_dropped():
+    data = [str(i) for i in range(20_000)]
+    del data
+
+
+def test_pass_same_regex():
+    assert re.compile(r"(a|b)+c").match("abac")
+
+
+def test_pass_lazy_import():
+    import decimal
+    decimal.Decimal("1.25")
+
+
+def test_pass_same_logger():
+    logging.getLogger("memguard.corpus.same").debug("hello")
+
+
+def test_pass_file_open_close():
+    with open(__file__, encoding="utf-8") as handle:
+        handle.read(64)
+
+
+SMALL_CACHE = {}
+
+
+def test_pass_small_cache_cycling():
+    SMALL_CACHE[bump() % 4] = object()
+
+
+def test_pass_collectable_cycles():
+    a = []
+    b = [a]
+    a.append(b)
+
+
+@functools.lru_cache(maxsize=100)
+def _bounded(key):
+    return [key]
+
+
+def test_pass_bounded_cache_after_filling():
+    _bounded(bump())
+
+
+RING = collections.deque(maxlen=40)
+
+
+def test_pass_bounded_ring():
+    RING.append(object())
+
+
+def test_pass_string_work():
+    "-".join(str(i) for i in range(200)).split("-")
+
+
+def test_pass_fixture_values_reused(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+"""
+
+
+def test_leak_corpus_each_on_its_side(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_leaks=CORPUS)
+    result = run(*plugin_args, "-rA", "-p", "no:randomly")
+    seen = outcomes(result)
+    assert sum(name.startswith("test_leak_") for name in seen) == 11
+    assert sum(name.startswith("test_pass_") for name in seen) == 12
+    for name, outcome in seen.items():
+        expected = "FAILED" if name.startswith("test_leak_") else "PASSED"
+        assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
+    text = result.stdout.str()
+    assert "fds" in text
+    assert "native" in text
+
+
+def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_one="""
+        import pytest
+
+        SINK = []
+
+        @pytest.mark.mem_leak_check(iterations=20, warmup=3)
+        def test_leaky():
+            SINK.append(object())  # line 7
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "memory leaks: blocks* grew over 20 judged calls (*calls in all*",
+            "  blocks *+1.0?/call  grew on every call",
+            "  net growth over the judged calls: blocks +1.0?/call*",
+            "  blocks  *",
+            "Where the growing memory is allocated*",
+            "*test_one.py:7 in test_leaky*",
+            "Object types that grew (per call):",
+            "*+1 * object",
+        ]
+    )
+
+
+def test_option_checks_every_test_and_marker_opts_out(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_opt="""
+        import pytest
+
+        SINK = []
+
+        def test_leaky():
+            SINK.append(object())
+
+        @pytest.mark.no_mem_leak_check
+        def test_exempt():
+            SINK.append(object())
+
+        def test_clean():
+            sum(range(100))
+        """
+    )
+    result = run("-rA", "--mem-leak-check", "--mem-leak-iterations=12", "--mem-leak-warmup=2")
+    seen = outcomes(result)
+    assert seen == {"test_leaky": "FAILED", "test_exempt": "PASSED", "test_clean": "PASSED"}
+    result.stdout.fnmatch_lines(["*grew over 12 judged calls*"])
+    plain = run("-rA")
+    assert set(outcomes(plain).values()) == {"PASSED"}
+
+
+def test_ini_twin_of_the_option(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makeini("[pytest]\nmem_leak_check = true\nmem_leak_iterations = 15\n")
+    pytester.makepyfile(
+        test_ini="""
+        SINK = []
+
+        def test_leaky():
+            SINK.append(object())
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*grew over 15 judged calls*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "fragment"),
+    [
+        ("mem_leak_check(iterations=0)", "iterations"),
+        ("mem_leak_check(warmup=-1)", "warmup"),
+        ("mem_leak_check(iterations=2.5)", "2.5"),
+        ("mem_leak_check(speed=3)", "unknown keyword speed"),
+    ],
+)
+def test_bad_leak_marker_is_an_error_naming_the_test(
+    pytester: pytest.Pytester, run: Runner, marker: str, fragment: str
+) -> None:
+    pytester.makepyfile(
+        test_bad=f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_marked():
+            raise AssertionError("the body must not run")
+        """
+    )
+    result = run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*test_bad.py::test_marked*{fragment}*"])
+    assert "the body must not run" not in result.stdout.str()
+
+
+def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_fixture="""
+        import pytest
+
+        def test_clean_returns_the_result(memguard):
+            assert memguard.check_leaks(sorted, [3, 1, 2]) == [1, 2, 3]
+
+        def test_leak_raises(memguard):
+            sink = []
+            with pytest.raises(AssertionError, match="leaks: blocks"):
+                memguard.check_leaks(lambda: sink.append(object()), iterations=12, warmup=2)
+
+        def test_bad_arguments(memguard):
+            with pytest.raises(ValueError, match="iterations"):
+                memguard.check_leaks(sorted, [], iterations=0)
+        """
+    )
+    run().assert_outcomes(passed=3)
+
+
+def test_threads_alive_during_a_check_are_warned_about(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_thread="""
+        import threading
+        import pytest
+
+        STOP = threading.Event()
+        THREAD = threading.Thread(target=STOP.wait, daemon=True)
+        THREAD.start()
+
+        @pytest.mark.mem_leak_check(iterations=10, warmup=1)
+        def test_clean():
+            sum(range(10))
+
+        def test_stop():
+            STOP.set()
+            THREAD.join()
+        """
+    )
+    result = run("-W", "default")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*other thread(s) were alive*"])
