@@ -70,6 +70,29 @@ typedef struct {
 } sample_t;
 
 static PyMemAllocatorEx orig[N_DOMAINS];
+
+/* Threads that existed when the window opened (xdist's execnet I/O thread, a server the test
+   suite runs in the background): their allocations are not the test's and arrive at random
+   moments, which would make counts vary. Threads the test starts are counted. Frees from
+   excluded threads still untrack blocks, so live bytes stay exact. */
+#define MAX_EXCLUDED 64
+static unsigned long excluded[MAX_EXCLUDED];
+static int n_excluded = 0;
+
+static inline int thread_excluded(void)
+{
+    int n = LOAD(n_excluded);
+    if (n == 0) {
+        return 0;
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    for (int i = 0; i < n; i++) {
+        if (excluded[i] == me) {
+            return 1;
+        }
+    }
+    return 0;
+}
 static int installed = 0;
 static int enabled = 0;         /* read from any thread */
 static int table_failed = 0;    /* a table could not grow: live/peak are lower bounds */
@@ -497,7 +520,7 @@ static inline void count_call(int domain, int is_alloc, size_t size)
 static void *hook_malloc(void *ctx, size_t size)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
-    if (!LOAD(enabled) || in_hook) {
+    if (!LOAD(enabled) || in_hook || thread_excluded()) {
         return o->malloc(o->ctx, size);
     }
     in_hook = 1;
@@ -513,7 +536,7 @@ static void *hook_malloc(void *ctx, size_t size)
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
-    if (!LOAD(enabled) || in_hook) {
+    if (!LOAD(enabled) || in_hook || thread_excluded()) {
         return o->calloc(o->ctx, nelem, elsize);
     }
     in_hook = 1;
@@ -534,14 +557,19 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
         return o->realloc(o->ctx, old, size);
     }
     in_hook = 1;
+    int foreign = thread_excluded();
     void *ptr = o->realloc(o->ctx, old, size);
-    count_call(DOMAIN(ctx), 1, size);
+    if (!foreign) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
     if (ptr != NULL) {
         /* The old block is gone (or reused in place): forget it, then trace the new one. */
         if (old != NULL) {
             note_free(DOMAIN(ctx), old);
         }
-        note_alloc(DOMAIN(ctx), ptr, size);
+        if (!foreign) {
+            note_alloc(DOMAIN(ctx), ptr, size);
+        }
     }
     in_hook = 0;
     return ptr;
@@ -555,7 +583,9 @@ static void hook_free(void *ctx, void *ptr)
         return;
     }
     in_hook = 1;
-    count_call(DOMAIN(ctx), 0, 0);
+    if (!thread_excluded()) {
+        count_call(DOMAIN(ctx), 0, 0);
+    }
     if (ptr != NULL) {
         note_free(DOMAIN(ctx), ptr);
     }
@@ -660,6 +690,31 @@ static PyObject *ext_disable(PyObject *self, PyObject *unused)
     table_clear(&tables[D_MEM]);
     table_clear(&tables[D_OBJ]);
     n_huge = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_exclude_threads(PyObject *self, PyObject *arg)
+{
+    /* Replace the set of excluded thread idents (a sequence of ints; empty to clear). */
+    PyObject *seq = PySequence_Fast(arg, "exclude_threads() takes a sequence of thread idents");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_EXCLUDED) {
+        n = MAX_EXCLUDED; /* beyond that their allocations are counted: documented */
+    }
+    STORE(n_excluded, 0);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long ident = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        excluded[i] = ident;
+    }
+    __atomic_store_n(&n_excluded, (int)n, __ATOMIC_RELEASE);
+    Py_DECREF(seq);
     Py_RETURN_NONE;
 }
 
@@ -901,6 +956,8 @@ static PyMethodDef methods[] = {
      "Set the sampling interval in bytes (1: every allocation); return the old one."},
     {"block_size", ext_block_size, METH_O,
      "Size of the object's block if allocated while tracking and alive, else -1."},
+    {"exclude_threads", ext_exclude_threads, METH_O,
+     "Do not count allocations from these threads (idents) while a window is open."},
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
     {"stats", ext_stats, METH_NOARGS, "Internal state, for tests and the report header."},

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import os
 import sys
+import threading
 import tracemalloc
 from collections import defaultdict
 from collections.abc import Sequence
@@ -270,6 +271,8 @@ class ExtBackend:
 
     def begin(self) -> _ExtToken:
         if self._depth == 0:
+            me = threading.get_ident()
+            self._ext.exclude_threads([t for t in sys._current_frames() if t != me])
             self._ext.enable(self.sample_interval, self.frames)
         self._depth += 1
         token = _ExtToken(
@@ -289,6 +292,7 @@ class ExtBackend:
         self._depth -= 1
         if self._depth == 0:
             self._ext.disable()
+            self._ext.exclude_threads(())
 
     def sites(
         self, token: _ExtToken, limit: int, alive_only: bool, by_count: bool = False

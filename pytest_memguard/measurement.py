@@ -128,28 +128,32 @@ class Meter:
             gc.collect()
         if self.want_fds:
             self._fds0 = open_fds()
+        self._window = self.engine.probe.begin()
+        # Innermost and last: nothing of ours may be allocated between the heap snapshot and
+        # the measured code, or counts and retained bytes would carry our own bookkeeping.
         if self.use_heap:
             self._heap_token = self.engine.heap.begin()
-        self._window = self.engine.probe.begin()
 
     def stop(self) -> Measurement:
-        kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
         result = self.result
-        result.kernel_peak = kernel_peak
-        result.rss = rss
+        reading = None
         if self.use_heap:
             if self.want_retained:
                 gc.collect()
-            reading = self.engine.heap.read(self._heap_token)
+            reading = self.engine.heap.read(self._heap_token)  # first, for the same reason
+        kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
+        result.rss = rss
+        if reading is not None:
             result.allocations = reading.allocations
             result.frees = reading.frees
             result.allocated_bytes = reading.bytes
             result.heap_peak = reading.heap_peak
-            if kernel_peak is not None and reading.own_peak:
-                result.kernel_peak = kernel_peak = max(0, kernel_peak - reading.own_peak)
+            if reading.own_peak:
+                kernel_peak = max(0, kernel_peak - reading.own_peak)
             if self.want_retained:
                 result.retained = max(0, reading.live) if reading.live is not None else None
                 result.retained_blocks = reading.live_blocks
+        result.kernel_peak = kernel_peak
         peaks = [p for p in (kernel_peak, result.heap_peak) if p is not None]
         result.peak = max(peaks) if peaks else None
         if self.want_private:

@@ -7,6 +7,7 @@ measured lives in ``measurement``, what fails in ``budget``, how it reads in ``r
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -16,13 +17,17 @@ from typing import Any, Callable, TypeVar
 import pytest
 
 from . import __version__
+from . import baseline as baselines
 from .budget import Budget, BudgetError, Verdict, check, merge_markers, parse_budget
 from .leaks import LeakResult, LeakRunner, LeakSettings, LeakSettingsError, parse_leak_marker
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
     TestRecord,
+    append_step_summary,
     atomic_write,
+    github_annotations,
+    render_baseline_summary,
     render_failure,
     report_json,
     summary_table,
@@ -58,6 +63,7 @@ class TestPlan:
     heap: bool = True
     retained: bool = False
     private: bool = False
+    baseline: bool = False
 
 
 PLAN_KEY = pytest.StashKey[TestPlan]()
@@ -123,6 +129,18 @@ class MemguardPlugin:
         self.records: dict[str, TestRecord] = {}
         self.is_worker = hasattr(config, "workerinput")
         self._froze_gc = False
+        self.rootdir = str(config.rootpath)
+        self.scope = interpreter_scope()
+        self.collected: set[str] = set()
+        self.deselected = False
+        self._repeating = False
+        self._warmed = False
+        self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
+        self.baseline_outcome: dict[str, list[str]] = {}
+        if config.pluginmanager.hasplugin("xdist"):
+            from .xdist import XdistHooks
+
+            config.pluginmanager.register(XdistHooks(self), "memguard-xdist")
 
     # ------------------------------------------------------------------ reporting header
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -133,19 +151,65 @@ class MemguardPlugin:
         for item in items:
             item.stash[PLAN_KEY] = self._plan(item)
 
+    # ------------------------------------------------------------------ baselines
+    @property
+    def baseline_mode(self) -> str:
+        """'check', 'update', 'off' or 'auto' (check where baseline files exist)."""
+        return self.settings.mem_baseline or "auto"
+
+    def _baseline_file(self, nodeid: str) -> dict[str, dict[str, baselines.Entry]] | str:
+        """The scopes of a test's baseline file (cached), or the error text if unreadable."""
+        path, _ = baselines.location(nodeid, self.rootdir)
+        cached = self._baselines.get(path)
+        if cached is None:
+            try:
+                cached = baselines.load(path)
+            except baselines.BaselineError as exc:
+                cached = str(exc)
+            self._baselines[path] = cached
+        return cached
+
+    def _baseline_entry(self, nodeid: str) -> baselines.Entry | None:
+        scopes = self._baseline_file(nodeid)
+        if isinstance(scopes, str):
+            return None
+        _, key = baselines.location(nodeid, self.rootdir)
+        return scopes.get(self.scope, {}).get(key)
+
+    def _baseline_active(self, nodeid: str) -> bool:
+        mode = self.baseline_mode
+        if mode == "off":
+            return False
+        if mode in ("update", "check"):
+            return True
+        path, _ = baselines.location(nodeid, self.rootdir)
+        return os.path.exists(path)
+
     def _plan(self, item: pytest.Item) -> TestPlan:
         try:
             budget = self._budget(item)
             leak = self._leak(item)
         except (BudgetError, LeakSettingsError) as exc:
             return TestPlan(error=str(exc))
-        retained = budget is not None and budget.retained is not None
+        tracked = self._baseline_active(item.nodeid)
+        if tracked:
+            problem = self._baseline_file(item.nodeid)
+            if isinstance(problem, str):
+                return TestPlan(error=problem)
+        retained = (budget is not None and budget.retained is not None) or tracked
         private = budget is not None and budget.private is not None
         needs_heap = budget is not None and (
             budget.retained is not None or budget.allocations is not None
         )
         heap = self.engine.heap.cheap or needs_heap or retained
-        return TestPlan(budget=budget, leak=leak, heap=heap, retained=retained, private=private)
+        return TestPlan(
+            budget=budget,
+            leak=leak,
+            heap=heap,
+            retained=retained,
+            private=private,
+            baseline=tracked,
+        )
 
     @property
     def leak_defaults(self) -> LeakSettings:
@@ -172,7 +236,13 @@ class MemguardPlugin:
             return merge_markers(budgets)
         return self.settings.mem_default_budget
 
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        if items:
+            self.deselected = True
+            self.collected.update(item.nodeid for item in items)
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected.update(item.nodeid for item in session.items)
         if any(p.retained for p in self._plans(session.items)):
             # Per-test garbage collection is what 'retained' needs; frozen, the objects from
             # collection are skipped, so a collection costs ~0.3 ms instead of ~15 ms.
@@ -189,6 +259,14 @@ class MemguardPlugin:
 
     # ------------------------------------------------------------------ running
     def _start(self, item: pytest.Item, plan: TestPlan) -> Meter:
+        if not self._warmed:
+            # One empty window first: our own code paths allocate once when first run, and the
+            # first test of a process must not carry that.
+            self._warmed = True
+            warm = Meter(self.engine, heap=plan.heap, retained=plan.retained)
+            warm.start()
+            warm.stop()
+            warm.close()
         meter = Meter(self.engine, heap=plan.heap, retained=plan.retained, private=plan.private)
         item.stash[METER_KEY] = meter
         meter.start()
@@ -205,9 +283,14 @@ class MemguardPlugin:
             extra: dict[str, Any] = {}
             if plan.budget is not None:
                 extra.update({f"budget.{k}": v for k, v in plan.budget.limits().items()})
+            changes = None
+            if plan.baseline:
+                changes = self._compare_baseline(item, plan, measurement, extra)
             item.user_properties.extend(to_properties(measurement.metrics(), extra))
             if not judge:
                 return
+            if changes:
+                pytest.fail(baselines.render_regression(changes), pytrace=False)
             for metric in verdict.unmeasured:
                 warnings.warn(
                     MemguardWarning(
@@ -229,6 +312,34 @@ class MemguardPlugin:
         finally:
             meter.close()
 
+    def _compare_baseline(
+        self, item: pytest.Item, plan: TestPlan, measurement: Measurement, extra: dict[str, Any]
+    ) -> list[baselines.Change]:
+        """Compare with the stored entry (read-only: workers never write). Returns the
+        regressions that should fail the test; an update run records instead of judging."""
+        base = self._baseline_entry(item.nodeid)
+        if base is None:
+            extra["baseline.status"] = "new"
+            return []
+        extra.update({f"baseline.{k}": v for k, v in base.items()})
+        tolerance = (
+            plan.budget.tolerance
+            if plan.budget is not None and plan.budget.tolerance is not None
+            else self.settings.mem_tolerance
+        )
+        result = baselines.compare(
+            base, measurement.metrics(), self.settings.mem_baseline_metrics, tolerance
+        )
+        if result.regressions:
+            extra["baseline.status"] = "regressed"
+            extra["baseline.changes"] = "; ".join(c.describe() for c in result.regressions)
+        elif result.improvements:
+            extra["baseline.status"] = "improved"
+            extra["baseline.changes"] = "; ".join(c.describe() for c in result.improvements)
+        else:
+            extra["baseline.status"] = "ok"
+        return result.regressions if self.baseline_mode != "update" else []
+
     def _why_unmeasured(self, metric: str) -> str:
         if metric == "allocations":
             return f"allocation counts need the allocator hook; {self.engine.describe()}"
@@ -244,10 +355,27 @@ class MemguardPlugin:
         return (yield)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         plan = item.stash.get(PLAN_KEY, None)
-        if plan is None or self.settings.mem_scope != "call":
+        if plan is None or self.settings.mem_scope != "call" or isinstance(item, pytest.Function):
+            result = yield  # test functions are measured closer in, in pytest_pyfunc_call
+        else:
+            result = yield from self._measured(item, plan)
+        if plan is not None and plan.leak is not None:
+            self._check_leaks(item, plan.leak)
+        return result
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+        """The innermost wrapper: the window holds the test function and nothing of pytest's
+        or other plugins' per-test machinery, whose allocations vary with how many tests ran
+        before (which under xdist depends on scheduling)."""
+        plan = pyfuncitem.stash.get(PLAN_KEY, None)
+        if plan is None or self.settings.mem_scope != "call" or self._repeating:
             return (yield)
+        return (yield from self._measured(pyfuncitem, plan))
+
+    def _measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, Any, Any]:
         self._start(item, plan)
         try:
             result = yield
@@ -255,14 +383,16 @@ class MemguardPlugin:
             self._finish(item, plan, judge=False)
             raise
         self._finish(item, plan, judge=True)
-        if plan.leak is not None:
-            self._check_leaks(item, plan.leak)
         return result
 
     def _check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
         """Call the test function again and again with the same fixture values (the official
         run above passed) and fail when memory grows from call to call."""
-        result = LeakRunner(self.engine, settings).run(item.runtest)
+        self._repeating = True
+        try:
+            result = LeakRunner(self.engine, settings).run(item.runtest)
+        finally:
+            self._repeating = False
         item.user_properties.extend(to_properties({}, _leak_properties(result)))
         if result.threads > 1:
             warnings.warn(
@@ -304,13 +434,92 @@ class MemguardPlugin:
             terminalreporter.write_sep("-", f"memguard: top {len(lines) - 1} tests by peak memory")
             for line in lines:
                 terminalreporter.write_line(line)
+        baseline_lines = render_baseline_summary(self.baseline_outcome, self.baseline_mode)
+        if baseline_lines:
+            terminalreporter.write_sep("-", "memguard: baselines")
+            for line in baseline_lines:
+                terminalreporter.write_line(line)
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for line in github_annotations(self.records.values()):
+                terminalreporter.write_line(line)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or self.settings.mem_report is None:
+        if self.is_worker:
             return
-        text = report_json(interpreter_scope(), self.engine.describe(), self.records.values())
-        atomic_write(self.settings.mem_report, text)
+        self._settle_baselines()
+        if self.settings.mem_report is not None:
+            text = report_json(self.scope, self.engine.describe(), self.records.values())
+            atomic_write(self.settings.mem_report, text)
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path:
+            append_step_summary(
+                summary_path, self.records.values(), self.baseline_outcome, self.settings.mem_top
+            )
+
+    def unfiltered(self) -> bool:
+        """A run that saw every test: only then may stale baseline entries be removed."""
+        option = self.config.option
+        if self.deselected or option.keyword or option.markexpr:
+            return False
+        if getattr(option, "lf", False) or getattr(option, "deselect", None):
+            return False
+        if getattr(option, "stepwise", False):
+            return False
+        return not any("::" in str(arg) for arg in self.config.args)
+
+    def _settle_baselines(self) -> None:
+        """Controller side: list new, regressed, improved and stale entries; on update, write
+        each file once, under its lock."""
+        mode = self.baseline_mode
+        outcome: dict[str, list[str]] = {
+            "regressed": [],
+            "improved": [],
+            "new": [],
+            "stale": [],
+            "updated": [],
+            "errors": [],
+        }
+        self.baseline_outcome = outcome
+        if mode == "off":
+            return
+        by_file: dict[str, dict[str, baselines.Entry]] = {}
+        collected_by_file: dict[str, set[str]] = {}
+        for nodeid in self.collected or set(self.records):
+            path, key = baselines.location(nodeid, self.rootdir)
+            collected_by_file.setdefault(path, set()).add(key)
+        for record in self.records.values():
+            status = record.extra.get("baseline.status")
+            if status in ("regressed", "improved", "new"):
+                outcome[status].append(record.nodeid)
+            if mode == "update" and record.measured and record.fully_passed:
+                path, key = baselines.location(record.nodeid, self.rootdir)
+                by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
+        # Only a run that saw every test can tell a removed test from one not run this time.
+        full_run = self.unfiltered()
+        remove_stale = mode == "update" and full_run
+        for path in sorted(set(by_file) | set(collected_by_file)):
+            try:
+                stored = baselines.load(path).get(self.scope, {})
+            except baselines.BaselineError as exc:
+                outcome["errors"].append(str(exc))
+                continue
+            stale = sorted(set(stored) - collected_by_file.get(path, set())) if full_run else []
+            outcome["stale"].extend(f"{os.path.relpath(path, self.rootdir)}: {k}" for k in stale)
+            if mode != "update":
+                continue
+            entries = by_file.get(path, {})
+            if not entries and not (remove_stale and stale):
+                continue
+            changed = baselines.update_file(
+                path,
+                self.scope,
+                entries,
+                stale if remove_stale else (),
+                self.settings.mem_tolerance,
+            )
+            if changed:
+                outcome["updated"].append(os.path.relpath(path, self.rootdir))
 
     def finish(self) -> None:
         if self._froze_gc:

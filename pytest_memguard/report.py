@@ -264,3 +264,84 @@ def render_leak(result: Any, what: str = "memory") -> str:
             f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
         )
     return "\n".join(lines)
+
+
+def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> list[str]:
+    if not outcome or not any(outcome.values()):
+        return []
+    lines = []
+    labels = (
+        ("errors", "unreadable baseline files (never overwritten)"),
+        ("regressed", "regressed beyond tolerance (failed)"),
+        ("improved", "improved beyond tolerance (lower the baseline: --mem-baseline=update)"),
+        (
+            "new",
+            "new, not in the baseline yet"
+            + ("" if mode == "update" else " (recorded by --mem-baseline=update)"),
+        ),
+        (
+            "stale",
+            "stale entries (tests that no longer exist)"
+            + ("" if mode == "update" else "; removed by a full --mem-baseline=update run"),
+        ),
+        ("updated", "baseline files written"),
+    )
+    for key, label in labels:
+        names = outcome.get(key, ())
+        if names:
+            lines.append(f"{len(names)} {label}:")
+            lines.extend(f"  {name}" for name in names[:20])
+            if len(names) > 20:
+                lines.append(f"  ... and {len(names) - 20} more")
+    return lines
+
+
+STEP_SUMMARY_LIMIT = 1024 * 1024
+
+
+def step_summary_markdown(
+    records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
+) -> str:
+    records = list(records)
+    parts = ["## pytest-memguard", ""]
+    regressed = [r for r in records if r.extra.get("baseline.status") == "regressed"]
+    if regressed:
+        parts += ["### Regressions", "", "| test | change |", "|---|---|"]
+        parts += [f"| `{r.nodeid}` | {r.extra.get('baseline.changes', '')} |" for r in regressed]
+        parts.append("")
+    for key, title in (("new", "New (not in the baseline)"), ("stale", "Stale baseline entries")):
+        names = outcome.get(key, ())
+        if names:
+            parts += [f"### {title}", ""] + [f"- `{n}`" for n in names] + [""]
+    table = summary_table(records, top)
+    if table:
+        parts += ["### Top tests by peak memory", "", "```", *table, "```", ""]
+    return "\n".join(parts) + "\n"
+
+
+def append_step_summary(
+    path: str, records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
+) -> None:
+    """Append to GitHub's job summary, kept under its 1 MiB limit."""
+    text = step_summary_markdown(records, outcome, top)
+    encoded = text.encode("utf-8")
+    if len(encoded) > STEP_SUMMARY_LIMIT - 1024:
+        text = encoded[: STEP_SUMMARY_LIMIT - 1024].decode("utf-8", "ignore") + "\n\n(truncated)\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+MAX_ANNOTATIONS = 10
+
+
+def github_annotations(records: Iterable[TestRecord]) -> list[str]:
+    """At most ten ``::error`` workflow commands, one per regressed test."""
+    lines = []
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if record.extra.get("baseline.status") == "regressed":
+            path = record.nodeid.partition("::")[0]
+            message = str(record.extra.get("baseline.changes", "")).replace("\n", " ")
+            lines.append(f"::error file={path},title=memory regression {record.nodeid}::{message}")
+        if len(lines) >= MAX_ANNOTATIONS:
+            break
+    return lines

@@ -176,7 +176,8 @@ def test_fixture_usage_and_measure(pytester: pytest.Pytester, run: Runner) -> No
             with memguard.measure() as m:
                 b = bytearray(6 * 2**20)
                 del b
-            assert m.heap_peak >= 6 * 2**20
+            # Nested in the plugin's window: net heap above the start of this block.
+            assert m.heap_peak >= 0.99 * 6 * 2**20
             assert m.peak >= m.heap_peak
         """
     )

@@ -1,0 +1,222 @@
+"""The baseline store: what each test used when it was last accepted, kept next to the tests.
+
+One JSON file per test module (``<test dir>/__memguard__/<module stem>.json``), entries grouped
+by interpreter scope (heap figures are exact for one CPython minor version and differ between
+versions), keyed by the test's id within the module, sorted, one entry per line, nothing that
+changes by itself (no timestamps, hosts or commits). Review it in a diff like code.
+
+Writes are merges done under a lock: the file is re-read inside the lock, entries are changed,
+and the whole is written to a temporary file and renamed, so concurrent runs keep each other's
+entries and a reader never sees half a file. An entry is only rewritten when a figure moved
+beyond tolerance, so an update that changes nothing measurable leaves the file byte-identical.
+A file that cannot be read is an error naming it, and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from filelock import FileLock
+
+from .measurement import format_metric
+from .report import atomic_write
+from .tolerance import Tolerance
+
+SCHEMA_VERSION = 1
+DIRNAME = "__memguard__"
+STORED = ("allocations", "heap_peak", "retained", "peak", "private")
+COUNTS = frozenset({"allocations"})
+
+Entry = dict[str, int]
+
+
+class BaselineError(Exception):
+    """A baseline file that cannot be trusted; the message names the file."""
+
+
+def location(nodeid: str, rootdir: str) -> tuple[str, str]:
+    """(baseline file path, key within it) for a node id such as ``tests/test_x.py::T::t[1]``."""
+    module, sep, rest = nodeid.partition("::")
+    module_path = os.path.join(rootdir, module)
+    directory, filename = os.path.split(module_path)
+    stem = filename[:-3] if filename.endswith(".py") else filename
+    return os.path.join(directory, DIRNAME, f"{stem}.json"), (rest if sep else module)
+
+
+def _validate(path: str, document: Any) -> dict[str, dict[str, Entry]]:
+    if not isinstance(document, dict) or "version" not in document:
+        raise BaselineError(f"{path}: not a memguard baseline (no schema version)")
+    if document["version"] != SCHEMA_VERSION:
+        raise BaselineError(
+            f"{path}: baseline schema version {document['version']!r} is not supported by this "
+            f"pytest-memguard (it writes version {SCHEMA_VERSION}); upgrade pytest-memguard or "
+            "re-record with --mem-baseline=update after moving the file away"
+        )
+    scopes = document.get("scopes")
+    if not isinstance(scopes, dict):
+        raise BaselineError(f"{path}: 'scopes' must be an object")
+    for scope, entries in scopes.items():
+        if not isinstance(entries, dict):
+            raise BaselineError(f"{path}: scope {scope!r} must be an object of tests")
+        for key, entry in entries.items():
+            if not isinstance(entry, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in entry.values()
+            ):
+                raise BaselineError(f"{path}: entry {key!r} in {scope!r} must map metrics to ints")
+    return scopes
+
+
+def load(path: str) -> dict[str, dict[str, Entry]]:
+    """All scopes of one file; an empty mapping when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise BaselineError(f"{path}: cannot read baseline: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"{path}: corrupt baseline (invalid JSON: {exc})") from None
+    return _validate(path, document)
+
+
+def dumps(scopes: Mapping[str, Mapping[str, Entry]]) -> str:
+    """Stable text: sorted scopes and keys, one entry per line, so diffs are one line a test."""
+    lines = ["{", f'  "version": {SCHEMA_VERSION},', '  "scopes": {']
+    scope_names = sorted(s for s in scopes if scopes[s])
+    for i, scope in enumerate(scope_names):
+        lines.append(f"    {json.dumps(scope)}: {{")
+        keys = sorted(scopes[scope])
+        for j, key in enumerate(keys):
+            entry = json.dumps(scopes[scope][key], sort_keys=True, separators=(", ", ": "))
+            comma = "," if j < len(keys) - 1 else ""
+            lines.append(f"      {json.dumps(key)}: {entry}{comma}")
+        lines.append("    }" + ("," if i < len(scope_names) - 1 else ""))
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _lock_for(path: str) -> FileLock:
+    # In the temp directory, keyed by the file: no lock files left in the user's repository.
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
+    return FileLock(os.path.join(tempfile.gettempdir(), f"memguard-{digest}.lock"), timeout=120)
+
+
+def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:
+    """True when ``new`` says nothing ``old`` does not: the same metrics, none of them moved
+    beyond tolerance in either direction."""
+    if set(old) != set(new):
+        return False
+    for metric, value in new.items():
+        base = old[metric]
+        slack = _slack(metric, base, tolerance)
+        if abs(value - base) > slack:
+            return False
+    return True
+
+
+def _slack(metric: str, base: int, tolerance: Tolerance) -> float:
+    if metric in COUNTS:  # the absolute part is bytes; counts get the relative part
+        return tolerance.relative * base
+    return tolerance.allowance(base)
+
+
+def update_file(
+    path: str,
+    scope: str,
+    entries: Mapping[str, Entry],
+    remove: Iterable[str],
+    tolerance: Tolerance,
+) -> bool:
+    """Merge ``entries`` into one scope of the file and drop ``remove``; True if written."""
+    remove = set(remove)
+    with _lock_for(path):
+        scopes = {s: dict(e) for s, e in load(path).items()}
+        current = scopes.setdefault(scope, {})
+        changed = False
+        for key, entry in entries.items():
+            old = current.get(key)
+            if old is not None and same_within(old, entry, tolerance):
+                continue
+            current[key] = dict(entry)
+            changed = True
+        for key in remove & set(current):
+            del current[key]
+            changed = True
+        if not changed:
+            return False
+        text = dumps(scopes)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                if handle.read() == text:
+                    return False
+        atomic_write(path, text)
+        return True
+
+
+@dataclass(frozen=True)
+class Change:
+    metric: str
+    base: int
+    now: int
+    tolerance: Tolerance
+
+    @property
+    def percent(self) -> float | None:
+        return None if self.base == 0 else 100.0 * (self.now - self.base) / self.base
+
+    def describe(self) -> str:
+        pct = "new" if self.percent is None else f"{self.percent:+.1f}%"
+        slack = (
+            f"{self.tolerance.relative * 100:g}%" if self.metric in COUNTS else str(self.tolerance)
+        )
+        return (
+            f"{self.metric}: baseline {format_metric(self.metric, self.base)}, now "
+            f"{format_metric(self.metric, self.now)} ({pct}; tolerance {slack})"
+        )
+
+
+@dataclass
+class Comparison:
+    regressions: list[Change] = field(default_factory=list)
+    improvements: list[Change] = field(default_factory=list)
+
+
+def compare(
+    base: Entry, now: Mapping[str, int | None], gated: Iterable[str], tolerance: Tolerance
+) -> Comparison:
+    """Gate ``gated`` metrics: a regression is ``now > base + abs + rel * base``."""
+    result = Comparison()
+    for metric in gated:
+        old, new = base.get(metric), now.get(metric)
+        if old is None or new is None:
+            continue
+        slack = _slack(metric, old, tolerance)
+        change = Change(metric, old, new, tolerance)
+        if new > old + slack:
+            result.regressions.append(change)
+        elif new < old - slack:
+            result.improvements.append(change)
+    return result
+
+
+def entry_from(metrics: Mapping[str, Any]) -> Entry:
+    return {m: int(v) for m in STORED if isinstance(v := metrics.get(m), int)}
+
+
+def render_regression(changes: Iterable[Change]) -> str:
+    lines = ["memory regressed beyond the baseline:"]
+    lines.extend(f"  {c.describe()}" for c in changes)
+    lines.append(
+        "  (if this is intended, record it: pytest --mem-baseline=update, and commit the "
+        f"{DIRNAME} files)"
+    )
+    return "\n".join(lines)

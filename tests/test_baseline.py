@@ -1,0 +1,164 @@
+"""The baseline store (pure) and the memguard command."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from pytest_memguard import baseline as b
+from pytest_memguard.cli import main
+from pytest_memguard.tolerance import Tolerance
+
+TOL = Tolerance(relative=0.05, absolute=1024)
+
+
+def test_location() -> None:
+    path, key = b.location("tests/unit/test_x.py::TestA::test_b[1-2]", "/repo")
+    assert path == os.path.join("/repo", "tests", "unit", "__memguard__", "test_x.json")
+    assert key == "TestA::test_b[1-2]"
+
+
+def test_dumps_is_sorted_one_entry_per_line_and_round_trips(tmp_path: Path) -> None:
+    scopes = {
+        "cpython-3.12": {"b": {"retained": 2, "allocations": 1}},
+        "cpython-3.11": {"z": {"heap_peak": 3}, "a": {"heap_peak": 4}},
+        "empty": {},
+    }
+    text = b.dumps(scopes)
+    lines = text.splitlines()
+    assert lines[0] == "{"
+    assert '"version": 1' in lines[1]
+    assert lines.index('      "a": {"heap_peak": 4},') < lines.index('      "z": {"heap_peak": 3}')
+    assert '      "b": {"allocations": 1, "retained": 2}' in lines
+    assert "empty" not in text
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    assert b.load(str(path)) == {k: v for k, v in scopes.items() if v}
+    assert b.dumps(b.load(str(path))) == text
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[]", "no schema version"),
+        ('{"version": 99, "scopes": {}}', "schema version 99"),
+        ('{"version": 1, "scopes": []}', "'scopes' must be an object"),
+        ('{"version": 1, "scopes": {"s": {"t": {"peak": "big"}}}}', "must map metrics to ints"),
+    ],
+)
+def test_bad_files_are_errors_naming_the_file(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(b.BaselineError) as info:
+        b.load(str(path))
+    assert str(path) in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_missing_file_is_empty(tmp_path: Path) -> None:
+    assert b.load(str(tmp_path / "nope.json")) == {}
+
+
+def test_update_merges_keeps_unchanged_and_removes(tmp_path: Path) -> None:
+    path = str(tmp_path / "__memguard__" / "t.json")
+    assert b.update_file(path, "s", {"a": {"heap_peak": 1000}, "b": {"heap_peak": 5}}, (), TOL)
+    first = Path(path).read_bytes()
+    # Within tolerance: nothing measurable changed, the file stays byte-identical.
+    assert not b.update_file(path, "s", {"a": {"heap_peak": 1500}}, (), TOL)
+    assert Path(path).read_bytes() == first
+    assert b.update_file(path, "s", {"a": {"heap_peak": 100_000}}, ["b"], TOL)
+    assert b.load(path) == {"s": {"a": {"heap_peak": 100_000}}}
+    assert b.update_file(path, "other", {"c": {"allocations": 3}}, (), TOL)
+    assert set(b.load(path)) == {"s", "other"}
+
+
+def test_corrupt_file_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text("{broken")
+    with pytest.raises(b.BaselineError):
+        b.update_file(str(path), "s", {"a": {"heap_peak": 1}}, (), TOL)
+    assert path.read_text() == "{broken"
+
+
+def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.json")
+
+    def writer(worker: int) -> None:
+        for i in range(20):
+            b.update_file(path, "s", {f"w{worker}-{i}": {"allocations": i}}, (), TOL)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(b.load(path)["s"]) == 80
+
+
+def test_compare_boundaries_and_count_tolerance() -> None:
+    base = {"allocations": 1000, "heap_peak": 10_000, "retained": 0}
+    tol = Tolerance(relative=0.10, absolute=1000)
+    ok = b.compare(base, {"allocations": 1100, "heap_peak": 12_000, "retained": 1000}, base, tol)
+    assert not ok.regressions
+    assert not ok.improvements
+    bad = b.compare(base, {"allocations": 1101, "heap_peak": 12_001, "retained": 1001}, base, tol)
+    assert [c.metric for c in bad.regressions] == ["allocations", "heap_peak", "retained"]
+    assert "+10.1%" in bad.regressions[0].describe()
+    assert "tolerance 10%" in bad.regressions[0].describe()
+    better = b.compare(base, {"allocations": 899, "heap_peak": 7999, "retained": None}, base, tol)
+    assert [c.metric for c in better.improvements] == ["allocations", "heap_peak"]
+
+
+def _baseline_tree(root: Path) -> Path:
+    path = root / "tests" / "__memguard__" / "test_x.json"
+    b.update_file(
+        str(path), "cpython-3.11", {"test_a": {"allocations": 100, "heap_peak": 2048}}, (), TOL
+    )
+    return path
+
+
+def test_cli_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _baseline_tree(tmp_path)
+    assert main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "test_a" in out
+    assert "2.0 KiB" in out
+    assert "cpython-3.11" in out
+    assert main(["show", str(tmp_path / "empty")]) == 0
+    assert "no baseline files" in capsys.readouterr().out
+
+
+def _report(path: Path, **metrics: int) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "scope": "cpython-3.11",
+                "tests": [{"nodeid": "t.py::test_a", "outcome": "passed", "metrics": metrics}],
+            }
+        )
+    )
+    return path
+
+
+def test_cli_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _report(tmp_path / "old.json", allocations=1000, heap_peak=100_000, retained=0)
+    same = _report(tmp_path / "same.json", allocations=1010, heap_peak=101_000, retained=0)
+    worse = _report(tmp_path / "worse.json", allocations=3000, heap_peak=100_000, retained=0)
+    assert main(["diff", str(old), str(same)]) == 0
+    assert main(["diff", str(old), str(worse)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSED" in out
+    assert "allocations" in out
+    assert main(["diff", str(old), str(worse), "--tolerance", "300%"]) == 0
+    base = _baseline_tree(tmp_path)
+    assert main(["diff", str(base), str(base)]) == 0
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["diff", str(old), str(tmp_path / "bad.json")]) == 2
+    with pytest.raises(SystemExit):
+        main(["diff", str(old), str(same), "--tolerance", "lots"])

@@ -1,0 +1,242 @@
+"""Baselines end to end: record, check, regress, update, filters, xdist, corruption, locks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pytest_memguard import baseline as b
+
+from .conftest import Runner
+from .test_plugin_budget import outcomes
+
+MODULE = """
+import os
+
+SIZE = int(os.environ.get("MEMGUARD_TEST_SIZE", "1000"))
+
+def test_grows():
+    data = [str(i) for i in range(SIZE)]
+
+def test_steady():
+    data = [str(i) for i in range(500)]
+
+class TestGroup:
+    def test_member(self):
+        data = {i: str(i) for i in range(200)}
+"""
+
+
+def baseline_file(pytester: pytest.Pytester) -> Path:
+    return pytester.path / "__memguard__" / "test_mod.json"
+
+
+def entries(pytester: pytest.Pytester) -> dict[str, dict[str, int]]:
+    scopes = b.load(str(baseline_file(pytester)))
+    assert len(scopes) == 1
+    return next(iter(scopes.values()))
+
+
+def test_update_check_regress_update_check(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    recorded = entries(pytester)
+    assert set(recorded) == {"test_grows", "test_steady", "TestGroup::test_member"}
+    assert set(recorded["test_grows"]) >= {"allocations", "heap_peak", "retained", "peak"}
+
+    run().assert_outcomes(passed=3)  # check is the default where baseline files exist
+
+    regressed = run("-rA", env={"MEMGUARD_TEST_SIZE": "3000"})
+    assert outcomes(regressed) == {
+        "test_grows": "FAILED",
+        "test_steady": "PASSED",
+        "test_member": "PASSED",
+    }
+    regressed.stdout.fnmatch_lines(
+        [
+            "memory regressed beyond the baseline:",
+            "  allocations: baseline *, now * (+*%; tolerance 5%)",
+            "*--mem-baseline=update*",
+        ]
+    )
+    run("--mem-baseline=update", env={"MEMGUARD_TEST_SIZE": "3000"}).assert_outcomes(passed=3)
+    assert entries(pytester)["test_grows"]["allocations"] > recorded["test_grows"]["allocations"]
+    run(env={"MEMGUARD_TEST_SIZE": "3000"}).assert_outcomes(passed=3)
+    improved = run()
+    improved.assert_outcomes(passed=3)
+    improved.stdout.fnmatch_lines(["*1 improved beyond tolerance*", "*test_grows"])
+
+
+def test_update_without_changes_is_byte_identical(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    before = baseline_file(pytester).read_bytes()
+    for _ in range(2):
+        run("--mem-baseline=update").assert_outcomes(passed=3)
+        assert baseline_file(pytester).read_bytes() == before
+
+
+def test_filtered_update_keeps_others_and_stale_needs_a_full_run(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    pytester.makepyfile(test_mod=MODULE.replace("def test_steady", "def test_renamed"))
+    result = run("--mem-baseline=update", "-k", "renamed")
+    result.assert_outcomes(passed=1, deselected=2)
+    assert set(entries(pytester)) == {
+        "test_grows",
+        "test_steady",
+        "test_renamed",
+        "TestGroup::test_member",
+    }
+    assert "stale entries" not in result.stdout.str()  # a filtered run cannot tell
+    node = run("--mem-baseline=update", "test_mod.py::test_grows")
+    node.assert_outcomes(passed=1)
+    assert "test_steady" in entries(pytester)
+    listed = run()
+    listed.assert_outcomes(passed=3)
+    listed.stdout.fnmatch_lines(["*1 stale entries*removed by a full*", "*: test_steady"])
+    assert "test_steady" in entries(pytester)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    assert set(entries(pytester)) == {"test_grows", "test_renamed", "TestGroup::test_member"}
+
+
+def test_failing_test_is_not_recorded(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_mod="""
+        import pytest
+
+        def test_ok():
+            pass
+
+        def test_fails():
+            assert False
+
+        @pytest.fixture
+        def broken():
+            yield
+            raise RuntimeError("teardown")
+
+        def test_teardown_error(broken):
+            pass
+        """
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1, errors=1)
+    assert set(entries(pytester)) == {"test_ok"}
+
+
+def test_corrupt_baseline_fails_the_run_and_stays_byte_identical(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    path = baseline_file(pytester)
+    path.parent.mkdir()
+    path.write_text('{"version": 1, "scopes": {"x": ')
+    before = path.read_bytes()
+    for args in ((), ("--mem-baseline=update",)):
+        result = run(*args)
+        assert result.ret != 0
+        result.stdout.fnmatch_lines([f"*{path.name}: corrupt baseline*"])
+        assert path.read_bytes() == before
+
+
+def test_unknown_schema_version_is_an_error(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    path = baseline_file(pytester)
+    path.parent.mkdir()
+    path.write_text('{"version": 7, "scopes": {}}')
+    result = run()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*schema version 7 is not supported*"])
+
+
+def test_xdist_records_all_40(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_mod="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(40))
+        def test_many(n):
+            data = [str(i) for i in range(n * 10)]
+        """
+    )
+    run("-n", "2", "--mem-baseline=update").assert_outcomes(passed=40)
+    assert len(entries(pytester)) == 40
+    run("-n", "2").assert_outcomes(passed=40)
+
+
+def test_two_concurrent_updates_keep_every_entry(pytester: pytest.Pytester) -> None:
+    body = "\n".join(f"def test_{i}():\n    data = [0] * {i * 100}\n" for i in range(30))
+    pytester.makepyfile(test_mod=body)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--mem-baseline=update", "-k", selection, "test_mod.py"],
+            cwd=pytester.path,
+            stdout=subprocess.DEVNULL,
+        )
+        for selection in ("test_1 or test_2 or test_3", "not (test_1 or test_2 or test_3)")
+    ]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    assert len(entries(pytester)) == 30
+
+
+def test_check_mode_reports_new_tests_and_off_disables(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run(*plugin_args, "--mem-baseline=update").assert_outcomes(passed=3)
+    pytester.makepyfile(test_mod=MODULE + "\ndef test_added():\n    pass\n")
+    result = run(*plugin_args)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*1 new, not in the baseline yet*", "*::test_added"])
+    off = run(*plugin_args, "--mem-baseline=off", env={"MEMGUARD_TEST_SIZE": "5000"})
+    off.assert_outcomes(passed=4)
+
+
+def test_per_test_tolerance_and_gated_metrics(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_mod="""
+        import os
+        import pytest
+
+        SIZE = int(os.environ.get("MEMGUARD_TEST_SIZE", "1000"))
+
+        @pytest.mark.mem_budget(tolerance="400%")
+        def test_loose():
+            data = [str(i) for i in range(SIZE)]
+
+        def test_strict():
+            data = [str(i) for i in range(SIZE)]
+        """
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    result = run("-rA", env={"MEMGUARD_TEST_SIZE": "3000"})
+    assert outcomes(result) == {"test_loose": "PASSED", "test_strict": "FAILED"}
+    pytester.makeini("[pytest]\nmem_baseline_metrics = peak\n")
+    run(env={"MEMGUARD_TEST_SIZE": "1200"}).assert_outcomes(passed=2)
+
+
+def test_github_step_summary_and_annotations(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    summary = pytester.path / "summary.md"
+    result = run(
+        env={
+            "MEMGUARD_TEST_SIZE": "4000",
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "GITHUB_ACTIONS": "true",
+        }
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    text = summary.read_text()
+    assert "## pytest-memguard" in text
+    assert "### Regressions" in text
+    assert "test_mod.py::test_grows" in text
+    assert "Top tests by peak memory" in text
+    result.stdout.fnmatch_lines(["::error file=test_mod.py,title=memory regression*"])
