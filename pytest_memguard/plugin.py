@@ -10,7 +10,7 @@ import gc
 import os
 import warnings
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -33,6 +33,8 @@ from .report import (
     summary_table,
     to_properties,
 )
+from .soak import Soak, SoakResult, counter, fast_clock
+from .units import parse_size
 from .usage import MemoryUsage, usage
 
 T = TypeVar("T")
@@ -536,9 +538,55 @@ def _leak_properties(result: LeakResult) -> dict[str, Any]:
 class MemguardFixture:
     """The ``memguard`` fixture: measure memory from inside a test."""
 
-    def __init__(self, engine: Engine, leak_defaults: LeakSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        leak_defaults: LeakSettings | None = None,
+        node: pytest.Item | None = None,
+    ) -> None:
         self._engine = engine
         self._leak_defaults = leak_defaults or LeakSettings()
+        self._node = node
+
+    def soak(
+        self,
+        iterations: int,
+        *,
+        samples: int | None = None,
+        max_growth: int | str | None = None,
+    ) -> Soak:
+        """``for i in memguard.soak(100_000): ...`` fails the test if memory kept growing
+        through the run instead of levelling off; ``max_growth`` is slack (a size)."""
+        slack = 0 if max_growth is None else parse_size(max_growth, "soak max_growth")
+        return Soak(self._engine, iterations, samples, slack, self._record_soak)
+
+    def _record_soak(self, result: SoakResult) -> None:
+        if self._node is None or result.verdict is None:
+            return
+        self._node.user_properties.extend(
+            to_properties(
+                {},
+                {
+                    "soak.iterations": result.iterations,
+                    "soak.growing": result.verdict.growing,
+                    "soak.growth_per_1000": int(round(result.verdict.per_iteration * 1000)),
+                    "soak.positions": list(result.positions),
+                    "soak.heap": list(result.heap),
+                },
+            )
+        )
+
+    @staticmethod
+    def counter(
+        bits: int, *, start: str | int = "near_wrap", margin: int | None = None
+    ) -> Iterator[int]:
+        """Integers modulo ``2**bits``, by default starting just before the wrap."""
+        return counter(bits, start, margin)
+
+    @staticmethod
+    def fast_clock(step: float = 60.0) -> AbstractContextManager[None]:
+        """``time.time``/``monotonic``/``perf_counter`` (and ``_ns``) advance ``step`` s a read."""
+        return fast_clock(step)
 
     def check_leaks(
         self,
@@ -584,4 +632,4 @@ def memguard(request: pytest.FixtureRequest) -> MemguardFixture:
     plugin = request.config.stash.get(PLUGIN_KEY, None)
     if plugin is None:  # pragma: no cover - the fixture comes with the plugin
         return MemguardFixture(get_engine())
-    return MemguardFixture(plugin.engine, plugin.leak_defaults)
+    return MemguardFixture(plugin.engine, plugin.leak_defaults, request.node)

@@ -345,3 +345,20 @@ def github_annotations(records: Iterable[TestRecord]) -> list[str]:
         if len(lines) >= MAX_ANNOTATIONS:
             break
     return lines
+
+
+def render_soak(result: Any) -> str:
+    verdict = result.verdict
+    per_1000 = int(round(verdict.per_iteration * 1000))
+    lines = [
+        f"memory kept growing through a soak of {result.iterations:,} iterations: "
+        f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
+        f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
+        "  window medians (quarters of the run): "
+        + ", ".join(format_size(int(m)) for m in verdict.window_medians),
+        f"  heap     {sparkline(result.heap)}",
+    ]
+    if result.private:
+        lines.append(f"  private  {sparkline(result.private)}  (context; not judged)")
+    lines.extend(render_sites(result.sites, alive_only=True))
+    return "\n".join(lines)
