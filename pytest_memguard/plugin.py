@@ -19,6 +19,7 @@ import pytest
 from . import __version__
 from . import baseline as baselines
 from .budget import Budget, BudgetError, Verdict, check, merge_markers, parse_budget
+from .isolate import can_fork, run_isolated
 from .leaks import LeakResult, LeakRunner, LeakSettings, LeakSettingsError, parse_leak_marker
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
@@ -137,6 +138,7 @@ class MemguardPlugin:
         self.deselected = False
         self._repeating = False
         self._warmed = False
+        self._warned_no_fork = False
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         if config.pluginmanager.hasplugin("xdist"):
@@ -258,6 +260,35 @@ class MemguardPlugin:
             plan = item.stash.get(PLAN_KEY, None)
             if plan is not None:
                 yield plan
+
+    # ------------------------------------------------------------------ isolation
+    def _isolated(self, item: pytest.Item) -> bool:
+        return self.settings.mem_isolate or item.get_closest_marker("mem_isolate") is not None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        """Run a test marked mem_isolate (or every test with --mem-isolate) in a forked child
+        that starts from the session's post-collection state, and report what it reported."""
+        if not self._isolated(item):
+            return None
+        if not can_fork():
+            if not self._warned_no_fork:
+                self._warned_no_fork = True
+                warnings.warn(
+                    MemguardWarning(
+                        "mem_isolate: this platform cannot fork; tests run in this process "
+                        "and their numbers depend on the tests before them"
+                    ),
+                    stacklevel=1,
+                )
+            return None
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in run_isolated(item):
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
 
     # ------------------------------------------------------------------ running
     def _start(self, item: pytest.Item, plan: TestPlan) -> Meter:

@@ -1,0 +1,118 @@
+"""--mem-isolate: a test's numbers do not depend on the tests that ran before it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import pytest
+
+from .conftest import Runner
+from .test_plugin_budget import outcomes
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation forks")
+
+SIBLINGS = """
+import os
+import re
+
+import pytest
+
+HUNGRY = []
+
+def test_a_hungry_sibling():
+    HUNGRY.extend(bytearray(1000) for _ in range(20000))
+    for i in range(300):
+        re.compile(f"p{i}[a-z]+")
+
+def test_b_measured():
+    for i in range(300):
+        re.compile(f"p{i}[a-z]+")
+"""
+
+
+def measured(pytester: pytest.Pytester) -> tuple[int, int]:
+    report = json.loads((pytester.path / "report.json").read_text())
+    [test] = [t for t in report["tests"] if t["nodeid"].endswith("test_b_measured")]
+    return test["metrics"]["allocations"], test["metrics"]["heap_peak"]
+
+
+def test_numbers_are_identical_alone_and_after_a_hungry_sibling(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_iso=SIBLINGS)
+    run(*plugin_args, "--mem-isolate", "--mem-report=report.json").assert_outcomes(passed=2)
+    after_sibling = measured(pytester)
+    run("--mem-isolate", "--mem-report=report.json", "-k", "test_b").assert_outcomes(passed=1)
+    alone = measured(pytester)
+    assert after_sibling == alone
+    # Without isolation the sibling's warm regex cache makes the same test look far cheaper.
+    run("--mem-report=report.json", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert measured(pytester)[0] < alone[0] // 2
+
+
+def test_marker_isolates_one_test_and_reports_come_back(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import os
+        import pytest
+
+        PARENT = os.getpid()
+
+        @pytest.mark.mem_isolate
+        def test_in_child(tmp_path):
+            assert os.getpid() != PARENT
+            print("hello from the child")
+            assert False, "failure travels back"
+
+        def test_in_parent():
+            assert os.getpid() == PARENT
+        """
+    )
+    result = run("-rA", "--junitxml=junit.xml")
+    assert outcomes(result) == {"test_in_child": "FAILED", "test_in_parent": "PASSED"}
+    result.stdout.fnmatch_lines(["*failure travels back*", "*hello from the child*"])
+    assert "memguard.peak" in (pytester.path / "junit.xml").read_text()
+
+
+def test_a_crashing_child_is_a_failure_naming_the_signal(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_crash="""
+        import os
+        import signal
+
+        def test_dies():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def test_after():
+            pass
+        """
+    )
+    result = run("--mem-isolate", "-rA")
+    assert outcomes(result) == {"test_dies": "FAILED", "test_after": "PASSED"}
+    result.stdout.fnmatch_lines(["*killed by signal SIGKILL*"])
+
+
+def test_isolated_budgets_and_baselines_work(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_mix="""
+        import pytest
+
+        @pytest.mark.mem_budget("8MB")
+        def test_over():
+            b = bytearray(20 * 2**20)
+
+        def test_fine():
+            x = [str(i) for i in range(100)]
+        """
+    )
+    run("--mem-isolate", "--mem-baseline=update").assert_outcomes(passed=1, failed=1)
+    result = run("--mem-isolate")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*peak 20.0 MiB exceeds mem_budget 8.0 MiB*"])
+    assert (pytester.path / "__memguard__" / "test_mix.json").exists()
