@@ -22,8 +22,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from filelock import FileLock
-
 from .measurement import format_metric
 from .report import atomic_write
 from .tolerance import Tolerance
@@ -104,8 +102,10 @@ def dumps(scopes: Mapping[str, Mapping[str, Entry]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lock_for(path: str) -> FileLock:
+def _lock_for(path: str) -> Any:
     # In the temp directory, keyed by the file: no lock files left in the user's repository.
+    from filelock import FileLock  # imported when a baseline is written, not at startup
+
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
     return FileLock(os.path.join(tempfile.gettempdir(), f"memguard-{digest}.lock"), timeout=120)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc as abc_module
 import array
 import copyreg
-import ctypes
+import functools
 import gc
 import importlib
 import sys
@@ -370,28 +370,31 @@ def _clear_module_caches() -> None:
 # ---------------------------------------------------------------------------- native heap
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _load_mallinfo2() -> Callable[[], int] | None:
-    """glibc's allocated-bytes figure: the only place a C-level malloc leak shows."""
+@functools.cache
+def native_allocated() -> Callable[[], int] | None:
+    """glibc's allocated-bytes figure: the only place a C-level malloc leak shows. Loaded on
+    first use (ctypes is not imported at startup)."""
     if not IS_LINUX:
         return None
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
     try:
         libc = ctypes.CDLL(None)
         function = libc.mallinfo2
@@ -407,9 +410,6 @@ def _load_mallinfo2() -> Callable[[], int] | None:
         return int(info.uordblks) + int(info.hblkhd) - own
 
     return allocated
-
-
-_native_allocated = _load_mallinfo2()
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -454,6 +454,7 @@ class LeakRunner:
         native = array.array("q", bytes(8 * size))
         cleanup = InterpreterCleanup()
         heap = self.engine.heap
+        _native_allocated = native_allocated()
         use_native = _native_allocated is not None
         counts_blocks = heap.counts_calls
         cleanup()
@@ -518,7 +519,7 @@ class LeakRunner:
     def _window(first: int, last: int, *columns: array.array[int]) -> dict[str, list[int]]:
         names = ("blocks", "bytes", "fds", "native")
         window = {name: col[first : last + 1].tolist() for name, col in zip(names, columns)}
-        if _native_allocated is None:
+        if native_allocated() is None:
             del window["native"]
         return window
 

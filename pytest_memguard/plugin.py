@@ -141,6 +141,7 @@ class MemguardPlugin:
         self._warned_no_fork = False
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
+        self._exists: dict[str, bool] = {}
         if config.pluginmanager.hasplugin("xdist"):
             from .xdist import XdistHooks
 
@@ -187,7 +188,10 @@ class MemguardPlugin:
         if mode in ("update", "check"):
             return True
         path, _ = baselines.location(nodeid, self.rootdir)
-        return os.path.exists(path)
+        exists = self._exists.get(path)
+        if exists is None:
+            exists = self._exists[path] = os.path.exists(path)
+        return exists
 
     def _plan(self, item: pytest.Item) -> TestPlan:
         try:

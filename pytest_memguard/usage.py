@@ -11,8 +11,7 @@ a kept-open ``/proc/self/statm`` read with ``os.pread`` and a write of ``5`` to 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import gc
 import os
 import resource
@@ -115,6 +114,9 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``: without it freed memory stays in arenas and looks leaked."""
     if not IS_LINUX:
         return None
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
@@ -125,14 +127,17 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_malloc_trim = _load_malloc_trim()
+@functools.cache
+def _malloc_trim_function() -> Callable[[int], int] | None:
+    return _load_malloc_trim()  # ctypes is loaded on first use, not at startup
 
 
 def release_free_memory() -> None:
     """Collect garbage and hand free allocator memory back to the OS before a reading."""
     gc.collect()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    trim = _malloc_trim_function()
+    if trim is not None:
+        trim(0)
 
 
 def open_fds() -> int | None:

@@ -1,0 +1,254 @@
+"""Side-by-side costs, measured in one run on this machine: ``python benchmarks/run.py``.
+
+Every figure is a ratio to a baseline measured in the same run, interleaved (A B A B ...) and
+summarised by the median, because on a shared machine only ratios mean anything. Goals come
+from the issues; a line says whether this run met them, it does not fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+
+SUITE_SIZE = 500
+
+
+def suite(directory: str, tests: int) -> None:
+    """A 500-test suite of small, realistic bodies (parsing, dicts, strings)."""
+    body = textwrap.dedent(
+        """
+        import json
+
+        DATA = json.dumps({"items": [{"id": i, "name": f"n{i}"} for i in range(20)]})
+
+
+        def test_{i}():
+            doc = json.loads(DATA)
+            names = sorted(item["name"] for item in doc["items"])
+            assert len(names) == 20
+        """
+    )
+    per_module = 50
+    for module in range(tests // per_module):
+        text = "".join(body.replace("{i}", str(module * per_module + i)) for i in range(per_module))
+        with open(os.path.join(directory, f"test_bench_{module}.py"), "w") as handle:
+            handle.write(text)
+
+
+def run_pytest(directory: str, args: Sequence[str]) -> float:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    # Bytecode caching on, as on a developer's machine (some sandboxes switch it off, which
+    # makes every import recompile and inflates fixed costs).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    start = time.perf_counter()
+    completed = subprocess.run(
+        [*command, *args], cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    elapsed = time.perf_counter() - start
+    if completed.returncode not in (0, 1):
+        raise SystemExit(f"pytest {' '.join(args)} failed:\n{completed.stdout.decode()[-2000:]}")
+    return elapsed
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, function in variants.items():
+            samples[name].append(function())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def suite_ratios(rounds: int) -> list[tuple[str, float, str]]:
+    directory = tempfile.mkdtemp(prefix="memguard-bench-")
+    try:
+        suite(directory, SUITE_SIZE)
+        # Warm the OS caches and .pyc files once.
+        run_pytest(directory, ["-p", "no:memguard"])
+        variants: dict[str, Callable[[], float]] = {
+            "plain (-p no:memguard)": lambda: run_pytest(directory, ["-p", "no:memguard"]),
+            "default": lambda: run_pytest(directory, []),
+            "--mem-baseline=update": lambda: run_pytest(directory, ["--mem-baseline=update"]),
+            "--mem-leak-check": lambda: run_pytest(directory, ["--mem-leak-check"]),
+            "--mem-isolate": lambda: run_pytest(directory, ["--mem-isolate"]),
+        }
+        try:
+            import pytest_memray  # noqa: F401
+
+            variants["pytest-memray --memray"] = lambda: run_pytest(
+                directory, ["-p", "no:memguard", "--memray"]
+            )
+        except ImportError:
+            pass
+        medians = interleaved(variants, rounds)
+        for entry in os.listdir(directory):
+            if entry == "__memguard__":
+                shutil.rmtree(os.path.join(directory, entry))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    plain = medians.pop("plain (-p no:memguard)")
+    goals = {"default": 1.03, "--mem-baseline=update": 1.10, "--mem-leak-check": 8.0}
+    rows = [("plain (-p no:memguard)", 1.0, f"{plain:.2f} s for {SUITE_SIZE} tests")]
+    for name, value in medians.items():
+        goal = goals.get(name)
+        note = (
+            f"goal <= {goal:.2f}x: {'met' if value / plain <= goal else 'NOT met'}" if goal else ""
+        )
+        rows.append((name, value / plain, note))
+    return rows
+
+
+def allocation_workload() -> None:
+    data = []
+    for i in range(60_000):
+        data.append({"id": i, "name": str(i), "tags": [i, i + 1]})
+    del data
+
+
+def timed(function: Callable[[], None], repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def hook_ratios() -> list[tuple[str, float, str]]:
+    """The allocator hook's cost on an allocation-heavy workload, vs tracemalloc, in-process."""
+    try:
+        from pytest_memguard import _tracemalloc_ext as ext  # type: ignore[attr-defined]
+    except ImportError:
+        return [("allocator hook", float("nan"), "extension not built")]
+    ext.install()
+    rows: list[tuple[str, float, str]] = []
+    results: dict[str, list[float]] = {k: [] for k in ("none", "count", "sizes", "sites", "tm")}
+    for _ in range(5):
+        results["none"].append(timed(allocation_workload, 1))
+        ext.enable(0, 4)
+        ext.disable()  # installed but idle: what every non-measured moment costs
+        results["count"].append(timed(allocation_workload, 1))
+        ext.enable(0, 4)
+        results["sizes"].append(timed(allocation_workload, 1))
+        ext.disable()
+        ext.enable(512 * 1024, 4)
+        results["sites"].append(timed(allocation_workload, 1))
+        ext.disable()
+        tracemalloc.start(1)
+        results["tm"].append(timed(allocation_workload, 1))
+        tracemalloc.stop()
+    base = statistics.median(results["none"])
+    labels = {
+        "count": ("hook installed, window closed", 1.05),
+        "sizes": ("counting + live/peak bytes", 1.5),
+        "sites": ("+ sampled sites (512 KiB)", 1.6),
+        "tm": ("tracemalloc.start(1)", None),
+    }
+    rows.append(("no hook (allocation-heavy loop)", 1.0, f"{base * 1000:.1f} ms"))
+    for key, (label, goal) in labels.items():
+        ratio = statistics.median(results[key]) / base
+        note = f"goal <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}" if goal else ""
+        rows.append((label, ratio, note))
+    return rows
+
+
+def marked_test_cost() -> list[tuple[str, float, str]]:
+    """Fixed cost of one measured window (what a mem_budget test pays), in milliseconds."""
+    from pytest_memguard.measurement import Meter, get_engine
+
+    engine = get_engine()
+    gc.collect()
+    gc.freeze()  # as the plugin does when tests need 'retained': collections skip old objects
+    samples = []
+    for _ in range(200):
+        meter = Meter(engine, retained=True)
+        start = time.perf_counter()
+        meter.start()
+        meter.stop()
+        meter.close()
+        samples.append(time.perf_counter() - start)
+    plain = []
+    for _ in range(200):
+        meter = Meter(engine, retained=False)
+        start = time.perf_counter()
+        meter.start()
+        meter.stop()
+        meter.close()
+        plain.append(time.perf_counter() - start)
+    gc.unfreeze()
+    retained_ms = statistics.median(samples) * 1000
+    plain_ms = statistics.median(plain) * 1000
+    return [
+        ("window, default (no gc)", plain_ms, "ms per test"),
+        (
+            "window with retained (2 x gc)",
+            retained_ms,
+            f"ms per test; goal <= 2 ms: {'met' if retained_ms <= 2 else 'NOT met'}",
+        ),
+    ]
+
+
+def soak_overhead() -> list[tuple[str, float, str]]:
+    from pytest_memguard.measurement import get_engine
+    from pytest_memguard.soak import Soak
+
+    n = 300_000
+
+    def body(x: int) -> int:
+        return x * 2 + 1
+
+    def bare() -> None:
+        for i in range(n):
+            body(i)
+
+    def soaked() -> None:
+        for i in Soak(get_engine(), n):
+            body(i)
+
+    ratio = statistics.median(timed(soaked, 1) / timed(bare, 1) for _ in range(7))
+    per = timed(bare) / n * 1e6
+    return [
+        (
+            f"soak() around a ~{per:.2f} us body",
+            ratio,
+            f"goal <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'}",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    parser.add_argument("--quick", action="store_true", help="skip the 500-test suite runs")
+    args = parser.parse_args()
+    print(f"Python {sys.version.split()[0]} on {sys.platform}, {os.cpu_count()} CPUs")
+    sections = [
+        ("allocator hook vs tracemalloc (ratio to no hook)", hook_ratios),
+        ("fixed cost of a measured window", marked_test_cost),
+        ("soak sampling (ratio to a bare loop)", soak_overhead),
+    ]
+    if not args.quick:
+        sections.append(
+            (
+                f"{SUITE_SIZE}-test suite, median of {args.rounds} interleaved rounds",
+                lambda: suite_ratios(args.rounds),
+            )
+        )
+    for title, function in sections:
+        print(f"\n{title}")
+        for name, value, note in function():
+            print(f"  {name:<36} {value:>8.3f}  {note}")
+
+
+if __name__ == "__main__":
+    main()
