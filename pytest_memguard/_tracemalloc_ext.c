@@ -201,7 +201,7 @@ static void table_put(table_t *t, uintptr_t key, uint32_t size, int32_t sample)
 /* Insert, growing at 3/4 load. Returns 0, or -1 when memory for the table ran out. */
 static int table_insert(table_t *t, uintptr_t key, size_t size, int32_t sample)
 {
-    if (t->slots == NULL && table_init(t, 10) < 0) {
+    if (t->slots == NULL && table_init(t, 8) < 0) {
         return -1;
     }
     if ((t->used + 1) * 4 > (t->mask + 1) * 3 && table_grow(t) < 0) {
@@ -682,16 +682,27 @@ static PyObject *ext_enable(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static void release_big_table(table_t *t)
+{
+    if (t->slots != NULL && t->mask + 1 > ((size_t)1 << 14)) {
+        free(t->slots);
+        own_sub((t->mask + 1) * sizeof(entry_t));
+        t->slots = NULL;
+        t->used = 0;
+    }
+}
+
 static PyObject *ext_disable(PyObject *self, PyObject *unused)
 {
-    /* Stop, and give back what a big test made the tables grow to. Samples stay readable. */
+    /* Stop, and give back what a big test made the tables grow to (small tables are wiped by
+       the next enable(): wiping twice per test evicted the test runner's own data from the
+       CPU caches and cost more than the window itself). Samples stay readable. */
     STORE(enabled, 0);
     PyThread_acquire_lock(raw_lock, WAIT_LOCK);
-    table_clear(&tables[D_RAW]);
+    release_big_table(&tables[D_RAW]);
     PyThread_release_lock(raw_lock);
-    table_clear(&tables[D_MEM]);
-    table_clear(&tables[D_OBJ]);
-    n_huge = 0;
+    release_big_table(&tables[D_MEM]);
+    release_big_table(&tables[D_OBJ]);
     Py_RETURN_NONE;
 }
 
