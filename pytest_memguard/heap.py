@@ -447,4 +447,27 @@ def load_backend() -> HeapBackend:
         from . import _tracemalloc_ext  # type: ignore[attr-defined]
     except ImportError as exc:
         return TracemallocBackend(reason=f"extension unavailable: {exc}")
+    missing = [name for name in _EXT_API if not hasattr(_tracemalloc_ext, name)]
+    if missing:  # a stale build left next to newer sources
+        return TracemallocBackend(
+            reason=f"extension out of date (no {', '.join(missing)}); reinstall to rebuild it"
+        )
     return ExtBackend(_tracemalloc_ext)
+
+
+_EXT_API = (
+    "install",
+    "enable",
+    "disable",
+    "counters",
+    "mark",
+    "since",
+    "release",
+    "swap_peak",
+    "samples",
+    "sample_count",
+    "set_sampling",
+    "block_size",
+    "exclude_threads",
+    "own_bytes",
+)

@@ -329,7 +329,10 @@ class InterpreterCleanup:
                     clear()
         _clear_module_caches()
         for module in list(sys.modules.values()):
-            registry = getattr(module, "__warningregistry__", None)
+            # The namespace, not getattr(): a module's __getattr__ hook would run (and build an
+            # exception) for every module on every call: 400 us of a 1.1 ms cleanup, measured.
+            namespace = getattr(module, "__dict__", None)
+            registry = namespace.get("__warningregistry__") if isinstance(namespace, dict) else None
             if isinstance(registry, dict):
                 registry.clear()
         if hasattr(sys, "_clear_internal_caches"):  # 3.13+
