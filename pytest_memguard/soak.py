@@ -31,7 +31,6 @@ MIN_SAMPLES = 8
 BYTE_THRESHOLD = 1.0  # bytes per iteration
 HALF = 0.5  # the last quarter must still grow at least half as fast as the second
 DEFAULT_MARGIN = 100
-SOAK_SAMPLE_INTERVAL = 64 * 1024
 
 
 def _median(values: list[int] | list[float]) -> float:
@@ -160,7 +159,6 @@ class Soak:
             self.iterations if k == n else round(self.iterations * k / n) for k in range(1, n + 1)
         ]
         chunks = [range(lo, hi) for lo, hi in zip([0, *bounds[:-1]], bounds)]
-        old_interval = _set_sampling(heap, SOAK_SAMPLE_INTERVAL)
         token = heap.begin()
         try:
             for k in range(n):
@@ -180,18 +178,10 @@ class Soak:
                 result.sites = heap.sites(token, 5, alive_only=True)
         finally:
             heap.end(token)
-            _set_sampling(heap, old_interval)
         if self.on_result is not None:
             self.on_result(result)
         if result.verdict is not None and result.verdict.growing:
             raise AssertionError(result.message())
-
-
-def _set_sampling(heap: Any, interval: int | None) -> int | None:
-    setter = getattr(getattr(heap, "_ext", None), "set_sampling", None)
-    if setter is None or interval is None:
-        return None
-    return int(setter(interval))
 
 
 def counter(bits: int, start: str | int = "near_wrap", margin: int | None = None) -> Iterator[int]:
