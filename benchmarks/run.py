@@ -169,25 +169,23 @@ def marked_test_cost() -> list[tuple[str, float, str]]:
     engine = get_engine()
     gc.collect()
     gc.freeze()  # as the plugin does when tests need 'retained': collections skip old objects
-    samples = []
-    for _ in range(200):
-        meter = Meter(engine, retained=True)
-        start = time.perf_counter()
-        meter.start()
-        meter.stop()
-        meter.close()
-        samples.append(time.perf_counter() - start)
-    plain = []
-    for _ in range(200):
-        meter = Meter(engine, retained=False)
-        start = time.perf_counter()
-        meter.start()
-        meter.stop()
-        meter.close()
-        plain.append(time.perf_counter() - start)
+
+    def window_cost(retained: bool) -> float:
+        samples = []
+        for _ in range(200):
+            meter = Meter(engine, retained=retained)
+            start = time.perf_counter()
+            meter.start()
+            meter.stop()
+            meter.close()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    retained = window_cost(True)
+    plain = window_cost(False)
     gc.unfreeze()
-    retained_ms = statistics.median(samples) * 1000
-    plain_ms = statistics.median(plain) * 1000
+    retained_ms = retained * 1000
+    plain_ms = plain * 1000
     return [
         ("window, default (no gc)", plain_ms, "ms per test"),
         (

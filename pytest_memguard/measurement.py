@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import gc
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,7 +77,6 @@ class Engine:
     def __init__(self, heap: HeapBackend | None = None) -> None:
         self.probe = ProcessProbe()
         self.heap = heap if heap is not None else load_backend()
-        self.lock = threading.RLock()
 
     def describe(self) -> str:
         heap = self.heap
