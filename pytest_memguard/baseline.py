@@ -115,18 +115,10 @@ def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:
     beyond tolerance in either direction."""
     if set(old) != set(new):
         return False
-    for metric, value in new.items():
-        base = old[metric]
-        slack = _slack(metric, base, tolerance)
-        if abs(value - base) > slack:
-            return False
-    return True
-
-
-def _slack(metric: str, base: int, tolerance: Tolerance) -> float:
-    if metric in COUNTS:  # the absolute part is bytes; counts get the relative part
-        return tolerance.relative * base
-    return tolerance.allowance(base)
+    return all(
+        abs(value - old[metric]) <= tolerance.allowance(old[metric], metric in COUNTS)
+        for metric, value in new.items()
+    )
 
 
 def update_file(
@@ -199,11 +191,10 @@ def compare(
         old, new = base.get(metric), now.get(metric)
         if old is None or new is None:
             continue
-        slack = _slack(metric, old, tolerance)
         change = Change(metric, old, new, tolerance)
-        if new > old + slack:
+        if tolerance.exceeded(old, new, metric in COUNTS):
             result.regressions.append(change)
-        elif new < old - slack:
+        elif tolerance.improved(old, new, metric in COUNTS):
             result.improvements.append(change)
     return result
 

@@ -11,14 +11,13 @@ keeps its own peak by saving the outer peak when it opens and folding its own in
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
 import threading
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -149,38 +148,50 @@ def all_objects() -> list[object]:
     return gc.get_objects()
 
 
-def census_objects(block_size: Callable[[object], int], limit: int) -> list[TypeGrowth]:
-    """Types of objects allocated in the window and still alive, by bytes.
-
-    Only runs to explain a failure: ``gc.get_objects()`` costs milliseconds on a big heap.
-    Untracked atomic objects (ints, strings, bytes) are found as referents of tracked ones.
-    The census's own containers are skipped (and with them the ints ``id()`` makes).
-    """
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def _live_objects(skip: set[int]) -> Iterator[object]:
+    """Every live object once: the GC-tracked ones and, as their referents, the untracked atomic
+    ones (ints, strings, bytes). Frozen objects included; ids in ``skip`` (the caller's
+    bookkeeping) and memguard's own types left out. Only to explain a failure: it costs
+    milliseconds on a big heap."""
     seen: set[int] = set()
     objects = all_objects()
-    ours = {id(seen), id(counts), id(objects)}
+    skip = skip | {id(seen), id(objects), id(skip)}
     for obj in objects:
-        if id(obj) in ours:
+        if id(obj) in skip:
             continue
         for candidate in (obj, *gc.get_referents(obj)):
             ident = id(candidate)
-            if ident in seen or (candidate is not obj and gc.is_tracked(candidate)):
+            if ident in seen or ident in skip:
+                continue
+            if candidate is not obj and gc.is_tracked(candidate):
                 continue
             seen.add(ident)
-            size = block_size(candidate)
-            if size < 0:
-                continue
-            kind = type(candidate)
-            if kind.__module__.startswith(_PACKAGE_NAME):
-                continue
-            # The object's own block may be a header whose buffer is a second block.
-            with contextlib.suppress(TypeError):  # objects whose __sizeof__ is broken
-                size = max(size, sys.getsizeof(candidate))
-            entry = counts[f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")]
+            if not type(candidate).__module__.startswith(_PACKAGE_NAME):
+                yield candidate
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")
+
+
+def _sizeof(obj: object) -> int:
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:  # objects whose __sizeof__ is broken
+        return 0
+
+
+def census_objects(block_size: Callable[[object], int], limit: int) -> list[TypeGrowth]:
+    """Types of objects allocated in the window and still alive, by bytes."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for obj in _live_objects({id(counts)}):
+        size = block_size(obj)
+        if size >= 0:
+            entry = counts[_type_name(obj)]
             entry[0] += 1
-            entry[1] += size
-    del objects
+            # The object's own block may be a header whose buffer is a second block.
+            entry[1] += max(size, _sizeof(obj))
     order = sorted(counts.items(), key=lambda kv: (-kv[1][1], kv[0]))
     return [TypeGrowth(name, c, b) for name, (c, b) in order[:limit]]
 
@@ -202,29 +213,12 @@ def _reachable_ids(roots: Sequence[object], depth: int = 4) -> set[int]:
 def census_types(exclude: Sequence[object] = ()) -> dict[str, tuple[int, int]]:
     """Live objects by type name: (count, bytes). Compared before and after a few calls, it
     names the types that grew. ``exclude`` (and what it holds) is bookkeeping to skip."""
-    skip = _reachable_ids(exclude)
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    seen: set[int] = set()
-    objects = all_objects()
-    skip.update((id(seen), id(totals), id(objects), id(skip)))
-    for obj in objects:
-        if id(obj) in skip:
-            continue
-        for candidate in (obj, *gc.get_referents(obj)):
-            ident = id(candidate)
-            if ident in seen or ident in skip:
-                continue
-            if candidate is not obj and gc.is_tracked(candidate):
-                continue
-            seen.add(ident)
-            kind = type(candidate)
-            if kind.__module__.startswith(_PACKAGE_NAME):
-                continue
-            entry = totals[f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")]
-            entry[0] += 1
-            with contextlib.suppress(TypeError):
-                entry[1] += sys.getsizeof(candidate)
-    del objects
+    skip = _reachable_ids(exclude) | {id(totals)}
+    for obj in _live_objects(skip):
+        entry = totals[_type_name(obj)]
+        entry[0] += 1
+        entry[1] += _sizeof(obj)
     return {name: (c, b) for name, (c, b) in totals.items()}
 
 
@@ -297,11 +291,14 @@ class ExtBackend:
     def sites(
         self, token: _ExtToken, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
-        rows = [
+        return aggregate_sites(self._rows(token.first_sample), limit, alive_only, by_count)
+
+    def _rows(self, first: int) -> list[tuple[int, float, bool, tuple[Frame, ...]]]:
+        """The extension's samples from index ``first`` on, as aggregate_sites wants them."""
+        return [
             (size, weight, bool(alive), tuple(Frame(f, line, fn) for f, line, fn in stack))
-            for size, weight, _domain, alive, stack in self._ext.samples(token.first_sample)
+            for size, weight, _domain, alive, stack in self._ext.samples(first)
         ]
-        return aggregate_sites(rows, limit, alive_only, by_count)
 
     def census(self, token: _ExtToken, limit: int) -> list[TypeGrowth]:
         return census_objects(self._ext.block_size, limit)
@@ -330,18 +327,15 @@ class ExtBackend:
                 between()
         finally:
             self._ext.set_sampling(old)
-        rows = [
-            (size, weight, bool(alive), tuple(Frame(f, line, fn) for f, line, fn in stack))
-            for size, weight, _domain, alive, stack in self._ext.samples(first)
-        ]
-        return _per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
+        return _per_call(
+            aggregate_sites(self._rows(first), limit * 4, alive_only=True), calls, limit
+        )
 
 
 @dataclass
 class _TmToken:
     start: int
     high: int
-    owns: bool = False
 
 
 class TracemallocBackend:

@@ -23,8 +23,6 @@ from .usage import ProcessProbe, open_fds, release_free_memory
 
 METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fds")
 COUNT_METRICS = frozenset({"allocations", "fds"})
-# What each metric is good for: deterministic ones can gate merges; process ones are context.
-DETERMINISTIC = ("allocations", "heap_peak", "retained")
 
 
 def interpreter_scope() -> str:
@@ -114,7 +112,6 @@ class Meter:
         self._heap_token: Any = None
         self._window: Any = None
         self._fds0: int | None = None
-        self._anon0: int | None = None
         self.result = Measurement()
         self._closed = True
 

@@ -164,7 +164,9 @@ class MemguardPlugin:
 
     def _baseline_file(self, nodeid: str) -> dict[str, dict[str, baselines.Entry]] | str:
         """The scopes of a test's baseline file (cached), or the error text if unreadable."""
-        path, _ = baselines.location(nodeid, self.rootdir)
+        return self._load_baseline(baselines.location(nodeid, self.rootdir)[0])
+
+    def _load_baseline(self, path: str) -> dict[str, dict[str, baselines.Entry]] | str:
         cached = self._baselines.get(path)
         if cached is None:
             try:
@@ -536,11 +538,11 @@ class MemguardPlugin:
         full_run = self.unfiltered()
         remove_stale = mode == "update" and full_run
         for path in sorted(set(by_file) | set(collected_by_file)):
-            try:
-                stored = baselines.load(path).get(self.scope, {})
-            except baselines.BaselineError as exc:
-                outcome["errors"].append(str(exc))
+            scopes = self._load_baseline(path)  # read once per session (update re-reads under lock)
+            if isinstance(scopes, str):
+                outcome["errors"].append(scopes)
                 continue
+            stored = scopes.get(self.scope, {})
             stale = sorted(set(stored) - collected_by_file.get(path, set())) if full_run else []
             outcome["stale"].extend(f"{os.path.relpath(path, self.rootdir)}: {k}" for k in stale)
             if mode != "update":

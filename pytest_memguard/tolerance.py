@@ -54,14 +54,16 @@ class Tolerance:
                 ) from None
         return cls(relative, absolute)
 
-    def allowance(self, base: int) -> float:
-        return self.absolute + self.relative * base
+    def allowance(self, base: int, count: bool = False) -> float:
+        """Slack around ``base``. The absolute part is bytes, so a count (allocator calls)
+        gets only the relative part."""
+        return self.relative * base + (0 if count else self.absolute)
 
-    def exceeded(self, base: int, now: int) -> bool:
-        return now > base + self.allowance(base)
+    def exceeded(self, base: int, now: int, count: bool = False) -> bool:
+        return now > base + self.allowance(base, count)
 
-    def improved(self, base: int, now: int) -> bool:
-        return now < base - self.allowance(base)
+    def improved(self, base: int, now: int, count: bool = False) -> bool:
+        return now < base - self.allowance(base, count)
 
     def __str__(self) -> str:
         parts = []
