@@ -133,7 +133,7 @@ def hook_ratios() -> list[tuple[str, float, str]]:
     ext.install()
     rows: list[tuple[str, float, str]] = []
     results: dict[str, list[float]] = {k: [] for k in ("none", "count", "sizes", "sites", "tm")}
-    for _ in range(5):
+    for _ in range(9):
         results["none"].append(timed(allocation_workload, 1))
         ext.enable(0, 4)
         ext.disable()  # installed but idle: what every non-measured moment costs

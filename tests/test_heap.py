@@ -65,6 +65,47 @@ def test_heap_peak_within_one_percent() -> None:
 
 
 @needs_hook
+def test_small_blocks_in_page_records_match_the_pointer_table() -> None:
+    """Small blocks live in per-page records, large and sampled ones in the pointer table.
+    Sampling every allocation sends every block to the pointer table: live bytes, live blocks
+    and the peak must come out the same either way, and all of it must go when freed."""
+    import gc
+
+    from pytest_memguard import _tracemalloc_ext as ext  # type: ignore[attr-defined]
+
+    def work() -> list[object]:
+        kept: list[object] = []
+        for i in range(20_000):  # small blocks over hundreds of pages, and some large ones
+            item = {"i": i, "s": str(i) * (i % 7), "b": bytes(i % 600)}
+            if i % 3:
+                kept.append(item)
+            if i % 5000 == 0:
+                kept.append(bytearray(100_000 + i))
+        return kept
+
+    def tracked(interval: int) -> tuple[int, int, int, int]:
+        gc.collect()
+        ext.enable(interval, 1)
+        kept = work()
+        live, blocks, peak = ext.counters()[3:6]
+        del kept
+        after = ext.counters()[3]
+        ext.disable()
+        return live, blocks, peak, after
+
+    work()  # warm-up
+    gc.disable()  # a collection in between would free different objects in the two runs
+    try:
+        paged = tracked(0)
+        table = tracked(1)
+    finally:
+        gc.enable()
+    assert paged[1] > 20_000
+    assert paged[:3] == table[:3]
+    assert paged[3] == table[3] < paged[0] // 100  # freed, nothing lost in the page records
+
+
+@needs_hook
 def test_sites_name_the_line_of_a_large_allocation() -> None:
     with pm.measure(explain=True) as m:
         kept = bytearray(8 * MiB)  # the site
