@@ -10,13 +10,13 @@ where the kernel rounds to pages and misses spikes under 1 MiB.
 from __future__ import annotations
 
 import functools
-import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .garbage import Collector
 from .heap import HeapBackend, Site, TypeGrowth, load_backend
 from .units import format_count, format_size
 from .usage import ProcessProbe, open_fds, release_free_memory
@@ -75,6 +75,7 @@ class Engine:
     def __init__(self, heap: HeapBackend | None = None) -> None:
         self.probe = ProcessProbe()
         self.heap = heap if heap is not None else load_backend()
+        self.collector = Collector()
 
     def describe(self) -> str:
         heap = self.heap
@@ -114,13 +115,14 @@ class Meter:
         self._fds0: int | None = None
         self.result = Measurement()
         self._closed = True
+        self._collecting = False
 
     def start(self) -> None:
         self._closed = False
         if self.want_private:
             release_free_memory()
-        if self.want_retained:
-            gc.collect()
+        self.engine.collector.begin()
+        self._collecting = True
         if self.want_fds:
             self._fds0 = open_fds()
         self._window = self.engine.probe.begin()
@@ -134,7 +136,7 @@ class Meter:
         reading = None
         if self.use_heap:
             if self.want_retained:
-                gc.collect()
+                self.engine.collector.collect()
             reading = self.engine.heap.read(self._heap_token)  # first, for the same reason
         kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
         result.rss = rss
@@ -172,6 +174,9 @@ class Meter:
         self.result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
 
     def close(self) -> None:
+        if self._collecting:
+            self._collecting = False
+            self.engine.collector.end()
         if not self._closed:
             self._closed = True
             if self.use_heap and self._heap_token is not None:
@@ -227,13 +232,15 @@ class count_allocations:  # noqa: N801 - used like a function: ``with count_allo
 
     def __enter__(self) -> AllocationCount:
         if self._collect:
-            gc.collect()
+            self._engine.collector.begin()
         self._token = self._engine.heap.begin()
         return self.result
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         reading = self._engine.heap.read(self._token)
         self._engine.heap.end(self._token)
+        if self._collect:
+            self._engine.collector.end()
         self.result.allocations = reading.allocations
         self.result.frees = reading.frees
         self.result.bytes = reading.bytes

@@ -6,7 +6,6 @@ measured lives in ``measurement``, what fails in ``budget``, how it reads in ``r
 
 from __future__ import annotations
 
-import gc
 import os
 import warnings
 from collections.abc import Generator, Iterator
@@ -115,7 +114,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     plugin = config.stash.get(PLUGIN_KEY, None)
     if plugin is not None:
-        plugin.finish()
         config.pluginmanager.unregister(plugin)
         del config.stash[PLUGIN_KEY]
 
@@ -131,7 +129,6 @@ class MemguardPlugin:
         self.engine = engine
         self.records: dict[str, TestRecord] = {}
         self.is_worker = hasattr(config, "workerinput")
-        self._froze_gc = False
         self.rootdir = str(config.rootpath)
         self.scope = interpreter_scope()
         self.collected: set[str] = set()
@@ -223,8 +220,11 @@ class MemguardPlugin:
 
     @property
     def leak_defaults(self) -> LeakSettings:
+        iterations = self.settings.mem_leak_iterations
+        if iterations is None:
+            return LeakSettings(warmup=self.settings.mem_leak_warmup)
         return LeakSettings(
-            iterations=self.settings.mem_leak_iterations, warmup=self.settings.mem_leak_warmup
+            iterations=iterations, warmup=self.settings.mem_leak_warmup, screen=None
         )
 
     def _leak(self, item: pytest.Item) -> LeakSettings | None:
@@ -253,19 +253,6 @@ class MemguardPlugin:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected.update(item.nodeid for item in session.items)
-        if any(p.retained for p in self._plans(session.items)):
-            # Per-test garbage collection is what 'retained' needs; frozen, the objects from
-            # collection are skipped, so a collection costs ~0.3 ms instead of ~15 ms.
-            gc.collect()
-            gc.freeze()
-            self._froze_gc = True
-
-    @staticmethod
-    def _plans(items: list[pytest.Item]) -> Iterator[TestPlan]:
-        for item in items:
-            plan = item.stash.get(PLAN_KEY, None)
-            if plan is not None:
-                yield plan
 
     # ------------------------------------------------------------------ isolation
     def _isolated(self, item: pytest.Item) -> bool:
@@ -559,11 +546,6 @@ class MemguardPlugin:
             )
             if changed:
                 outcome["updated"].append(os.path.relpath(path, self.rootdir))
-
-    def finish(self) -> None:
-        if self._froze_gc:
-            gc.unfreeze()
-            self._froze_gc = False
 
 
 def _leak_properties(result: LeakResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from pytest_memguard.leaks import (
+    SCREEN,
     LeakRunner,
     LeakSettings,
     LeakSettingsError,
@@ -159,14 +160,47 @@ def test_runner_catches_one_object_per_call_and_explains_it() -> None:
     assert "grew on every call" in message
 
 
-def test_runner_passes_clean_code_at_the_first_stage() -> None:
+def test_runner_passes_clean_code_at_the_screen() -> None:
     def clean() -> None:
         d = collections.OrderedDict((i, str(i)) for i in range(50))
         d.clear()
 
     result = LeakRunner(get_engine(), LeakSettings()).run(clean)
     assert not result.leaked
+    assert result.screened
+    assert result.calls == 5 + SCREEN
+
+
+def test_runner_without_screen_runs_every_call_the_user_asked_for() -> None:
+    def clean() -> None:
+        d = collections.OrderedDict((i, str(i)) for i in range(50))
+        d.clear()
+
+    result = LeakRunner(get_engine(), LeakSettings(screen=None)).run(clean)
+    assert not result.leaked
+    assert not result.screened
     assert result.calls == 35
+
+
+def test_a_leak_every_fourth_call_gets_past_the_screen() -> None:
+    sink: list[object] = []
+    calls = iter(range(10**6))
+
+    def sometimes() -> None:
+        if next(calls) % 4 == 0:
+            sink.append(object())
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(sometimes)
+    assert not result.screened
+    assert result.leaked
+    assert "blocks" in metrics(result.findings)
+
+
+def test_a_number_of_iterations_chosen_by_the_user_turns_the_screen_off() -> None:
+    chosen = parse_leak_marker((40,), {}, "t.py::test_x", LeakSettings())
+    assert chosen.screen is None
+    left = parse_leak_marker((), {"warmup": 2}, "t.py::test_x", LeakSettings())
+    assert left.screen == SCREEN
 
 
 @pytest.mark.xfail(
