@@ -26,6 +26,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if !defined(__GNUC__) && !defined(__clang__)
 #error "_tracemalloc_ext needs GCC or Clang atomics; pytest-memguard falls back to tracemalloc"
@@ -805,6 +811,96 @@ static int hooks_current(void)
     return 1;
 }
 
+
+/* ---------------------------------------------------------------- the kernel bracket
+
+   The per-test probe makes four system calls (reset the peak, read statm, getrusage, count
+   fds); from Python each one builds and parses objects, ~35 us a test in all, which on a suite
+   of millisecond tests is most of what the plugin costs. Here they cost the system calls. */
+
+#ifdef __linux__
+static PyObject *ext_kernel(PyObject *self, PyObject *args)
+{
+    /* kernel(statm_fd, clear_refs_fd): reset the high-water mark first when clear_refs_fd >= 0,
+       then (resident pages, shared pages, ru_maxrss in KiB). */
+    int statm_fd, clear_fd;
+    if (!PyArg_ParseTuple(args, "ii", &statm_fd, &clear_fd)) {
+        return NULL;
+    }
+    if (clear_fd >= 0 && write(clear_fd, "5", 1) != 1) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char buf[128];
+    ssize_t n = pread(statm_fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    buf[n] = 0;
+    unsigned long long size = 0, resident = 0, shared = 0;
+    if (sscanf(buf, "%llu %llu %llu", &size, &resident, &shared) != 3) {
+        PyErr_SetString(PyExc_OSError, "unexpected /proc/self/statm format");
+        return NULL;
+    }
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(KKl)", resident, shared, (long)usage.ru_maxrss);
+}
+
+struct memguard_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Kept open and rewound: opening /proc/self/fd costs as much as listing it. /proc/self is
+   resolved when opened, so a forked child opens its own. */
+static int fd_dir = -1;
+static pid_t fd_dir_pid = 0;
+
+static PyObject *ext_count_fds(PyObject *self, PyObject *unused)
+{
+    /* Open file descriptors, not counting the one kept open to list them. */
+    pid_t pid = getpid();
+    if (fd_dir >= 0 && fd_dir_pid != pid) {
+        close(fd_dir);
+        fd_dir = -1;
+    }
+    if (fd_dir < 0) {
+        fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd_dir < 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        fd_dir_pid = pid;
+    }
+    else if (lseek(fd_dir, 0, SEEK_SET) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char buf[4096];
+    long count = 0;
+    for (;;) {
+        long got = syscall(SYS_getdents64, fd_dir, buf, sizeof(buf));
+        if (got < 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (got == 0) {
+            break;
+        }
+        for (long off = 0; off < got;) {
+            struct memguard_dirent64 *d = (struct memguard_dirent64 *)(buf + off);
+            if (d->d_name[0] != '.') {
+                count++;
+            }
+            off += d->d_reclen;
+        }
+    }
+    return PyLong_FromLong(count - 1);
+}
+#endif
+
 /* ---------------------------------------------------------------- Python API */
 
 static void clear_samples(void)
@@ -1180,6 +1276,12 @@ static PyMethodDef methods[] = {
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
     {"stats", ext_stats, METH_NOARGS, "Internal state, for tests and the report header."},
+#ifdef __linux__
+    {"kernel", ext_kernel, METH_VARARGS,
+     "kernel(statm_fd, clear_refs_fd): (resident pages, shared pages, ru_maxrss KiB); resets "
+     "the peak first when clear_refs_fd >= 0."},
+    {"count_fds", ext_count_fds, METH_NOARGS, "Open file descriptors (Linux)."},
+#endif
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tracemalloc_ext",

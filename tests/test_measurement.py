@@ -136,6 +136,38 @@ def test_fd_change_is_counted() -> None:
     assert open_fds() is not None
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_both_fd_counts_see_an_open_and_a_close(native: bool) -> None:
+    before = open_fds(native)
+    handles = [open(os.devnull) for _ in range(3)]  # noqa: SIM115 - closed below
+    opened = open_fds(native)
+    for handle in handles:
+        handle.close()
+    assert before is not None
+    assert opened is not None
+    assert opened - before == 3
+    assert open_fds(native) == before
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_both_kernel_brackets_see_a_touched_buffer(native: bool) -> None:
+    """The C bracket and the Python one must read the same kernel figures."""
+    probe = ProcessProbe(native=native)
+    try:
+        window = probe.begin()
+        # A fresh mapping: a bytearray might reuse pages the allocator already holds.
+        buffer = mmap.mmap(-1, 16 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for i in range(0, len(buffer), 4096):
+            buffer[i] = 1
+        peak, rss, anon, anon0 = probe.end(window)
+        buffer.close()
+        assert peak >= 15 * MiB
+        assert anon - anon0 >= 15 * MiB
+        assert rss >= 15 * MiB
+    finally:
+        probe.close()
+
+
 def test_probe_resident_and_anon_are_sane() -> None:
     probe = ProcessProbe()
     try:
