@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import threading
 import tracemalloc
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -233,12 +232,9 @@ def _per_call(sites: list[Site], per: int, limit: int) -> list[Site]:
     ][:limit]
 
 
-@dataclass
-class _ExtToken:
-    saved_peak: int
-    first_sample: int
-    own_start: int
-    mark: int = -1
+# What open_window() returns and close_window() takes back: (mark, saved peak, first sample,
+# own bytes at the start). Kept whole until the window closes (see open_window in the C file).
+_ExtToken = tuple[int, int, int, int]
 
 
 class ExtBackend:
@@ -256,7 +252,6 @@ class ExtBackend:
     ) -> None:
         self._ext = module
         self._ext.install()
-        self._depth = 0
         self.sample_interval = sample_interval
         self.frames = frames
 
@@ -264,34 +259,21 @@ class ExtBackend:
         return bool(self._ext.is_installed())
 
     def begin(self) -> _ExtToken:
-        if self._depth == 0:
-            me = threading.get_ident()
-            self._ext.exclude_threads([t for t in sys._current_frames() if t != me])
-            self._ext.enable(self.sample_interval, self.frames)
-        self._depth += 1
-        token = _ExtToken(
-            self._ext.swap_peak(None), self._ext.sample_count(), self._ext.own_bytes()[0]
-        )
-        token.mark = self._ext.mark()  # last: nothing of ours is allocated after the snapshot
+        token: _ExtToken = self._ext.open_window(self.sample_interval, self.frames)
         return token
 
     def read(self, token: _ExtToken) -> HeapReading:
-        allocations, frees, nbytes, live, blocks, peak = self._ext.since(token.mark)
-        own = max(0, self._ext.own_bytes()[1] - token.own_start)
+        allocations, frees, nbytes, live, blocks, peak = self._ext.since(token[0])
+        own = max(0, self._ext.own_bytes()[1] - token[3])
         return HeapReading(allocations, frees, nbytes, peak, live, blocks, own)
 
     def end(self, token: _ExtToken) -> None:
-        self._ext.release(token.mark)
-        self._ext.swap_peak(max(token.saved_peak, self._ext.counters()[5]))
-        self._depth -= 1
-        if self._depth == 0:
-            self._ext.disable()
-            self._ext.exclude_threads(())
+        self._ext.close_window(token[0], token[1])
 
     def sites(
         self, token: _ExtToken, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
-        return aggregate_sites(self._rows(token.first_sample), limit, alive_only, by_count)
+        return aggregate_sites(self._rows(token[2]), limit, alive_only, by_count)
 
     def _rows(self, first: int) -> list[tuple[int, float, bool, tuple[Frame, ...]]]:
         """The extension's samples from index ``first`` on, as aggregate_sites wants them."""
@@ -464,4 +446,6 @@ _EXT_API = (
     "block_size",
     "exclude_threads",
     "own_bytes",
+    "open_window",
+    "close_window",
 )

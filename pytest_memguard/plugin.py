@@ -68,6 +68,7 @@ class TestPlan:
     baseline: bool = False
 
 
+PASSED = Verdict()  # what a test without a budget gets: shared, it is immutable
 PLAN_KEY = pytest.StashKey[TestPlan]()
 METER_KEY = pytest.StashKey[Meter]()
 PLUGIN_KEY = pytest.StashKey["MemguardPlugin"]()
@@ -139,6 +140,7 @@ class MemguardPlugin:
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._exists: dict[str, bool] = {}
+        self._locations: dict[str, tuple[str, str]] = {}
         if config.pluginmanager.hasplugin("xdist"):
             from .xdist import XdistHooks
 
@@ -159,9 +161,16 @@ class MemguardPlugin:
         """'check', 'update', 'off' or 'auto' (check where baseline files exist)."""
         return self.settings.mem_baseline or "auto"
 
+    def _location(self, nodeid: str) -> tuple[str, str]:
+        """(baseline file, key), asked for several times per test: computed once."""
+        found = self._locations.get(nodeid)
+        if found is None:
+            found = self._locations[nodeid] = baselines.location(nodeid, self.rootdir)
+        return found
+
     def _baseline_file(self, nodeid: str) -> dict[str, dict[str, baselines.Entry]] | str:
         """The scopes of a test's baseline file (cached), or the error text if unreadable."""
-        return self._load_baseline(baselines.location(nodeid, self.rootdir)[0])
+        return self._load_baseline(self._location(nodeid)[0])
 
     def _load_baseline(self, path: str) -> dict[str, dict[str, baselines.Entry]] | str:
         cached = self._baselines.get(path)
@@ -177,7 +186,7 @@ class MemguardPlugin:
         scopes = self._baseline_file(nodeid)
         if isinstance(scopes, str):
             return None
-        _, key = baselines.location(nodeid, self.rootdir)
+        _, key = self._location(nodeid)
         return scopes.get(self.scope, {}).get(key)
 
     def _baseline_active(self, nodeid: str) -> bool:
@@ -186,7 +195,7 @@ class MemguardPlugin:
             return False
         if mode in ("update", "check"):
             return True
-        path, _ = baselines.location(nodeid, self.rootdir)
+        path, _ = self._location(nodeid)
         exists = self._exists.get(path)
         if exists is None:
             exists = self._exists[path] = os.path.exists(path)
@@ -305,7 +314,7 @@ class MemguardPlugin:
         del item.stash[METER_KEY]
         try:
             measurement = meter.stop()
-            verdict = check(plan.budget, measurement) if plan.budget is not None else Verdict()
+            verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
             extra: dict[str, Any] = {}
             if plan.budget is not None:
                 extra.update({f"budget.{k}": v for k, v in plan.budget.limits().items()})
@@ -512,14 +521,14 @@ class MemguardPlugin:
         by_file: dict[str, dict[str, baselines.Entry]] = {}
         collected_by_file: dict[str, set[str]] = {}
         for nodeid in self.collected or set(self.records):
-            path, key = baselines.location(nodeid, self.rootdir)
+            path, key = self._location(nodeid)
             collected_by_file.setdefault(path, set()).add(key)
         for record in self.records.values():
             status = record.extra.get("baseline.status")
             if status in ("regressed", "improved", "new"):
                 outcome[status].append(record.nodeid)
             if mode == "update" and record.measured and record.fully_passed:
-                path, key = baselines.location(record.nodeid, self.rootdir)
+                path, key = self._location(record.nodeid)
                 by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
         # Only a run that saw every test can tell a removed test from one not run this time.
         full_run = self.unfiltered()

@@ -128,13 +128,16 @@ class TestRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     phases_passed: set[str] = field(default_factory=set)
     measured: bool = False
+    seen: int = 0  # properties already absorbed: each report carries the item's whole list
 
-    def absorb(self, when: str, outcome: str, properties: Iterable[tuple[str, Any]]) -> None:
+    def absorb(self, when: str, outcome: str, properties: Sequence[tuple[str, Any]]) -> None:
         if outcome == "passed":
             self.phases_passed.add(when)
         if outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
             self.outcome = "error" if (outcome == "failed" and when != "call") else outcome
-        for key, value in properties:
+        fresh = properties[self.seen :]
+        self.seen = max(self.seen, len(properties))
+        for key, value in fresh:
             if not key.startswith(PROPERTY_PREFIX):
                 continue
             name = key[len(PROPERTY_PREFIX) :]
