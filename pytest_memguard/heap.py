@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import tracemalloc
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -320,6 +319,14 @@ class _TmToken:
     high: int
 
 
+def _tracemalloc() -> Any:
+    """The tracemalloc module, imported by the fallback only (it imports pickle: ~3 ms at
+    startup for every run that never needs it)."""
+    import tracemalloc
+
+    return tracemalloc
+
+
 class TracemallocBackend:
     """The fallback: the standard library's tracemalloc, with no call counts."""
 
@@ -334,41 +341,48 @@ class TracemallocBackend:
         self._owns = False
 
     def begin(self) -> _TmToken:
-        if not tracemalloc.is_tracing():
-            tracemalloc.start(self.frames)
+        if not _tracemalloc().is_tracing():
+            _tracemalloc().start(self.frames)
             self._owns = True
-        current, peak = tracemalloc.get_traced_memory()
+        current, peak = _tracemalloc().get_traced_memory()
         for window in self._open:
             window.high = max(window.high, peak)
-        tracemalloc.reset_peak()
+        _tracemalloc().reset_peak()
         token = _TmToken(current, current)
         self._open.append(token)
         return token
 
     def read(self, token: _TmToken) -> HeapReading:
-        current, peak = tracemalloc.get_traced_memory()
+        current, peak = _tracemalloc().get_traced_memory()
         high = max(token.high, peak)
         return HeapReading(
             None, None, None, max(0, high - token.start), current - token.start, None
         )
 
     def end(self, token: _TmToken) -> None:
-        _, peak = tracemalloc.get_traced_memory()
+        _, peak = _tracemalloc().get_traced_memory()
         if token in self._open:
             self._open.remove(token)
         for window in self._open:
             window.high = max(window.high, peak)
         if not self._open and self._owns:
-            tracemalloc.stop()
+            _tracemalloc().stop()
             self._owns = False
 
     def sites(
         self, token: _TmToken, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
-        if not tracemalloc.is_tracing():
+        if not _tracemalloc().is_tracing():
             return []
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+        snapshot = (
+            _tracemalloc()
+            .take_snapshot()
+            .filter_traces(
+                [
+                    _tracemalloc().Filter(False, _tracemalloc().__file__),
+                    _tracemalloc().Filter(False, __file__),
+                ]
+            )
         )
         rows = []
         for stat in snapshot.statistics("traceback"):
@@ -385,14 +399,14 @@ class TracemallocBackend:
         limit: int,
     ) -> list[Site]:
         ignore = [
-            tracemalloc.Filter(False, tracemalloc.__file__),
-            tracemalloc.Filter(False, f"{_PACKAGE_DIR}{os.sep}*"),
+            _tracemalloc().Filter(False, _tracemalloc().__file__),
+            _tracemalloc().Filter(False, f"{_PACKAGE_DIR}{os.sep}*"),
         ]
-        before = tracemalloc.take_snapshot().filter_traces(ignore)
+        before = _tracemalloc().take_snapshot().filter_traces(ignore)
         for _ in range(calls):
             call()
             between()
-        after = tracemalloc.take_snapshot().filter_traces(ignore)
+        after = _tracemalloc().take_snapshot().filter_traces(ignore)
         rows = []
         for stat in after.compare_to(before, "traceback"):
             if stat.size_diff <= 0:
@@ -406,11 +420,11 @@ class TracemallocBackend:
         return 0  # tracemalloc's own memory is subtracted where the native heap is read
 
     def census(self, token: _TmToken, limit: int) -> list[TypeGrowth]:
-        if not tracemalloc.is_tracing():
+        if not _tracemalloc().is_tracing():
             return []
 
         def block_size(obj: object) -> int:
-            return -1 if tracemalloc.get_object_traceback(obj) is None else 0
+            return -1 if _tracemalloc().get_object_traceback(obj) is None else 0
 
         return census_objects(block_size, limit)
 

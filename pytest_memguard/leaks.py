@@ -21,6 +21,7 @@ while a real leak stays suspect at every stage.
 
 from __future__ import annotations
 
+import _tracemalloc  # the C module: no pickle import, same answers
 import abc as abc_module
 import array
 import copyreg
@@ -29,7 +30,6 @@ import gc
 import importlib
 import sys
 import threading
-import tracemalloc
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -471,7 +471,7 @@ def native_allocated() -> Callable[[], int] | None:
     def allocated() -> int:
         info = function()
         # tracemalloc keeps its traces in the C heap: its own growth is not the user's.
-        own = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
+        own = _tracemalloc.get_tracemalloc_memory() if _tracemalloc.is_tracing() else 0
         return int(info.uordblks) + int(info.hblkhd) - own
 
     return allocated

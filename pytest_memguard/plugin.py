@@ -11,15 +11,13 @@ import warnings
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pytest
 
 from . import __version__
 from . import baseline as baselines
-from .budget import Budget, BudgetError, Verdict, check, merge_markers, parse_budget
-from .isolate import can_fork, run_isolated
-from .leaks import LeakResult, LeakRunner, LeakSettings, LeakSettingsError, parse_leak_marker
+from .budget import Budget, Verdict, check, merge_markers, parse_budget
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
@@ -33,7 +31,6 @@ from .report import (
     summary_table,
     to_properties,
 )
-from .soak import Soak, SoakResult, counter, fast_clock
 from .units import parse_size
 from .usage import MemoryUsage, usage
 
@@ -67,6 +64,10 @@ class TestPlan:
     private: bool = False
     baseline: bool = False
 
+
+if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks never loads them
+    from .leaks import LeakResult, LeakSettings
+    from .soak import Soak, SoakResult
 
 PASSED = Verdict()  # what a test without a budget gets: shared, it is immutable
 PLAN_KEY = pytest.StashKey[TestPlan]()
@@ -205,7 +206,7 @@ class MemguardPlugin:
         try:
             budget = self._budget(item)
             leak = self._leak(item)
-        except (BudgetError, LeakSettingsError) as exc:
+        except ValueError as exc:  # BudgetError, or leaks.LeakSettingsError (not imported yet)
             return TestPlan(error=str(exc))
         tracked = self._baseline_active(item.nodeid)
         if tracked:
@@ -229,6 +230,8 @@ class MemguardPlugin:
 
     @property
     def leak_defaults(self) -> LeakSettings:
+        from .leaks import LeakSettings
+
         iterations = self.settings.mem_leak_iterations
         if iterations is None:
             return LeakSettings(warmup=self.settings.mem_leak_warmup)
@@ -239,6 +242,8 @@ class MemguardPlugin:
     def _leak(self, item: pytest.Item) -> LeakSettings | None:
         mark = item.get_closest_marker("mem_leak_check")
         if mark is not None:
+            from .leaks import parse_leak_marker
+
             return parse_leak_marker(
                 tuple(mark.args), dict(mark.kwargs), _where(item), self.leak_defaults
             )
@@ -275,6 +280,8 @@ class MemguardPlugin:
         that starts from the session's post-collection state, and report what it reported."""
         if not self._isolated(item):
             return None
+        from .isolate import can_fork, run_isolated
+
         if not can_fork():
             if not self._warned_no_fork:
                 self._warned_no_fork = True
@@ -423,6 +430,8 @@ class MemguardPlugin:
     def _check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
         """Call the test function again and again with the same fixture values (the official
         run above passed) and fail when memory grows from call to call."""
+        from .leaks import LeakRunner
+
         self._repeating = True
         try:
             result = LeakRunner(self.engine, settings).run(item.runtest)
@@ -573,7 +582,7 @@ class MemguardFixture:
         node: pytest.Item | None = None,
     ) -> None:
         self._engine = engine
-        self._leak_defaults = leak_defaults or LeakSettings()
+        self._leak_defaults = leak_defaults
         self._node = node
 
     def soak(
@@ -585,6 +594,8 @@ class MemguardFixture:
     ) -> Soak:
         """``for i in memguard.soak(100_000): ...`` fails the test if memory kept growing
         through the run instead of levelling off; ``max_growth`` is slack (a size)."""
+        from .soak import Soak
+
         slack = 0 if max_growth is None else parse_size(max_growth, "soak max_growth")
         return Soak(self._engine, iterations, samples, slack, self._record_soak)
 
@@ -609,11 +620,15 @@ class MemguardFixture:
         bits: int, *, start: str | int = "near_wrap", margin: int | None = None
     ) -> Iterator[int]:
         """Integers modulo ``2**bits``, by default starting just before the wrap."""
+        from .soak import counter
+
         return counter(bits, start, margin)
 
     @staticmethod
     def fast_clock(step: float = 60.0) -> AbstractContextManager[None]:
         """``time.time``/``monotonic``/``perf_counter`` (and ``_ns``) advance ``step`` s a read."""
+        from .soak import fast_clock
+
         return fast_clock(step)
 
     def check_leaks(
@@ -626,10 +641,15 @@ class MemguardFixture:
     ) -> T:
         """Run ``fn(*args, **kwargs)`` like ``mem_leak_check``; raise AssertionError (a test
         failure) with the report on a leak, else return the last call's result."""
+        from .leaks import LeakRunner, LeakSettings, LeakSettingsError, parse_leak_marker
+
         where = getattr(fn, "__qualname__", repr(fn))
         try:
             settings = parse_leak_marker(
-                (), {"iterations": iterations, "warmup": warmup}, where, self._leak_defaults
+                (),
+                {"iterations": iterations, "warmup": warmup},
+                where,
+                self._leak_defaults or LeakSettings(),
             )
         except LeakSettingsError as exc:
             raise ValueError(str(exc)) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 
 _UNITS = {
     "": 1,
@@ -61,8 +60,13 @@ def parse_size(value: object, what: str = "size") -> int:
     unit = match.group("unit").lower() if match else None
     if match is None or unit not in _UNITS:
         raise SizeError(f"invalid {what} {value!r}: expected {EXPECTED}")
+    number = match.group("num")
+    if number.isdigit():
+        return int(number) * _UNITS[unit]
     # Fraction, not float: byte counts past 2**53 must survive exactly.
-    return round(Fraction(match.group("num")) * _UNITS[unit])
+    from fractions import Fraction
+
+    return round(Fraction(number) * _UNITS[unit])
 
 
 # Stops at TiB so that every printed size parses back (INTERFACE sizes end at T).

@@ -28,7 +28,7 @@ def cycle() -> weakref.ref[Node]:
 
 
 def test_window_garbage_is_collected_and_older_objects_are_frozen_meanwhile() -> None:
-    collector = Collector(share=1e-9)  # one full collection, then none for a long time
+    collector = Collector(share=1e-9, first_delay=0)  # one full collection, then none for long
     old = Node()
     collector.begin()
     assert gc.get_freeze_count() > 0
@@ -41,7 +41,7 @@ def test_window_garbage_is_collected_and_older_objects_are_frozen_meanwhile() ->
 
 
 def test_garbage_from_before_a_window_waits_for_a_full_collection() -> None:
-    collector = Collector(share=1e-9)
+    collector = Collector(share=1e-9, first_delay=0)
     collector.begin()
     collector.end()
     assert collector.full_collections == 1
@@ -52,10 +52,17 @@ def test_garbage_from_before_a_window_waits_for_a_full_collection() -> None:
     collector.end()
     assert collector.full_collections == 1
 
-    eager = Collector(share=float("inf"))  # a full collection before every window
+    eager = Collector(share=float("inf"), first_delay=0)  # a full collection before each window
     eager.begin()
     assert before() is None
     eager.end()
+
+
+def test_the_first_full_collection_waits() -> None:
+    collector = Collector(first_delay=3600)
+    collector.begin()
+    collector.end()
+    assert collector.full_collections == 0
 
 
 def test_nested_windows_freeze_once() -> None:
