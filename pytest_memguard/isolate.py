@@ -6,6 +6,11 @@ allocates. A forked child starts from the state the session had after collection
 The parent freezes the garbage collector's objects before forking so that a collection in the
 child does not write to (and so copy) every inherited page (FIELD-NOTES: 0.4 MB of private
 memory after fork vs 112 MB once the child touches inherited objects).
+
+Where there is no fork (Windows), the child is a new ``python -m pytest`` run with the same
+arguments and the one test as its only selection; it writes its serialised reports to a file
+the parent reads. That child also collects and imports afresh, so its numbers are those of the
+test alone, at the price of a pytest start-up per test.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import gc
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -21,9 +29,36 @@ from _pytest.runner import runtestprotocol
 
 from .leaks import InterpreterCleanup
 
+# Forces the spawn path where fork exists, to test it (and to compare the two).
+SPAWN_ENV = "MEMGUARD_ISOLATE_SPAWN"
+# Flags of pytest's cache plugin, which the child runs without: with --lf, a child would
+# otherwise deselect its own test after an earlier child recorded a different failure.
+_CACHE_FLAGS = frozenset(
+    {
+        "--lf",
+        "--last-failed",
+        "--ff",
+        "--failed-first",
+        "--nf",
+        "--new-first",
+        "--sw",
+        "--stepwise",
+        "--sw-skip",
+        "--stepwise-skip",
+        "--lfnf",
+        "--last-failed-no-failures",
+        "--cache-clear",
+    }
+)
+
 
 def can_fork() -> bool:
     return hasattr(os, "fork")
+
+
+def method() -> str:
+    """'fork' where the platform has it, else 'spawn'."""
+    return "fork" if can_fork() and not os.environ.get(SPAWN_ENV) else "spawn"
 
 
 def _child(item: pytest.Item, write_fd: int) -> None:
@@ -82,8 +117,71 @@ def run_isolated(item: pytest.Item) -> list[pytest.TestReport]:
     return [_crash_report(item, status)]
 
 
-def _crash_report(item: pytest.Item, status: int) -> pytest.TestReport:
-    if os.WIFSIGNALED(status):
+def child_command(config: pytest.Config, item: pytest.Item, reports: str) -> list[str]:
+    """The parent's own arguments, with its test selection replaced by this one test."""
+    selection = {str(arg) for arg in config.args}
+    args = [
+        str(arg)
+        for arg in config.invocation_params.args
+        if str(arg) not in selection and str(arg).split("=", 1)[0] not in _CACHE_FLAGS
+    ]
+    _, sep, rest = item.nodeid.partition("::")
+    target = f"{item.path}::{rest}" if sep else str(item.path)
+    command = [sys.executable, "-m", "pytest", *args, target, "-p", "no:cacheprovider"]
+    if config.pluginmanager.hasplugin("xdist"):
+        command += ["-n", "0"]  # one test, in this child: no workers of its own
+    from .plugin import CHILD_OPTION
+
+    return [*command, f"{CHILD_OPTION}={reports}"]
+
+
+def run_spawned(item: pytest.Item) -> list[pytest.TestReport]:
+    config = item.config
+    handle, path = tempfile.mkstemp(prefix="memguard-child-", suffix=".jsonl")
+    os.close(handle)
+    try:
+        completed = subprocess.run(
+            child_command(config, item, path),
+            cwd=str(config.invocation_params.dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        with open(path, encoding="utf-8") as stream:
+            lines = [line for line in stream if line.strip()]
+    finally:
+        os.unlink(path)
+    hook = config.hook
+    reports = [
+        hook.pytest_report_from_serializable(config=config, data=json.loads(line)) for line in lines
+    ]
+    if any(report.when == "teardown" for report in reports):
+        return reports
+    # The child wrote as it went: whatever it reported before it died, then the death.
+    tail = completed.stdout.decode(errors="replace").strip().splitlines()[-15:]
+    why = f"the isolated child process exited with status {completed.returncode}"
+    return [*reports, _crash_report(item, why=why, output="\n".join(tail))]
+
+
+class ChildReports:
+    """In a spawned child: every report, serialised, one JSON line each, for the parent."""
+
+    def __init__(self, config: pytest.Config, path: str) -> None:
+        self.config = config
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(data) + "\n")
+
+
+def _crash_report(
+    item: pytest.Item, status: int = 0, why: str = "", output: str = ""
+) -> pytest.TestReport:
+    if why:
+        pass
+    elif os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
             name = signal.Signals(number).name
@@ -97,7 +195,8 @@ def _crash_report(item: pytest.Item, status: int) -> pytest.TestReport:
         "location": item.location,
         "keywords": dict.fromkeys(item.keywords, 1),
         "outcome": "failed",
-        "longrepr": f"{item.nodeid}: {why} before reporting (mem_isolate)",
+        "longrepr": f"{item.nodeid}: {why} before reporting (mem_isolate)"
+        + (f"; its output ended with:\n{output}" if output else ""),
         "when": "call",
     }
     return pytest.TestReport(**fields)

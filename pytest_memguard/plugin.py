@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from argparse import SUPPRESS
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks nev
     from .leaks import LeakResult, LeakSettings
     from .soak import Soak, SoakResult
 
+# Internal option of a spawned --mem-isolate child: where to write its reports.
+CHILD_OPTION = "--memguard-child-reports"
 PASSED = Verdict()  # what a test without a budget gets: shared, it is immutable
 PLAN_KEY = pytest.StashKey[TestPlan]()
 METER_KEY = pytest.StashKey[Meter]()
@@ -97,6 +100,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=option.help.replace("%", "%%"),
                 )
         parser.addini(option.ini, help=option.help, default=None)
+    # Internal: set by --mem-isolate where it spawns a child run (no fork), never by users.
+    group.addoption(CHILD_OPTION, default=None, dest="memguard_child_reports", help=SUPPRESS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,6 +116,12 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = MemguardPlugin(config, settings, get_engine())
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "memguard-session")
+    child_reports = config.getoption("memguard_child_reports", None)
+    if child_reports:
+        from .isolate import ChildReports
+
+        plugin.is_worker = plugin.is_child = True  # the parent reports, records and writes
+        config.pluginmanager.register(ChildReports(config, child_reports), "memguard-child")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -131,13 +142,13 @@ class MemguardPlugin:
         self.engine = engine
         self.records: dict[str, TestRecord] = {}
         self.is_worker = hasattr(config, "workerinput")
+        self.is_child = False  # a spawned --mem-isolate child: never isolates again
         self.rootdir = str(config.rootpath)
         self.scope = interpreter_scope()
         self.collected: set[str] = set()
         self.deselected = False
         self._repeating = False
         self._warmed = False
-        self._warned_no_fork = False
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._exists: dict[str, bool] = {}
@@ -270,31 +281,24 @@ class MemguardPlugin:
 
     # ------------------------------------------------------------------ isolation
     def _isolated(self, item: pytest.Item) -> bool:
+        if self.is_child:
+            return False
         return self.settings.mem_isolate or item.get_closest_marker("mem_isolate") is not None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> bool | None:
-        """Run a test marked mem_isolate (or every test with --mem-isolate) in a forked child
-        that starts from the session's post-collection state, and report what it reported."""
+        """Run a test marked mem_isolate (or every test with --mem-isolate) in a child process
+        that starts from the session's post-collection state (forked) or from nothing
+        (spawned, where there is no fork), and report what it reported."""
         if not self._isolated(item):
             return None
-        from .isolate import can_fork, run_isolated
+        from .isolate import method, run_isolated, run_spawned
 
-        if not can_fork():
-            if not self._warned_no_fork:
-                self._warned_no_fork = True
-                warnings.warn(
-                    MemguardWarning(
-                        "mem_isolate: this platform cannot fork; tests run in this process "
-                        "and their numbers depend on the tests before them"
-                    ),
-                    stacklevel=1,
-                )
-            return None
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        for report in run_isolated(item):
+        reports = run_isolated(item) if method() == "fork" else run_spawned(item)
+        for report in reports:
             item.ihook.pytest_runtest_logreport(report=report)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True

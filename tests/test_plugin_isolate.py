@@ -12,7 +12,9 @@ import pytest
 from .conftest import Runner
 from .test_plugin_budget import outcomes
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation forks")
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation forks")
+# The path taken where there is no fork, forced here to test it.
+SPAWN = {"MEMGUARD_ISOLATE_SPAWN": "1"}
 
 SIBLINGS = """
 import os
@@ -39,6 +41,7 @@ def measured(pytester: pytest.Pytester) -> tuple[int, int]:
     return test["metrics"]["allocations"], test["metrics"]["heap_peak"]
 
 
+@needs_fork
 def test_numbers_are_identical_alone_and_after_a_hungry_sibling(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
@@ -57,6 +60,7 @@ def test_numbers_are_identical_alone_and_after_a_hungry_sibling(
     assert measured(pytester)[0] < alone[0] // 2
 
 
+@needs_fork
 def test_marker_isolates_one_test_and_reports_come_back(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -83,6 +87,7 @@ def test_marker_isolates_one_test_and_reports_come_back(
     assert "memguard.peak" in (pytester.path / "junit.xml").read_text()
 
 
+@needs_fork
 def test_a_crashing_child_is_a_failure_naming_the_signal(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -103,6 +108,7 @@ def test_a_crashing_child_is_a_failure_naming_the_signal(
     result.stdout.fnmatch_lines(["*killed by signal SIGKILL*"])
 
 
+@needs_fork
 def test_isolated_budgets_and_baselines_work(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_mix="""
@@ -121,3 +127,77 @@ def test_isolated_budgets_and_baselines_work(pytester: pytest.Pytester, run: Run
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*peak 20.0 MiB exceeds mem_budget 8.0 MiB*"])
     assert (pytester.path / "__memguard__" / "test_mix.json").exists()
+
+
+def test_spawned_children_give_the_numbers_of_the_test_alone(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_iso=SIBLINGS)
+    run("--mem-isolate", "--mem-report=report.json", env=SPAWN).assert_outcomes(passed=2)
+    after_sibling = measured(pytester)
+    run("--mem-isolate", "--mem-report=report.json", "-k", "test_b", env=SPAWN).assert_outcomes(
+        passed=1
+    )
+    alone = measured(pytester)
+    assert abs(after_sibling[0] - alone[0]) <= alone[0] // 10_000
+    assert abs(after_sibling[1] - alone[1]) <= alone[1] // 1_000
+    run("--mem-report=report.json", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert measured(pytester)[0] < alone[0] // 2
+
+
+def test_a_spawned_child_reports_back_failures_output_and_properties(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import os
+        import sys
+
+        import pytest
+
+        @pytest.mark.mem_isolate
+        def test_in_child(tmp_path_factory):
+            spawned = any(a.startswith("--memguard-child-reports=") for a in sys.argv)
+            with open(os.environ["PIDS"], "a") as f:
+                f.write(f"child {os.getpid()}\\nspawned {spawned}\\n")
+            print("hello from the child")
+            assert False, "failure travels back"
+
+        def test_in_parent():
+            with open(os.environ["PIDS"], "a") as f:
+                f.write(f"parent {os.getpid()}\\n")
+        """
+    )
+    pids = pytester.path / "pids.txt"
+    result = run("-rA", "--junitxml=junit.xml", env={**SPAWN, "PIDS": str(pids)})
+    assert outcomes(result) == {"test_in_child": "FAILED", "test_in_parent": "PASSED"}
+    result.stdout.fnmatch_lines(["*failure travels back*", "*hello from the child*"])
+    assert "memguard.peak" in (pytester.path / "junit.xml").read_text()
+    seen = dict(line.split() for line in pids.read_text().splitlines())
+    assert seen["child"] != seen["parent"]
+    assert seen["spawned"] == "True"  # a new interpreter, not a fork
+
+
+def test_a_spawned_child_that_dies_is_a_failure_with_its_output(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_crash="""
+        import os
+        import sys
+
+        def test_dies():
+            print("last words", flush=True)
+            sys.stdout.flush()
+            os._exit(3)
+
+        def test_after():
+            pass
+        """
+    )
+    result = run("--mem-isolate", "-rA", "-s", env=SPAWN)
+    assert outcomes(result) == {"test_dies": "FAILED", "test_after": "PASSED"}
+    result.stdout.fnmatch_lines(
+        ["*exited with status 3 before reporting (mem_isolate); its output ended with:*"]
+    )
+    assert "last words" in result.stdout.str()
