@@ -686,6 +686,15 @@ static void note_free(int domain, void *ptr)
         size = pagemap_remove(&pagemaps[domain], (uintptr_t)ptr, 1);
         sample = -1;
         found = size != 0 || table_remove(&tables[domain], (uintptr_t)ptr, &size, &sample);
+        if (!found) {
+            /* MEM and OBJ are both pymalloc, so C code that frees through one what it
+               allocated through the other works, and extensions do it: look there too, or the
+               block would stay "alive" here forever and look like a leak (tracemalloc keeps
+               one table for all domains for the same reason). */
+            int other = domain == D_MEM ? D_OBJ : D_MEM;
+            size = pagemap_remove(&pagemaps[other], (uintptr_t)ptr, 1);
+            found = size != 0 || table_remove(&tables[other], (uintptr_t)ptr, &size, &sample);
+        }
         if (found) {
             STORE(live_gil, LOAD(live_gil) - size);
             blocks_gil--;
