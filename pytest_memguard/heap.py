@@ -154,18 +154,25 @@ def _live_objects(skip: set[int]) -> Iterator[object]:
     seen: set[int] = set()
     objects = all_objects()
     skip = skip | {id(seen), id(objects), id(skip)}
-    for obj in objects:
-        if id(obj) in skip:
-            continue
-        for candidate in (obj, *gc.get_referents(obj)):
-            ident = id(candidate)
-            if ident in seen or ident in skip:
+    try:
+        for obj in objects:
+            if id(obj) in skip:
                 continue
-            if candidate is not obj and gc.is_tracked(candidate):
-                continue
-            seen.add(ident)
-            if not type(candidate).__module__.startswith(_PACKAGE_NAME):
-                yield candidate
+            for candidate in (obj, *gc.get_referents(obj)):
+                ident = id(candidate)
+                if ident in seen or ident in skip:
+                    continue
+                if candidate is not obj and gc.is_tracked(candidate):
+                    continue
+                seen.add(ident)
+                if not type(candidate).__module__.startswith(_PACKAGE_NAME):
+                    yield candidate
+    finally:
+        # Up to 3.10 this generator's own frame is a GC object and so in ``objects``: frame and
+        # list hold each other, and under a frozen collector nothing breaks the cycle. Each
+        # census then kept the previous one's sets alive and counted them: 4.6 GB on 3.9.
+        objects.clear()
+        seen.clear()
 
 
 def _type_name(obj: object) -> str:
