@@ -189,13 +189,12 @@ def compare(
     result = Comparison()
     for metric in gated:
         old, new = base.get(metric), now.get(metric)
-        if old is None or new is None:
+        if old is None or new is None or old == new:  # the common case, checked first
             continue
-        change = Change(metric, old, new, tolerance)
         if tolerance.exceeded(old, new, metric in COUNTS):
-            result.regressions.append(change)
+            result.regressions.append(Change(metric, old, new, tolerance))
         elif tolerance.improved(old, new, metric in COUNTS):
-            result.improvements.append(change)
+            result.improvements.append(Change(metric, old, new, tolerance))
     return result
 
 
