@@ -121,6 +121,29 @@ def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:
     )
 
 
+def _merge(
+    stored: Mapping[str, Mapping[str, Entry]],
+    scope: str,
+    entries: Mapping[str, Entry],
+    remove: set[str],
+    tolerance: Tolerance,
+) -> tuple[dict[str, dict[str, Entry]], bool]:
+    """The scopes after the update, and whether anything changed."""
+    scopes = {s: dict(e) for s, e in stored.items()}
+    current = scopes.setdefault(scope, {})
+    changed = False
+    for key, entry in entries.items():
+        old = current.get(key)
+        if old is not None and same_within(old, entry, tolerance):
+            continue
+        current[key] = dict(entry)
+        changed = True
+    for key in remove & set(current):
+        del current[key]
+        changed = True
+    return scopes, changed
+
+
 def update_file(
     path: str,
     scope: str,
@@ -128,21 +151,16 @@ def update_file(
     remove: Iterable[str],
     tolerance: Tolerance,
 ) -> bool:
-    """Merge ``entries`` into one scope of the file and drop ``remove``; True if written."""
+    """Merge ``entries`` into one scope of the file and drop ``remove``; True if written.
+
+    A first look goes without the lock: an update run over unchanged code changes nothing,
+    and deciding that from a whole file (writes are atomic renames) is as good as deciding it
+    under the lock, while the lock costs importing filelock (tens of milliseconds)."""
     remove = set(remove)
+    if not _merge(load(path), scope, entries, remove, tolerance)[1]:
+        return False
     with _lock_for(path):
-        scopes = {s: dict(e) for s, e in load(path).items()}
-        current = scopes.setdefault(scope, {})
-        changed = False
-        for key, entry in entries.items():
-            old = current.get(key)
-            if old is not None and same_within(old, entry, tolerance):
-                continue
-            current[key] = dict(entry)
-            changed = True
-        for key in remove & set(current):
-            del current[key]
-            changed = True
+        scopes, changed = _merge(load(path), scope, entries, remove, tolerance)
         if not changed:
             return False
         text = dumps(scopes)

@@ -77,6 +77,21 @@ def test_update_merges_keeps_unchanged_and_removes(tmp_path: Path) -> None:
     assert set(b.load(path)) == {"s", "other"}
 
 
+def test_an_update_that_changes_nothing_takes_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "__memguard__" / "t.json")
+    assert b.update_file(path, "s", {"a": {"heap_peak": 1000}}, (), TOL)
+
+    def no_lock(path: str) -> None:
+        raise AssertionError("locked although nothing changed")
+
+    monkeypatch.setattr(b, "_lock_for", no_lock)
+    assert not b.update_file(path, "s", {"a": {"heap_peak": 1000}}, (), TOL)
+    with pytest.raises(AssertionError, match="locked"):
+        b.update_file(path, "s", {"a": {"heap_peak": 9_000_000}}, (), TOL)
+
+
 def test_corrupt_file_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text("{broken")
