@@ -1035,31 +1035,6 @@ static PyObject *ext_disable(PyObject *self, PyObject *unused)
 }
 
 
-static PyObject *ext_exclude_threads(PyObject *self, PyObject *arg)
-{
-    /* Replace the set of excluded thread idents (a sequence of ints; empty to clear). */
-    PyObject *seq = PySequence_Fast(arg, "exclude_threads() takes a sequence of thread idents");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_EXCLUDED) {
-        n = MAX_EXCLUDED; /* beyond that their allocations are counted: documented */
-    }
-    STORE(n_excluded, 0);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long ident = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-        excluded[i] = ident;
-    }
-    __atomic_store_n(&n_excluded, (int)n, __ATOMIC_RELEASE);
-    Py_DECREF(seq);
-    Py_RETURN_NONE;
-}
-
 static PyObject *ext_own_bytes(PyObject *self, PyObject *unused)
 {
     /* (bookkeeping bytes now, their peak since enable()) */
@@ -1125,39 +1100,6 @@ static PyObject *ext_since(PyObject *self, PyObject *arg)
                          (Py_ssize_t)(frees - m->frees), (Py_ssize_t)(bytes - m->bytes),
                          (Py_ssize_t)live - (Py_ssize_t)m->live, blocks - m->blocks,
                          pk > m->live ? (Py_ssize_t)(pk - m->live) : (Py_ssize_t)0);
-}
-
-static PyObject *ext_release(PyObject *self, PyObject *arg)
-{
-    long i = PyLong_AsLong(arg);
-    if (i >= 0 && i < MAX_MARKS) {
-        marks[i].used = 0;
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *ext_swap_peak(PyObject *self, PyObject *arg)
-{
-    /* Set the peak to ``arg`` (or to the live bytes when None) and return the old peak: how
-       nested windows each get their own peak without losing the outer one's. */
-    size_t old = LOAD(peak);
-    size_t value;
-    if (arg == Py_None) {
-        value = LOAD(live_gil) + LOAD(live_raw);
-    }
-    else {
-        Py_ssize_t v = PyLong_AsSsize_t(arg);
-        if (v == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        value = (size_t)(v < 0 ? 0 : v);
-    }
-    STORE(peak, value);
-    bump_peak();
-    return PyLong_FromSize_t(old);
 }
 
 /* ---------------------------------------------------------------- windows
@@ -1383,11 +1325,8 @@ static PyMethodDef methods[] = {
     {"disable", ext_disable, METH_NOARGS, "Stop counting and tracking."},
     {"counters", ext_counters, METH_NOARGS,
      "(allocations, frees, bytes, live_bytes, live_blocks, peak_bytes)."},
-    {"mark", ext_mark, METH_NOARGS, "Snapshot the counters; return the mark's index."},
     {"since", ext_since, METH_O,
      "(allocations, frees, bytes, live change, block change, peak above the mark) since a mark."},
-    {"release", ext_release, METH_O, "Free a mark."},
-    {"swap_peak", ext_swap_peak, METH_O, "Set the peak (None: live bytes); return the old."},
     {"samples", ext_samples, METH_VARARGS,
      "samples(first=0): [(size, weight, domain, alive, ((filename, line, name), ...)), ...]"},
     {"sample_count", ext_sample_count, METH_NOARGS, "Samples taken since enable()."},
@@ -1398,8 +1337,6 @@ static PyMethodDef methods[] = {
     {"open_window", ext_open_window, METH_VARARGS,
      "open_window(interval, frames) -> (mark, saved peak, first sample, own bytes)."},
     {"close_window", ext_close_window, METH_VARARGS, "close_window(mark, saved peak)."},
-    {"exclude_threads", ext_exclude_threads, METH_O,
-     "Do not count allocations from these threads (idents) while a window is open."},
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
     {"stats", ext_stats, METH_NOARGS, "Internal state, for tests and the report header."},
