@@ -114,7 +114,7 @@ def run_isolated(item: pytest.Item) -> list[pytest.TestReport]:
             hook.pytest_report_from_serializable(config=item.config, data=data)
             for data in json.loads(payload)
         ]
-    return [_crash_report(item, status)]
+    return [_crash_report(item, _died(status))]
 
 
 def child_command(config: pytest.Config, item: pytest.Item, reports: str) -> list[str]:
@@ -160,7 +160,7 @@ def run_spawned(item: pytest.Item) -> list[pytest.TestReport]:
     # The child wrote as it went: whatever it reported before it died, then the death.
     tail = completed.stdout.decode(errors="replace").strip().splitlines()[-15:]
     why = f"the isolated child process exited with status {completed.returncode}"
-    return [*reports, _crash_report(item, why=why, output="\n".join(tail))]
+    return [*reports, _crash_report(item, why, "\n".join(tail))]
 
 
 class ChildReports:
@@ -176,20 +176,19 @@ class ChildReports:
             stream.write(json.dumps(data) + "\n")
 
 
-def _crash_report(
-    item: pytest.Item, status: int = 0, why: str = "", output: str = ""
-) -> pytest.TestReport:
-    if why:
-        pass
-    elif os.WIFSIGNALED(status):
+def _died(status: int) -> str:
+    """What a waitpid() status says of a forked child that did not report."""
+    if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
             name = signal.Signals(number).name
         except ValueError:  # pragma: no cover
             name = str(number)
-        why = f"the isolated child process was killed by signal {name}"
-    else:
-        why = f"the isolated child process exited with status {os.WEXITSTATUS(status)}"
+        return f"the isolated child process was killed by signal {name}"
+    return f"the isolated child process exited with status {os.WEXITSTATUS(status)}"
+
+
+def _crash_report(item: pytest.Item, why: str, output: str = "") -> pytest.TestReport:
     fields: dict[str, Any] = {
         "nodeid": item.nodeid,
         "location": item.location,
