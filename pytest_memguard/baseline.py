@@ -19,12 +19,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from .measurement import format_metric
 from .report import atomic_write
 from .tolerance import Tolerance
+from .valueclass import field, valueclass
 
 SCHEMA_VERSION = 1
 DIRNAME = "__memguard__"
@@ -172,7 +172,7 @@ def update_file(
         return True
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Change:
     metric: str
     base: int
@@ -194,7 +194,7 @@ class Change:
         )
 
 
-@dataclass
+@valueclass
 class Comparison:
     regressions: list[Change] = field(default_factory=list)
     improvements: list[Change] = field(default_factory=list)

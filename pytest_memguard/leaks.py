@@ -32,12 +32,12 @@ import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable, cast
 
 from .heap import Site, TypeGrowth, census_types
 from .measurement import Engine
 from .usage import IS_LINUX, open_fds
+from .valueclass import field, valueclass
 
 STAGES = (1, 2, 4, 8)
 # Measured calls of the screen that runs first when the number of calls was left at its default:
@@ -55,7 +55,7 @@ LOOSE_R2 = 0.8
 LOOSE_HALF_RATIO = 0.25
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class LeakSettings:
     iterations: int = 30
     warmup: int = 5
@@ -150,7 +150,7 @@ def r_squared(values: Sequence[float], slope: float) -> float:
     return max(0.0, 1.0 - error / total)
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Trend:
     slope: float
     r2: float
@@ -208,7 +208,7 @@ def trend(values: Sequence[float]) -> Trend:
     )
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class MetricFinding:
     metric: str
     per_call: float
@@ -480,7 +480,7 @@ def native_allocated() -> Callable[[], int] | None:
 # ---------------------------------------------------------------------------- the runner
 
 
-@dataclass
+@valueclass
 class LeakResult:
     leaked: bool
     calls: int

@@ -7,11 +7,11 @@ error (exit code 4) that names the option or ini key it came from.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .budget import Budget, BudgetError, parse_budget_spec
 from .tolerance import Tolerance, ToleranceError
+from .valueclass import valueclass
 
 BASELINE_MODES = ("check", "update", "off")
 SCOPES = ("call", "test")
@@ -79,7 +79,7 @@ def _path(value: str) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Option:
     ini: str
     flag: str | None
@@ -188,7 +188,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Settings:
     mem_baseline: str | None
     mem_tolerance: Tolerance

@@ -17,10 +17,10 @@ import os
 import resource
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .units import format_size
+from .valueclass import valueclass
 
 IS_LINUX = sys.platform.startswith("linux")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -28,7 +28,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class MemoryUsage:
     """A reading of the whole process; ``None`` where the platform cannot say.
 
@@ -177,7 +177,7 @@ def open_fds(native: bool = True) -> int | None:
         return None
 
 
-@dataclass
+@valueclass
 class _Window:
     start_resident: int
     start_anon: int
