@@ -9,8 +9,11 @@
  * profilers do).
  *
  * Layout of the state:
- * - The hooks wrap the RAW, MEM and OBJ domains and stay installed; while no window is open
- *   they cost one relaxed load and a branch.
+ * - The hooks wrap the RAW, MEM and OBJ domains only while a window is open (enable() puts
+ *   them in, disable() takes them out). Installed but idle they cost a load, a branch and an
+ *   indirect call per allocator call: 4% of the instructions of a whole pytest run of small
+ *   tests (callgrind), which is more than the measuring itself. A hook someone else wrapped
+ *   (tracemalloc started inside a window) stays in until it is on top again.
  * - A thread-local guard makes nested calls pass straight through: pymalloc calls
  *   PyMem_RawMalloc for blocks over 512 bytes, and the sampler allocates frame objects; neither
  *   may be counted twice or traced.
@@ -28,7 +31,10 @@
 #include <string.h>
 #ifdef __linux__
 #include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -828,8 +834,26 @@ static int hooks_current(void)
    of millisecond tests is most of what the plugin costs. Here they cost the system calls. */
 
 #ifdef __linux__
+static const char *parse_ull(const char *p, unsigned long long *out)
+{
+    while (*p == ' ') {
+        p++;
+    }
+    if (*p < '0' || *p > '9') {
+        return NULL;
+    }
+    unsigned long long v = 0;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (unsigned long long)(*p++ - '0');
+    }
+    *out = v;
+    return p;
+}
+
 static int read_statm(int statm_fd, unsigned long long *resident, unsigned long long *shared)
 {
+    /* "size resident shared text lib data dt", in pages. Parsed by hand: sscanf cost more
+       than the read (~1.5k instructions a call, three calls a window). */
     char buf[128];
     ssize_t n = pread(statm_fd, buf, sizeof(buf) - 1, 0);
     if (n <= 0) {
@@ -838,7 +862,10 @@ static int read_statm(int statm_fd, unsigned long long *resident, unsigned long 
     }
     buf[n] = 0;
     unsigned long long size = 0;
-    if (sscanf(buf, "%llu %llu %llu", &size, resident, shared) != 3) {
+    const char *p = parse_ull(buf, &size);
+    p = p ? parse_ull(p, resident) : NULL;
+    p = p ? parse_ull(p, shared) : NULL;
+    if (p == NULL) {
         PyErr_SetString(PyExc_OSError, "unexpected /proc/self/statm format");
         return -1;
     }
@@ -886,35 +913,55 @@ struct memguard_dirent64 {
     char d_name[];
 };
 
-/* Kept open and rewound: opening /proc/self/fd costs as much as listing it. /proc/self is
-   resolved when opened, so a forked child opens its own. */
+/* Kept open: opening /proc/self/fd costs as much as listing it. /proc/self is resolved when
+   opened, so a forked child must open its own: the atfork handler says when. */
 static int fd_dir = -1;
-static pid_t fd_dir_pid = 0;
+static int forked = 0;
 
-static PyObject *ext_count_fds(PyObject *self, PyObject *unused)
+static void note_fork(void)
 {
-    /* Open file descriptors, not counting the one kept open to list them. */
-    pid_t pid = getpid();
-    if (fd_dir >= 0 && fd_dir_pid != pid) {
-        close(fd_dir);
-        fd_dir = -1;
+    forked = 1;
+}
+
+static void proc_close_all(void);
+
+/* After a fork every kept /proc fd still describes the parent. */
+static void proc_after_fork(void)
+{
+    if (forked) {
+        forked = 0;
+        proc_close_all();
     }
+}
+
+/* Open file descriptors, not counting the one kept open to count them; -1 with an error set.
+   Since Linux 6.2 the size of /proc/PID/fd is the number of open fds, one fstat; older kernels
+   report 0 there and the directory is listed instead. */
+static long count_fds(void)
+{
+    proc_after_fork();
     if (fd_dir < 0) {
         fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd_dir < 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
         }
-        fd_dir_pid = pid;
     }
-    else if (lseek(fd_dir, 0, SEEK_SET) != 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
+    struct stat st;
+    if (fstat(fd_dir, &st) == 0 && st.st_size > 0) {
+        return (long)st.st_size - 1;
+    }
+    if (lseek(fd_dir, 0, SEEK_SET) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     char buf[16384];
     long count = 0;
     for (;;) {
         long got = syscall(SYS_getdents64, fd_dir, buf, sizeof(buf));
         if (got < 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
         }
         for (long off = 0; off < got;) {
             struct memguard_dirent64 *d = (struct memguard_dirent64 *)(buf + off);
@@ -925,12 +972,18 @@ static PyObject *ext_count_fds(PyObject *self, PyObject *unused)
         }
         /* The kernel fills the buffer while entries fit: one that came back with room for
            several more records was the whole directory, and the call that would return 0
-           (each is several microseconds in a VM, and this runs twice per test) is saved. */
+           (each is several microseconds in a VM) is saved. */
         if (got == 0 || (size_t)got + 4 * sizeof(struct memguard_dirent64) + 1024 < sizeof(buf)) {
             break;
         }
     }
-    return PyLong_FromLong(count - 1);
+    return count - 1;
+}
+
+static PyObject *ext_count_fds(PyObject *self, PyObject *unused)
+{
+    long n = count_fds();
+    return n < 0 ? NULL : PyLong_FromLong(n);
 }
 #endif
 
@@ -947,19 +1000,40 @@ static void clear_samples(void)
     dropped_samples = 0;
 }
 
+static void hooks_in(void)
+{
+    if (installed) {
+        return;
+    }
+    for (int d = 0; d < N_DOMAINS; d++) {
+        PyMem_GetAllocator(domains[d], &orig[d]);
+    }
+    for (int d = 0; d < N_DOMAINS; d++) {
+        PyMemAllocatorEx hook = {(void *)(intptr_t)d, hook_malloc, hook_calloc, hook_realloc,
+                                 hook_free};
+        PyMem_SetAllocator(domains[d], &hook);
+    }
+    installed = 1;
+}
+
+static void hooks_out(void)
+{
+    /* Only when ours are still the current allocators: restoring orig[] over someone who
+       wrapped us would cut them off. Blocks allocated through the hooks are freed later
+       through the same underlying allocator, so taking them out loses nothing but the
+       bookkeeping that enable() resets anyway. */
+    if (installed && hooks_current()) {
+        for (int d = 0; d < N_DOMAINS; d++) {
+            PyMem_SetAllocator(domains[d], &orig[d]);
+        }
+        installed = 0;
+    }
+}
+
 static PyObject *ext_install(PyObject *self, PyObject *unused)
 {
-    if (!installed) {
-        for (int d = 0; d < N_DOMAINS; d++) {
-            PyMem_GetAllocator(domains[d], &orig[d]);
-        }
-        for (int d = 0; d < N_DOMAINS; d++) {
-            PyMemAllocatorEx hook = {(void *)(intptr_t)d, hook_malloc, hook_calloc, hook_realloc,
-                                     hook_free};
-            PyMem_SetAllocator(domains[d], &hook);
-        }
-        installed = 1;
-    }
+    /* Kept for callers that want the hooks in before the first window; enable() does it. */
+    hooks_in();
     Py_RETURN_NONE;
 }
 
@@ -977,10 +1051,6 @@ static PyObject *ext_enable(PyObject *self, PyObject *args)
     }
     if (interval < 0 || frames < 1 || frames > MAX_FRAMES) {
         PyErr_Format(PyExc_ValueError, "interval must be >= 0 and frames in 1..%d", MAX_FRAMES);
-        return NULL;
-    }
-    if (!installed) {
-        PyErr_SetString(PyExc_RuntimeError, "install() the hooks before enable()");
         return NULL;
     }
     STORE(enabled, 0);
@@ -1004,6 +1074,7 @@ static PyObject *ext_enable(PyObject *self, PyObject *args)
     max_frames = frames;
     rng_state = 0x9E3779B97F4A7C15ULL;
     countdown = interval ? next_countdown() : 0;
+    hooks_in();
     STORE(enabled, 1);
     Py_RETURN_NONE;
 }
@@ -1024,6 +1095,7 @@ static PyObject *ext_disable(PyObject *self, PyObject *unused)
        the next enable(): wiping twice per test evicted the test runner's own data from the
        CPU caches and cost more than the window itself). Samples stay readable. */
     STORE(enabled, 0);
+    hooks_out();
     PyThread_acquire_lock(raw_lock, WAIT_LOCK);
     release_big_table(&tables[D_RAW]);
     PyThread_release_lock(raw_lock);
@@ -1130,67 +1202,447 @@ static int exclude_other_threads(void)
 }
 
 
-static PyObject *ext_open_window(PyObject *self, PyObject *args)
+/* Open a heap window, all but its mark: the outermost one excludes the threads alive now and
+   starts tracking; every window gets its own peak, starting from the live bytes. The caller
+   makes whatever objects it returns, then takes the mark (heap_mark) last, so that nothing of
+   ours is allocated between the mark and the measured code. */
+static int heap_begin(Py_ssize_t interval, int frames, size_t *saved, size_t *first, size_t *own)
 {
-    /* open_window(sample_interval, frames) -> (mark, saved peak, first sample, own bytes).
-       The outermost window excludes the threads alive now and starts tracking; every window
-       gets its own peak, starting from the live bytes. The mark is taken last. */
     if (window_depth == 0) {
         exclude_other_threads();
-        PyObject *done = ext_enable(self, args);
+        PyObject *args = Py_BuildValue("(ni)", interval, frames);
+        if (args == NULL) {
+            STORE(n_excluded, 0);
+            return -1;
+        }
+        PyObject *done = ext_enable(NULL, args);
+        Py_DECREF(args);
         if (done == NULL) {
-            return NULL;
+            STORE(n_excluded, 0);
+            return -1;
         }
         Py_DECREF(done);
     }
     window_depth++;
-    size_t saved = LOAD(peak);
+    *saved = LOAD(peak);
     STORE(peak, LOAD(live_gil) + LOAD(live_raw));
     bump_peak();
-    size_t first_sample = n_samples;
-    size_t own = LOAD(own_bytes);
-    /* Built before the mark: the caller keeps the tuple until close_window(), so neither its
-       allocation nor its free falls inside the window. */
-    PyObject *result = Py_BuildValue("(innn)", 0, (Py_ssize_t)saved, (Py_ssize_t)first_sample,
-                                     (Py_ssize_t)own);
-    if (result == NULL) {
-        window_depth--;
+    *first = n_samples;
+    *own = LOAD(own_bytes);
+    return 0;
+}
+
+/* The outer window's peak includes this one's; the outermost stops tracking. */
+static void heap_close(int mark, size_t saved)
+{
+    if (mark >= 0 && mark < MAX_MARKS) {
+        marks[mark].used = 0;
+    }
+    size_t pk = LOAD(peak);
+    STORE(peak, saved > pk ? saved : pk);
+    if (window_depth > 0 && --window_depth == 0) {
+        PyObject *done = ext_disable(NULL, NULL);
+        Py_XDECREF(done);
+        STORE(n_excluded, 0);
+    }
+}
+
+/* The mark that ends heap_begin(); on failure (error set) the window is closed again. */
+static int heap_mark(size_t saved)
+{
+    PyObject *m = ext_mark(NULL, NULL);
+    if (m == NULL) {
+        heap_close(-1, saved);
+        return -1;
+    }
+    int mark = (int)PyLong_AsLong(m); /* a small int: cached, nothing was allocated */
+    Py_DECREF(m);
+    return mark;
+}
+
+static PyObject *ext_open_window(PyObject *self, PyObject *args)
+{
+    /* open_window(sample_interval, frames) -> (mark, saved peak, first sample, own bytes).
+       The tuple is built before the mark: the caller keeps it until close_window(), so
+       neither its allocation nor its free falls inside the window. */
+    Py_ssize_t interval = 0;
+    int frames = 4;
+    if (!PyArg_ParseTuple(args, "|ni", &interval, &frames)) {
         return NULL;
     }
-    PyObject *mark = ext_mark(self, NULL);
-    if (mark == NULL) {
+    size_t saved, first, own;
+    if (heap_begin(interval, frames, &saved, &first, &own) < 0) {
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(innn)", 0, (Py_ssize_t)saved, (Py_ssize_t)first,
+                                     (Py_ssize_t)own);
+    if (result == NULL) {
+        heap_close(-1, saved);
+        return NULL;
+    }
+    int mark = heap_mark(saved);
+    if (mark < 0) {
         Py_DECREF(result);
-        window_depth--;
         return NULL;
     }
     Py_DECREF(PyTuple_GET_ITEM(result, 0));
-    PyTuple_SET_ITEM(result, 0, mark);
+    PyTuple_SET_ITEM(result, 0, PyLong_FromLong(mark));
     return result;
 }
 
 static PyObject *ext_close_window(PyObject *self, PyObject *args)
 {
-    /* close_window(mark, saved peak): the outer window's peak includes this one's. */
+    /* close_window(mark, saved peak) */
     int i;
     Py_ssize_t saved;
     if (!PyArg_ParseTuple(args, "in", &i, &saved)) {
         return NULL;
     }
-    if (i >= 0 && i < MAX_MARKS) {
-        marks[i].used = 0;
-    }
-    size_t pk = LOAD(peak);
-    STORE(peak, (size_t)saved > pk ? (size_t)saved : pk);
-    if (window_depth > 0 && --window_depth == 0) {
-        PyObject *done = ext_disable(self, NULL);
-        if (done == NULL) {
-            return NULL;
-        }
-        Py_DECREF(done);
-        STORE(n_excluded, 0);
-    }
+    heap_close(i, (size_t)saved);
     Py_RETURN_NONE;
 }
+
+#ifdef __linux__
+/* ---------------------------------------------------------------- whole windows
+
+   A measured test needs, at each end, a garbage collection (done by the caller), the fd count,
+   the kernel bracket (statm, getrusage, perhaps a peak reset) and the heap window. Done in one
+   call at each end, the Python layers between them (a probe, its window records, their
+   folding, the arithmetic of the result) cost nothing; on a suite of sub-millisecond tests
+   those layers were a larger part of the plugin's cost than the system calls.
+
+   Windows nest (the plugin's window around a user's measure()): resetting the kernel peak for
+   an inner window must not lose what the outer ones had seen, so every open window keeps its
+   own running maximum, folded in before each reset. Called with the GIL held, so the stack
+   needs no lock. */
+
+#define W_HEAP 1
+#define W_KERNEL 2
+#define W_FDS 4
+#define W_PRIVATE 8
+#define MAX_WINDOWS 64
+/* ru_maxrss also folds in signal->maxrss, which the kernel raises when a thread exits and
+   clear_refs never resets: once it stands this far above a window's start, only VmHWM (a
+   parse of /proc/self/status) is honest. */
+#define STALE_SLACK (512 << 10)
+
+typedef struct {
+    int used, flags, precise, mark, read;
+    long long start_res, start_anon, high;
+    long fds0;
+    size_t saved_peak, first_sample, own0;
+} window_t;
+
+static window_t wins[MAX_WINDOWS];
+static int proc_statm = -1, proc_status = -1, proc_clear = -1;
+static int proc_state = 0; /* 0 not tried, 1 open, -1 unavailable */
+static long page_size = 4096;
+
+static void proc_close_all(void)
+{
+    int *fds[] = {&proc_statm, &proc_status, &proc_clear, &fd_dir};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    }
+    proc_state = 0;
+}
+
+static int proc_open(void)
+{
+    proc_after_fork();
+    if (proc_state != 0) {
+        return proc_state;
+    }
+    page_size = sysconf(_SC_PAGESIZE);
+    proc_statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    proc_status = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    proc_clear = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+    if (proc_statm < 0 || proc_status < 0 || proc_clear < 0 || write(proc_clear, "5", 1) != 1) {
+        proc_close_all();
+        proc_state = -1;
+    }
+    else {
+        proc_state = 1;
+    }
+    return proc_state;
+}
+
+static long long vmhwm(void)
+{
+    char buf[4096];
+    ssize_t n = pread(proc_status, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = 0;
+    char *at = strstr(buf, "VmHWM:");
+    return at == NULL ? 0 : strtoll(at + 6, NULL, 10) * 1024LL;
+}
+
+/* Resident and shared bytes, and ru_maxrss in bytes; -1 with an error set. */
+static int kernel_read(long long *res, long long *shared, long long *maxrss)
+{
+    unsigned long long r = 0, sh = 0;
+    struct rusage usage;
+    if (read_statm(proc_statm, &r, &sh) < 0) {
+        return -1;
+    }
+    if (getrusage(RUSAGE_SELF, &usage) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *res = (long long)r * page_size;
+    *shared = (long long)sh * page_size;
+    *maxrss = (long long)usage.ru_maxrss * 1024LL;
+    return 0;
+}
+
+/* The kernel's peak since the last reset (ru_maxrss is folded in lazily, so never below the
+   resident set now); with ``precise``, VmHWM instead of a stale ru_maxrss. */
+static long long kernel_high(int precise, long long res, long long maxrss)
+{
+    long long high = precise ? vmhwm() : maxrss;
+    return high > res ? high : res;
+}
+
+static int any_precise(void)
+{
+    for (int i = 0; i < MAX_WINDOWS; i++) {
+        if (wins[i].used && !wins[i].read && (wins[i].flags & W_KERNEL) && wins[i].precise) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void fold_high(long long high)
+{
+    for (int i = 0; i < MAX_WINDOWS; i++) {
+        if (wins[i].used && !wins[i].read && (wins[i].flags & W_KERNEL) && wins[i].high < high) {
+            wins[i].high = high;
+        }
+    }
+}
+
+static int kernel_windows_open(void)
+{
+    for (int i = 0; i < MAX_WINDOWS; i++) {
+        if (wins[i].used && !wins[i].read && (wins[i].flags & W_KERNEL)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void trim(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+static PyObject *ext_window(PyObject *self, PyObject *args)
+{
+    /* window(flags, sample_interval, frames) -> handle (a small int). flags: 1 heap, 2 kernel,
+       4 fds, 8 private (trim malloc first; the caller has collected garbage). */
+    int flags, frames = 4;
+    Py_ssize_t interval = 0;
+    if (!PyArg_ParseTuple(args, "i|ni", &flags, &interval, &frames)) {
+        return NULL;
+    }
+    if ((flags & (W_KERNEL | W_PRIVATE)) && proc_open() < 0) {
+        PyErr_SetString(PyExc_OSError, "/proc/self/statm, status or clear_refs unavailable");
+        return NULL;
+    }
+    int i = 0;
+    while (i < MAX_WINDOWS && wins[i].used) {
+        i++;
+    }
+    if (i == MAX_WINDOWS) {
+        PyErr_SetString(PyExc_RuntimeError, "more than 64 nested measurement windows");
+        return NULL;
+    }
+    window_t *w = &wins[i];
+    memset(w, 0, sizeof(*w));
+    w->flags = flags;
+    w->mark = -1;
+    if (flags & W_PRIVATE) {
+        trim();
+    }
+    if (flags & W_FDS) {
+        w->fds0 = count_fds();
+        if (w->fds0 < 0) {
+            return NULL;
+        }
+    }
+    if (flags & (W_KERNEL | W_PRIVATE)) {
+        long long res, shared, maxrss;
+        if (kernel_read(&res, &shared, &maxrss) < 0) {
+            return NULL;
+        }
+        if (flags & W_KERNEL) {
+            if (kernel_windows_open()) {
+                fold_high(kernel_high(any_precise(), res, maxrss));
+            }
+            /* Reset only when the peak stands above the resident set: otherwise the reset
+               changes nothing, and the write is the dearest call of the bracket. */
+            if (maxrss > res) {
+                if (write(proc_clear, "5", 1) != 1) {
+                    return PyErr_SetFromErrno(PyExc_OSError);
+                }
+                if (kernel_read(&res, &shared, &maxrss) < 0) {
+                    return NULL;
+                }
+            }
+            w->precise = maxrss > res + STALE_SLACK;
+            w->high = res;
+        }
+        w->start_res = res;
+        w->start_anon = res - shared;
+    }
+    w->used = 1;
+    if (flags & W_HEAP) {
+        if (heap_begin(interval, frames, &w->saved_peak, &w->first_sample, &w->own0) < 0) {
+            w->used = 0;
+            return NULL;
+        }
+        w->mark = heap_mark(w->saved_peak);
+        if (w->mark < 0) {
+            w->used = 0;
+            return NULL;
+        }
+    }
+    return PyLong_FromLong(i); /* small: cached, nothing allocated after the mark */
+}
+
+static window_t *window_arg(PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if (i < 0 || i >= MAX_WINDOWS || !wins[i].used) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "not an open window");
+        }
+        return NULL;
+    }
+    return &wins[i];
+}
+
+static PyObject *size_or_none(int have, long long v)
+{
+    if (!have) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromLongLong(v);
+}
+
+static PyObject *ext_window_read(PyObject *self, PyObject *arg)
+{
+    /* window_read(handle) -> (peak, heap_peak, retained, private, rss, allocations, fds, frees,
+       bytes, kernel_peak, retained_blocks), None where the window did not measure it. Reads
+       the heap first (nothing allocated before), then the kernel. The heap window stays open
+       (sites and the object census need it) until window_close(). */
+    window_t *w = window_arg(arg);
+    if (w == NULL) {
+        return NULL;
+    }
+    if (w->read) {
+        PyErr_SetString(PyExc_ValueError, "window already read");
+        return NULL;
+    }
+    int heap = w->flags & W_HEAP, kern = w->flags & W_KERNEL;
+    size_t allocs = 0, frees = 0, bytes = 0, pk = 0;
+    long long live = 0, blocks = 0, own_peak = 0;
+    if (heap) {
+        mark_t *m = &marks[w->mark];
+        allocs = n_alloc_gil + LOAD(n_alloc_raw) - m->allocs;
+        frees = n_free_gil + LOAD(n_free_raw) - m->frees;
+        bytes = bytes_gil + LOAD(bytes_raw) - m->bytes;
+        live = (long long)(LOAD(live_gil) + LOAD(live_raw)) - (long long)m->live;
+        blocks = (long long)(blocks_gil + LOAD(blocks_raw)) - (long long)m->blocks;
+        size_t now_peak = LOAD(peak);
+        pk = now_peak > m->live ? now_peak - m->live : 0;
+        size_t op = LOAD(own_peak);
+        own_peak = op > w->own0 ? (long long)(op - w->own0) : 0;
+    }
+    long long kernel_peak = 0, rss = 0, private = 0;
+    long fds = 0;
+    if (kern) {
+        long long res, shared, maxrss;
+        int precise = w->precise || any_precise();
+        if (kernel_read(&res, &shared, &maxrss) < 0) {
+            return NULL;
+        }
+        long long high = kernel_high(precise, res, maxrss);
+        fold_high(high); /* this window's and every outer one's */
+        kernel_peak = w->high - w->start_res;
+        if (kernel_peak < 0) {
+            kernel_peak = 0;
+        }
+        /* Our own tables grew with the test's blocks: their peak is not the test's. */
+        kernel_peak = kernel_peak > own_peak ? kernel_peak - own_peak : 0;
+        rss = res - w->start_res;
+    }
+    w->read = 1;
+    if (w->flags & W_PRIVATE) {
+        PyGC_Collect();
+        trim();
+        long long res, shared, maxrss;
+        if (kernel_read(&res, &shared, &maxrss) < 0) {
+            return NULL;
+        }
+        private = (res - shared) - w->start_anon;
+    }
+    if (w->flags & W_FDS) {
+        long now = count_fds();
+        if (now < 0) {
+            return NULL;
+        }
+        fds = now - w->fds0;
+    }
+    long long peak_v = kern ? kernel_peak : 0;
+    if (heap && (long long)pk > peak_v) {
+        peak_v = (long long)pk;
+    }
+    return Py_BuildValue("(NNNNNNNNNNN)", size_or_none(heap || kern, peak_v),
+                         size_or_none(heap, (long long)pk), size_or_none(heap, live > 0 ? live : 0),
+                         size_or_none(w->flags & W_PRIVATE, private), size_or_none(kern, rss),
+                         size_or_none(heap, (long long)allocs), size_or_none(w->flags & W_FDS, fds),
+                         size_or_none(heap, (long long)frees), size_or_none(heap, (long long)bytes),
+                         size_or_none(kern, kernel_peak), size_or_none(heap, blocks));
+}
+
+static PyObject *ext_window_close(PyObject *self, PyObject *arg)
+{
+    /* window_close(handle): end the heap window (tracking stops with the outermost). */
+    window_t *w = window_arg(arg);
+    if (w == NULL) {
+        return NULL;
+    }
+    if (w->flags & W_HEAP) {
+        heap_close(w->mark, w->saved_peak);
+    }
+    w->used = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_window_first_sample(PyObject *self, PyObject *arg)
+{
+    window_t *w = window_arg(arg);
+    return w == NULL ? NULL : PyLong_FromSize_t(w->first_sample);
+}
+
+static PyObject *ext_peak_method(PyObject *self, PyObject *unused)
+{
+    /* "clear_refs" when the whole-window calls can measure the kernel peak here, else None. */
+    if (proc_open() < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString("clear_refs");
+}
+#endif
 
 static PyObject *ext_samples(PyObject *self, PyObject *args)
 {
@@ -1318,7 +1770,7 @@ static PyObject *ext_stats(PyObject *self, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
-    {"install", ext_install, METH_NOARGS, "Install the hooks (idempotent; they stay)."},
+    {"install", ext_install, METH_NOARGS, "Put the hooks in now (enable() does it anyway)."},
     {"is_installed", ext_is_installed, METH_NOARGS, "True if our hooks are the current ones."},
     {"enable", ext_enable, METH_VARARGS,
      "enable(sample_interval=0, frames=4): clear the tables and start tracking."},
@@ -1345,6 +1797,16 @@ static PyMethodDef methods[] = {
      "kernel(statm_fd, clear_refs_fd): (resident pages, shared pages, ru_maxrss KiB); resets "
      "the peak to the current RSS first when clear_refs_fd >= 0 and the peak is above it."},
     {"count_fds", ext_count_fds, METH_NOARGS, "Open file descriptors (Linux)."},
+    {"window", ext_window, METH_VARARGS,
+     "window(flags, sample_interval=0, frames=4) -> handle; flags 1 heap, 2 kernel, 4 fds, "
+     "8 private."},
+    {"window_read", ext_window_read, METH_O,
+     "(peak, heap_peak, retained, private, rss, allocations, fds, frees, bytes, kernel_peak, "
+     "retained_blocks); None where not measured."},
+    {"window_close", ext_window_close, METH_O, "End a window (its heap tracking)."},
+    {"window_first_sample", ext_window_first_sample, METH_O, "Index of its first sample."},
+    {"peak_method", ext_peak_method, METH_NOARGS,
+     "'clear_refs' if windows can measure the kernel peak here, else None."},
 #endif
     {NULL, NULL, 0, NULL}};
 
@@ -1360,6 +1822,12 @@ PyMODINIT_FUNC PyInit__tracemalloc_ext(void)
                     "using the tracemalloc fallback");
     return NULL;
 #else
+#ifdef __linux__
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        atfork_registered = pthread_atfork(NULL, NULL, note_fork) == 0;
+    }
+#endif
     if (raw_lock == NULL) {
         raw_lock = PyThread_allocate_lock();
         if (raw_lock == NULL) {

@@ -16,8 +16,9 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
+
+from .valueclass import valueclass
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE_NAME = __name__.rpartition(".")[0]
@@ -26,7 +27,7 @@ DEFAULT_FRAMES = 4
 FORCE_FALLBACK_ENV = "MEMGUARD_FORCE_TRACEMALLOC"
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Frame:
     filename: str
     lineno: int
@@ -36,7 +37,7 @@ class Frame:
         return f"{self.filename}:{self.lineno}"
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class Site:
     """Where memory was allocated: estimated bytes and count, and how much is still alive."""
 
@@ -47,7 +48,7 @@ class Site:
     stack: tuple[Frame, ...] = ()
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class TypeGrowth:
     """Objects of one type allocated in the window and still alive at its end."""
 
@@ -56,7 +57,7 @@ class TypeGrowth:
     bytes: int
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class HeapReading:
     allocations: int | None
     frees: int | None
@@ -257,12 +258,8 @@ class ExtBackend:
         frames: int = DEFAULT_FRAMES,
     ) -> None:
         self._ext = module
-        self._ext.install()
         self.sample_interval = sample_interval
         self.frames = frames
-
-    def is_installed(self) -> bool:
-        return bool(self._ext.is_installed())
 
     def begin(self) -> _ExtToken:
         token: _ExtToken = self._ext.open_window(self.sample_interval, self.frames)
@@ -276,10 +273,20 @@ class ExtBackend:
     def end(self, token: _ExtToken) -> None:
         self._ext.close_window(token[0], token[1])
 
+    @property
+    def module(self) -> Any:
+        return self._ext
+
     def sites(
         self, token: _ExtToken, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
-        return aggregate_sites(self._rows(token[2]), limit, alive_only, by_count)
+        return self.sites_since(token[2], limit, alive_only, by_count)
+
+    def sites_since(
+        self, first: int, limit: int, alive_only: bool, by_count: bool = False
+    ) -> list[Site]:
+        """Sites of the samples from index ``first`` on (a whole window's first sample)."""
+        return aggregate_sites(self._rows(first), limit, alive_only, by_count)
 
     def _rows(self, first: int) -> list[tuple[int, float, bool, tuple[Frame, ...]]]:
         """The extension's samples from index ``first`` on, as aggregate_sites wants them."""
@@ -320,7 +327,7 @@ class ExtBackend:
         )
 
 
-@dataclass
+@valueclass
 class _TmToken:
     start: int
     high: int

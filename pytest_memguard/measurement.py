@@ -13,13 +13,13 @@ import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from .garbage import Collector
-from .heap import HeapBackend, Site, TypeGrowth, load_backend
+from .heap import ExtBackend, HeapBackend, Site, TypeGrowth, load_backend
 from .units import format_count, format_size
 from .usage import ProcessProbe, open_fds, release_free_memory
+from .valueclass import field, valueclass
 
 METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fds")
 COUNT_METRICS = frozenset({"allocations", "fds"})
@@ -37,7 +37,7 @@ def format_metric(metric: str, value: int | None, signed: bool = False) -> str:
     return format_size(value, signed)
 
 
-@dataclass
+@valueclass
 class Measurement:
     """What one window measured. A metric nobody could measure is ``None``, never a guess."""
 
@@ -55,8 +55,69 @@ class Measurement:
     sites: list[Site] = field(default_factory=list)
     types: list[TypeGrowth] = field(default_factory=list)
 
+    def __init__(  # written out: one is made per test, and the generic one is slower
+        self,
+        peak: int | None = None,
+        heap_peak: int | None = None,
+        retained: int | None = None,
+        private: int | None = None,
+        rss: int | None = None,
+        allocations: int | None = None,
+        fds: int | None = None,
+        frees: int | None = None,
+        allocated_bytes: int | None = None,
+        kernel_peak: int | None = None,
+        retained_blocks: int | None = None,
+        sites: list[Site] | None = None,
+        types: list[TypeGrowth] | None = None,
+    ) -> None:
+        self.peak = peak
+        self.heap_peak = heap_peak
+        self.retained = retained
+        self.private = private
+        self.rss = rss
+        self.allocations = allocations
+        self.fds = fds
+        self.frees = frees
+        self.allocated_bytes = allocated_bytes
+        self.kernel_peak = kernel_peak
+        self.retained_blocks = retained_blocks
+        self.sites = [] if sites is None else sites
+        self.types = [] if types is None else types
+
+    def fill(self, values: tuple[int | None, ...], retained: bool = True) -> None:
+        """From the extension's window_read() tuple."""
+        (
+            self.peak,
+            self.heap_peak,
+            retained_bytes,
+            self.private,
+            self.rss,
+            self.allocations,
+            self.fds,
+            self.frees,
+            self.allocated_bytes,
+            self.kernel_peak,
+            retained_blocks,
+        ) = values
+        if retained:
+            self.retained = retained_bytes
+            self.retained_blocks = retained_blocks
+
     def metrics(self) -> dict[str, int | None]:
-        return {name: getattr(self, name) for name in METRICS}
+        return dict(zip(METRICS, self.values()))
+
+    def values(self) -> tuple[int | None, ...]:
+        """The metrics' values, in the order of ``METRICS``."""
+        return (
+            self.peak,
+            self.heap_peak,
+            self.retained,
+            self.private,
+            self.rss,
+            self.allocations,
+            self.fds,
+        )
 
     def pretty(self) -> str:
         return "\n".join(
@@ -66,25 +127,57 @@ class Measurement:
 
 
 class Engine:
-    """The process-wide measuring apparatus: one kernel probe, one heap backend.
+    """The process-wide measuring apparatus: a kernel probe, a heap backend, the collector.
 
     Allocator hooks and the kernel peak are per process, so everything that measures (the
     plugin's per-test windows, a user's ``measure()``) must share one engine for nesting to work.
+
+    Where the extension can do the whole window (Linux, hook built), ``native`` is the extension
+    and a window is one C call at each end; elsewhere the window is composed from the Python
+    ``ProcessProbe`` and the heap backend. Both give the same figures.
     """
 
-    def __init__(self, heap: HeapBackend | None = None) -> None:
-        self.probe = ProcessProbe()
+    def __init__(self, heap: HeapBackend | None = None, native: bool = True) -> None:
         self.heap = heap if heap is not None else load_backend()
         self.collector = Collector()
+        self.native: Any = _native_windows(self.heap) if native else None
+        # The extension's sampling settings, for its window() (set when native).
+        self.window_args: tuple[int, int] = (0, 1)
+        if isinstance(self.heap, ExtBackend):
+            self.window_args = (self.heap.sample_interval, self.heap.frames)
+        self._probe: ProcessProbe | None = None
+
+    @property
+    def probe(self) -> ProcessProbe:
+        """The Python probe, opened on first use: the composed windows' kernel bracket, and
+        the soak's anonymous-memory samples."""
+        if self._probe is None:
+            self._probe = ProcessProbe()
+        return self._probe
 
     def describe(self) -> str:
         heap = self.heap
         reason = getattr(heap, "reason", "")
+        method = (
+            "kernel high-water mark (clear_refs)"
+            if self.native is not None
+            else self.probe.peak_method
+        )
         return (
-            f"peak = max({self.probe.peak_method}, Python-heap peak); "
+            f"peak = max({method}, Python-heap peak); "
             f"heap = {heap.name}{' - ' + reason if reason else ''}; "
             "private = anonymous memory after gc and malloc_trim"
         )
+
+
+def _native_windows(heap: HeapBackend) -> Any:
+    """The extension when it can open whole windows here, else None."""
+    if not isinstance(heap, ExtBackend):
+        return None
+    module = heap.module
+    if not hasattr(module, "window") or module.peak_method() != "clear_refs":
+        return None
+    return module
 
 
 @functools.cache
@@ -92,9 +185,28 @@ def get_engine() -> Engine:
     return Engine()
 
 
+# Flags of the extension's window(): what a whole window measures.
+_HEAP, _KERNEL, _FDS, _PRIVATE = 1, 2, 4, 8
+
+
 class Meter:
     """One window. ``start``/``stop`` bracket the code; ``explain`` may follow ``stop`` to get
     sites and object types (still accurate, since tracking stays on until ``close``)."""
+
+    __slots__ = (
+        "engine",
+        "use_heap",
+        "want_retained",
+        "want_private",
+        "want_fds",
+        "result",
+        "_heap_token",
+        "_window",
+        "_fds0",
+        "_handle",
+        "_closed",
+        "_collecting",
+    )
 
     def __init__(
         self,
@@ -110,10 +222,11 @@ class Meter:
         self.want_retained = retained
         self.want_private = private
         self.want_fds = fds
+        self.result = Measurement()
         self._heap_token: Any = None
         self._window: Any = None
         self._fds0: int | None = None
-        self.result = Measurement()
+        self._handle: int | None = None
         self._closed = True
         self._collecting = False
 
@@ -121,22 +234,42 @@ class Meter:
         self._closed = False
         if self.want_private:
             release_free_memory()
-        self.engine.collector.begin()
+        engine = self.engine
+        engine.collector.begin()
         self._collecting = True
+        native = engine.native
+        if native is not None:
+            flags = _KERNEL
+            if self.use_heap:
+                flags |= _HEAP
+            if self.want_fds:
+                flags |= _FDS
+            if self.want_private:
+                flags |= _PRIVATE
+            self._handle = native.window(flags, *engine.window_args)
+            return
+        probe = engine.probe  # first: opening it opens files, which must not count
         if self.want_fds:
             self._fds0 = open_fds()
-        self._window = self.engine.probe.begin()
+        self._window = probe.begin()
         # Innermost and last: nothing of ours may be allocated between the heap snapshot and
         # the measured code, or counts and retained bytes would carry our own bookkeeping.
         if self.use_heap:
-            self._heap_token = self.engine.heap.begin()
+            self._heap_token = engine.heap.begin()
 
     def stop(self) -> Measurement:
+        if self.use_heap and self.want_retained:
+            self.engine.collector.collect()
+        if self._handle is not None:
+            values = self.engine.native.window_read(self._handle)
+            self.result.fill(values, self.want_retained)
+            return self.result
+        return self._stop_composed()
+
+    def _stop_composed(self) -> Measurement:
         result = self.result
         reading = None
         if self.use_heap:
-            if self.want_retained:
-                self.engine.collector.collect()
             reading = self.engine.heap.read(self._heap_token)  # first, for the same reason
         kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
         result.rss = rss
@@ -166,12 +299,17 @@ class Meter:
         self, limit: int = 5, alive_only: bool = False, types: bool = True, by_count: bool = False
     ) -> None:
         """Fill ``sites`` (and ``types``) of the result; call between ``stop`` and ``close``."""
-        if not self.use_heap or self._heap_token is None:
+        if not self.use_heap or (self._heap_token is None and self._handle is None):
             return
         heap = self.engine.heap
         if types:  # first: reading the sites allocates objects the census would then count
             self.result.types = heap.census(self._heap_token, limit)
-        self.result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
+        if self._handle is not None:
+            assert isinstance(heap, ExtBackend)  # native windows come with the hook
+            first = self.engine.native.window_first_sample(self._handle)
+            self.result.sites = heap.sites_since(first, limit, alive_only, by_count)
+        else:
+            self.result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
 
     def close(self) -> None:
         if self._collecting:
@@ -179,7 +317,10 @@ class Meter:
             self.engine.collector.end()
         if not self._closed:
             self._closed = True
-            if self.use_heap and self._heap_token is not None:
+            if self._handle is not None:
+                self.engine.native.window_close(self._handle)
+                self._handle = None
+            elif self.use_heap and self._heap_token is not None:
                 self.engine.heap.end(self._heap_token)
                 self._heap_token = None
 
@@ -206,7 +347,7 @@ def measure(
             meter.close()
 
 
-@dataclass
+@valueclass
 class AllocationCount:
     """Result of ``count_allocations()``: allocator calls and bytes in the block."""
 

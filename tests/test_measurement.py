@@ -12,10 +12,24 @@ import threading
 import pytest
 
 import pytest_memguard as pm
-from pytest_memguard.measurement import get_engine, interpreter_scope
+from pytest_memguard import measurement
+from pytest_memguard.measurement import Engine, get_engine, interpreter_scope
 from pytest_memguard.usage import IS_LINUX, ProcessProbe, open_fds
 
 MiB = 2**20
+
+
+@pytest.fixture(params=["native", "composed"])
+def engine_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both ways to make a window: the extension's whole-window calls and the
+    Python probe composed with the heap backend (what other platforms get)."""
+    kind: str = request.param
+    if kind == "native" and get_engine().native is None:
+        pytest.skip("no native windows here")
+    if kind == "composed":
+        composed = Engine(native=False)
+        monkeypatch.setattr(measurement, "get_engine", lambda: composed)
+    return kind
 
 
 def touch(buffer: bytearray | mmap.mmap) -> None:
@@ -37,6 +51,7 @@ def test_usage_invariants_and_pretty() -> None:
     assert "MiB" in text
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_peak_of_a_touched_30_mib_bytearray() -> None:
     with pm.measure() as m:
         buffer = bytearray(30 * MiB)
@@ -48,6 +63,7 @@ def test_peak_of_a_touched_30_mib_bytearray() -> None:
     assert m.kernel_peak >= 0.9 * 30 * MiB
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_ten_buffers_in_turn_peak_at_one_not_ten() -> None:
     with pm.measure() as m:
         for _ in range(10):
@@ -59,6 +75,7 @@ def test_ten_buffers_in_turn_peak_at_one_not_ten() -> None:
 
 
 @pytest.mark.skipif(not IS_LINUX, reason="anonymous mmap accounting is checked on Linux")
+@pytest.mark.usefixtures("engine_kind")
 def test_anonymous_mmap_is_seen_although_no_allocator_sees_it() -> None:
     with pm.measure() as m:
         region = mmap.mmap(-1, 60 * MiB)
@@ -71,6 +88,7 @@ def test_anonymous_mmap_is_seen_although_no_allocator_sees_it() -> None:
     assert (m.heap_peak or 0) < MiB  # the hooks never saw it: only the kernel did
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_allocation_in_another_thread_is_seen() -> None:
     def work() -> None:
         buffer = bytearray(40 * MiB)
@@ -84,6 +102,7 @@ def test_allocation_in_another_thread_is_seen() -> None:
     assert m.peak >= 0.95 * 40 * MiB
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_retained_counts_what_stays_and_not_what_goes() -> None:
     kept: list[bytearray] = []
     with pm.measure() as dropped:
@@ -97,6 +116,7 @@ def test_retained_counts_what_stays_and_not_what_goes() -> None:
     assert retained.retained >= 0.99 * 8 * MiB
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_private_is_measured_after_gc_and_trim() -> None:
     kept: list[bytearray] = []
     with pm.measure(private=True) as m:
@@ -113,6 +133,7 @@ def test_private_is_measured_after_gc_and_trim() -> None:
     assert freed.private < 2 * MiB
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_nested_windows_each_keep_their_own_peak() -> None:
     with pm.measure() as outer:
         big = bytearray(24 * MiB)
@@ -128,6 +149,7 @@ def test_nested_windows_each_keep_their_own_peak() -> None:
     assert outer.peak >= 0.95 * 24 * MiB
 
 
+@pytest.mark.usefixtures("engine_kind")
 def test_fd_change_is_counted() -> None:
     with pm.measure() as m:
         handle = open(os.devnull)  # noqa: SIM115 - kept open on purpose
