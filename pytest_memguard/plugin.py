@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import warnings
 from argparse import SUPPRESS
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pytest
@@ -26,6 +25,7 @@ from .report import (
     append_step_summary,
     atomic_write,
     github_annotations,
+    metric_properties,
     render_baseline_summary,
     render_failure,
     report_json,
@@ -34,6 +34,7 @@ from .report import (
 )
 from .units import parse_size
 from .usage import MemoryUsage, usage
+from .valueclass import valueclass
 
 T = TypeVar("T")
 
@@ -53,7 +54,7 @@ class MemguardWarning(pytest.PytestWarning):
     """A memory figure a test asked for could not be measured here."""
 
 
-@dataclass(frozen=True)
+@valueclass(frozen=True)
 class TestPlan:
     """What to measure for one test, decided once at collection."""
 
@@ -64,6 +65,7 @@ class TestPlan:
     retained: bool = False
     private: bool = False
     baseline: bool = False
+    isolate: bool = False
 
 
 if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks never loads them
@@ -73,7 +75,7 @@ if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks nev
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
 PASSED = Verdict()  # what a test without a budget gets: shared, it is immutable
-PLAN_KEY = pytest.StashKey[TestPlan]()
+OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
 METER_KEY = pytest.StashKey[Meter]()
 PLUGIN_KEY = pytest.StashKey["MemguardPlugin"]()
 
@@ -147,12 +149,18 @@ class MemguardPlugin:
         self.scope = interpreter_scope()
         self.collected: set[str] = set()
         self.deselected = False
-        self._repeating = False
+        self.repeating = False  # inside a leak check's repeated calls: no per-call windows
+        self.scope_test = settings.mem_scope == "test"
         self._warmed = False
+        self.plans: dict[pytest.Item, TestPlan] = {}
+        self._default_budget = settings.mem_default_budget
+        self._default_plan = TestPlan(
+            budget=None, heap=engine.heap.cheap, retained=False, private=False
+        )
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._exists: dict[str, bool] = {}
-        self._locations: dict[str, tuple[str, str]] = {}
+        self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
         if config.pluginmanager.hasplugin("xdist"):
             from .xdist import XdistHooks
 
@@ -164,8 +172,37 @@ class MemguardPlugin:
 
     # ------------------------------------------------------------------ collection
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        plans = self.plans
         for item in items:
-            item.stash[PLAN_KEY] = self._plan(item)
+            plans[item] = self._plan(item)
+        self._register_per_test_hooks(plans.values(), items)
+
+    def _register_per_test_hooks(self, plans: Iterable[TestPlan], items: list[pytest.Item]) -> None:
+        """Hooks that run for every test cost even when they return at once (a few µs each
+        through pluggy, on tests that take pytest well under a millisecond): only those this
+        run needs are registered, once the plans say which."""
+        manager = self.config.pluginmanager
+        wanted = {"errors": False, "leaks": False, "isolate": False}
+        for plan in plans:
+            wanted["errors"] |= plan.error is not None
+            wanted["leaks"] |= plan.leak is not None
+            wanted["isolate"] |= plan.isolate
+        scope_test = self.scope_test
+        call_scope_items = not scope_test and any(
+            not isinstance(item, pytest.Function) for item in items
+        )
+        hooks: list[tuple[str, object]] = []
+        if wanted["errors"] or scope_test:
+            hooks.append(("memguard-setup", _SetupHooks(self)))
+        if scope_test:
+            hooks.append(("memguard-teardown", _TeardownHooks(self)))
+        if wanted["leaks"] or call_scope_items:
+            hooks.append(("memguard-call", _CallHooks(self)))
+        if wanted["isolate"]:
+            hooks.append(("memguard-isolate", _IsolateHooks(self)))
+        for name, hook in hooks:
+            if manager.get_plugin(name) is None:
+                manager.register(hook, name)
 
     # ------------------------------------------------------------------ baselines
     @property
@@ -174,11 +211,12 @@ class MemguardPlugin:
         return self.settings.mem_baseline or "auto"
 
     def _location(self, nodeid: str) -> tuple[str, str]:
-        """(baseline file, key), asked for several times per test: computed once."""
-        found = self._locations.get(nodeid)
-        if found is None:
-            found = self._locations[nodeid] = baselines.location(nodeid, self.rootdir)
-        return found
+        """(baseline file, key): the file is computed once per test module."""
+        module, sep, rest = nodeid.partition("::")
+        path = self._paths.get(module)
+        if path is None:
+            path = self._paths[module] = baselines.location(module, self.rootdir)[0]
+        return path, (rest if sep else module)
 
     def _baseline_file(self, nodeid: str) -> dict[str, dict[str, baselines.Entry]] | str:
         """The scopes of a test's baseline file (cached), or the error text if unreadable."""
@@ -214,12 +252,16 @@ class MemguardPlugin:
         return exists
 
     def _plan(self, item: pytest.Item) -> TestPlan:
+        names = {mark.name for mark in item.iter_markers()} & OUR_MARKERS  # one walk
         try:
-            budget = self._budget(item)
-            leak = self._leak(item)
+            budget = self._budget(item) if "mem_budget" in names else self._default_budget
+            leak = self._leak(item, names)
         except ValueError as exc:  # BudgetError, or leaks.LeakSettingsError (not imported yet)
             return TestPlan(error=str(exc))
         tracked = self._baseline_active(item.nodeid)
+        isolate = not self.is_child and (self.settings.mem_isolate or "mem_isolate" in names)
+        if budget is None and leak is None and not tracked and not isolate:
+            return self._default_plan  # most tests: one shared plan
         if tracked:
             problem = self._baseline_file(item.nodeid)
             if isinstance(problem, str):
@@ -237,6 +279,7 @@ class MemguardPlugin:
             retained=retained,
             private=private,
             baseline=tracked,
+            isolate=isolate,
         )
 
     @property
@@ -250,15 +293,16 @@ class MemguardPlugin:
             iterations=iterations, warmup=self.settings.mem_leak_warmup, screen=None
         )
 
-    def _leak(self, item: pytest.Item) -> LeakSettings | None:
-        mark = item.get_closest_marker("mem_leak_check")
-        if mark is not None:
+    def _leak(self, item: pytest.Item, names: set[str]) -> LeakSettings | None:
+        if "mem_leak_check" in names:
             from .leaks import parse_leak_marker
 
+            mark = item.get_closest_marker("mem_leak_check")
+            assert mark is not None
             return parse_leak_marker(
                 tuple(mark.args), dict(mark.kwargs), _where(item), self.leak_defaults
             )
-        if self.settings.mem_leak_check and item.get_closest_marker("no_mem_leak_check") is None:
+        if self.settings.mem_leak_check and "no_mem_leak_check" not in names:
             return self.leak_defaults
         return None
 
@@ -269,7 +313,7 @@ class MemguardPlugin:
         ]
         if budgets:
             return merge_markers(budgets)
-        return self.settings.mem_default_budget
+        return self._default_budget
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         if items:
@@ -279,32 +323,8 @@ class MemguardPlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected.update(item.nodeid for item in session.items)
 
-    # ------------------------------------------------------------------ isolation
-    def _isolated(self, item: pytest.Item) -> bool:
-        if self.is_child:
-            return False
-        return self.settings.mem_isolate or item.get_closest_marker("mem_isolate") is not None
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> bool | None:
-        """Run a test marked mem_isolate (or every test with --mem-isolate) in a child process
-        that starts from the session's post-collection state (forked) or from nothing
-        (spawned, where there is no fork), and report what it reported."""
-        if not self._isolated(item):
-            return None
-        from .isolate import method, run_isolated, run_spawned
-
-        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        reports = run_isolated(item) if method() == "fork" else run_spawned(item)
-        for report in reports:
-            item.ihook.pytest_runtest_logreport(report=report)
-        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return True
-
     # ------------------------------------------------------------------ running
-    def _start(self, item: pytest.Item, plan: TestPlan) -> Meter:
+    def start(self, item: pytest.Item, plan: TestPlan) -> Meter:
         if not self._warmed:
             # One empty window first: our own code paths allocate once when first run, and the
             # first test of a process must not carry that.
@@ -314,49 +334,52 @@ class MemguardPlugin:
             warm.stop()
             warm.close()
         meter = Meter(self.engine, heap=plan.heap, retained=plan.retained, private=plan.private)
-        item.stash[METER_KEY] = meter
         meter.start()
         return meter
 
-    def _finish(self, item: pytest.Item, plan: TestPlan, judge: bool) -> None:
-        meter = item.stash.get(METER_KEY, None)
-        if meter is None:
-            return
-        del item.stash[METER_KEY]
+    def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         try:
             measurement = meter.stop()
-            verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
-            extra: dict[str, Any] = {}
-            if plan.budget is not None:
-                extra.update({f"budget.{k}": v for k, v in plan.budget.limits().items()})
-            changes = None
-            if plan.baseline:
-                changes = self._compare_baseline(item, plan, measurement, extra)
-            item.user_properties.extend(to_properties(measurement.metrics(), extra))
-            if not judge:
+            if plan.budget is None and not plan.baseline:  # most tests: nothing to judge
+                item.user_properties.extend(metric_properties(measurement))
                 return
-            if changes:
-                pytest.fail(baselines.render_regression(changes), pytrace=False)
-            for metric in verdict.unmeasured:
-                warnings.warn(
-                    MemguardWarning(
-                        f"mem_budget {metric} on {_where(item)} cannot be checked: "
-                        f"{self._why_unmeasured(metric)}"
-                    ),
-                    stacklevel=1,
-                )
-            if verdict.failed:
-                alive = all(v.metric in ("retained", "private") for v in verdict.violations)
-                sizes = [v.value for v in verdict.violations if v.metric != "allocations"]
-                # An allocation-count failure is about where calls happen, not what is left.
-                meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes)
-                scale = min(sizes) if sizes else 0
-                message = render_failure(
-                    (v.message() for v in verdict.violations), measurement, alive, scale
-                )
-                pytest.fail(message, pytrace=False)
+            self._judge(item, plan, meter, measurement, judge)
         finally:
             meter.close()
+
+    def _judge(
+        self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
+    ) -> None:
+        verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
+        extra: dict[str, Any] = {}
+        if plan.budget is not None:
+            extra.update({f"budget.{k}": v for k, v in plan.budget.limits().items()})
+        changes = None
+        if plan.baseline:
+            changes = self._compare_baseline(item, plan, measurement, extra)
+        item.user_properties.extend(to_properties(measurement.metrics(), extra))
+        if not judge:
+            return
+        if changes:
+            pytest.fail(baselines.render_regression(changes), pytrace=False)
+        for metric in verdict.unmeasured:
+            warnings.warn(
+                MemguardWarning(
+                    f"mem_budget {metric} on {_where(item)} cannot be checked: "
+                    f"{self._why_unmeasured(metric)}"
+                ),
+                stacklevel=1,
+            )
+        if verdict.failed:
+            alive = all(v.metric in ("retained", "private") for v in verdict.violations)
+            sizes = [v.value for v in verdict.violations if v.metric != "allocations"]
+            # An allocation-count failure is about where calls happen, not what is left.
+            meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes)
+            scale = min(sizes) if sizes else 0
+            message = render_failure(
+                (v.message() for v in verdict.violations), measurement, alive, scale
+            )
+            pytest.fail(message, pytrace=False)
 
     def _compare_baseline(
         self, item: pytest.Item, plan: TestPlan, measurement: Measurement, extra: dict[str, Any]
@@ -391,56 +414,36 @@ class MemguardPlugin:
             return f"allocation counts need the allocator hook; {self.engine.describe()}"
         return f"this platform cannot measure {metric}"
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        plan = item.stash.get(PLAN_KEY, None)
-        if plan is not None and plan.error is not None:
-            pytest.fail(plan.error, pytrace=False)
-        if plan is not None and self.settings.mem_scope == "test":
-            self._start(item, plan)
-        return (yield)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        plan = item.stash.get(PLAN_KEY, None)
-        if plan is None or self.settings.mem_scope != "call" or isinstance(item, pytest.Function):
-            result = yield  # test functions are measured closer in, in pytest_pyfunc_call
-        else:
-            result = yield from self._measured(item, plan)
-        if plan is not None and plan.leak is not None:
-            self._check_leaks(item, plan.leak)
-        return result
-
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
         """The innermost wrapper: the window holds the test function and nothing of pytest's
         or other plugins' per-test machinery, whose allocations vary with how many tests ran
         before (which under xdist depends on scheduling)."""
-        plan = pyfuncitem.stash.get(PLAN_KEY, None)
-        if plan is None or self.settings.mem_scope != "call" or self._repeating:
+        plan = self.plans.get(pyfuncitem)
+        if plan is None or self.scope_test or self.repeating:
             return (yield)
-        return (yield from self._measured(pyfuncitem, plan))
+        return (yield from self.measured(pyfuncitem, plan))
 
-    def _measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, Any, Any]:
-        self._start(item, plan)
+    def measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, Any, Any]:
+        meter = self.start(item, plan)
         try:
             result = yield
         except BaseException:
-            self._finish(item, plan, judge=False)
+            self.finish(item, plan, meter, judge=False)
             raise
-        self._finish(item, plan, judge=True)
+        self.finish(item, plan, meter, judge=True)
         return result
 
-    def _check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
+    def check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
         """Call the test function again and again with the same fixture values (the official
         run above passed) and fail when memory grows from call to call."""
         from .leaks import LeakRunner
 
-        self._repeating = True
+        self.repeating = True
         try:
             result = LeakRunner(self.engine, settings).run(item.runtest)
         finally:
-            self._repeating = False
+            self.repeating = False
         item.user_properties.extend(to_properties({}, _leak_properties(result)))
         if result.threads > 1:
             warnings.warn(
@@ -453,25 +456,14 @@ class MemguardPlugin:
         if result.leaked:
             pytest.fail(result.message(), pytrace=False)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, None, None]:
-        try:
-            return (yield)
-        finally:
-            plan = item.stash.get(PLAN_KEY, None)
-            if plan is not None and self.settings.mem_scope == "test":
-                self._finish(item, plan, judge=True)
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker:
             return
         record = self.records.get(report.nodeid)
         if record is None:
             record = self.records[report.nodeid] = TestRecord(report.nodeid)
-        properties = report.user_properties if report.when in ("call", "teardown") else ()
-        record.absorb(report.when, report.outcome, properties)
+        when = report.when
+        record.absorb(when, report.outcome, () if when == "setup" else report.user_properties)
 
     # ------------------------------------------------------------------ session end
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -568,6 +560,89 @@ class MemguardPlugin:
             )
             if changed:
                 outcome["updated"].append(os.path.relpath(path, self.rootdir))
+
+
+class _SetupHooks:
+    """Registered when a plan carries an error or windows cover the whole test."""
+
+    def __init__(self, plugin: MemguardPlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Before any fixture is set up (and inside every wrapper, whose per-test state a
+        failure here must not skip)."""
+        plan = self.plugin.plans.get(item)
+        if plan is not None and plan.error is not None:
+            pytest.fail(plan.error, pytrace=False)
+        if plan is not None and self.plugin.scope_test:
+            item.stash[METER_KEY] = self.plugin.start(item, plan)
+
+
+class _TeardownHooks:
+    """Registered with ``mem_scope = test``: the window closes after teardown."""
+
+    def __init__(self, plugin: MemguardPlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
+        try:
+            return (yield)
+        finally:
+            plan = self.plugin.plans.get(item)
+            meter = item.stash.get(METER_KEY, None)
+            if plan is not None and meter is not None:
+                del item.stash[METER_KEY]
+                self.plugin.finish(item, plan, meter, judge=True)
+
+
+class _CallHooks:
+    """Registered when a test is leak-checked, or an item is not a test function (its call
+    phase is measured here, there being no pytest_pyfunc_call)."""
+
+    def __init__(self, plugin: MemguardPlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        plugin = self.plugin
+        plan = plugin.plans.get(item)
+        if plan is None or plugin.scope_test or isinstance(item, pytest.Function):
+            result = yield
+        else:
+            result = yield from plugin.measured(item, plan)
+        if plan is not None and plan.leak is not None:
+            plugin.check_leaks(item, plan.leak)
+        return result
+
+
+class _IsolateHooks:
+    """Registered when a test is to run in a child process."""
+
+    def __init__(self, plugin: MemguardPlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        """Run a test marked mem_isolate (or every test with --mem-isolate) in a child process
+        that starts from the session's post-collection state (forked) or from nothing
+        (spawned, where there is no fork), and report what it reported."""
+        plan = self.plugin.plans.get(item)
+        if plan is None or not plan.isolate:
+            return None
+        from .isolate import method, run_isolated, run_spawned
+
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        reports = run_isolated(item) if method() == "fork" else run_spawned(item)
+        for report in reports:
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
 
 
 def _leak_properties(result: LeakResult) -> dict[str, Any]:

@@ -12,12 +12,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .heap import Site, TypeGrowth
 from .measurement import METRICS, Measurement, format_metric
 from .units import format_size
+from .valueclass import field, valueclass
 
 REPORT_VERSION = 1
 PROPERTY_PREFIX = "memguard."
@@ -105,6 +105,16 @@ def render_failure(
     return "\n".join(lines)
 
 
+_METRIC_PROPERTIES = tuple(f"{PROPERTY_PREFIX}{name}" for name in METRICS)
+_METRIC_OF_PROPERTY = dict(zip(_METRIC_PROPERTIES, METRICS))
+_PREFIX_LENGTH = len(PROPERTY_PREFIX)
+
+
+def metric_properties(measurement: Measurement) -> list[tuple[str, Any]]:
+    """``to_properties(measurement.metrics())``, made once per test: kept to one comprehension."""
+    return [(k, v) for k, v in zip(_METRIC_PROPERTIES, measurement.values()) if v is not None]
+
+
 def to_properties(
     metrics: Mapping[str, int | None],
     extra: Mapping[str, Any] = (),  # type: ignore[assignment]
@@ -118,7 +128,7 @@ def to_properties(
     return props
 
 
-@dataclass
+@valueclass
 class TestRecord:
     """Everything the controller knows about one test, rebuilt from its reports."""
 
@@ -130,22 +140,40 @@ class TestRecord:
     measured: bool = False
     seen: int = 0  # properties already absorbed: each report carries the item's whole list
 
+    def __init__(  # written out: one is made per test, and the generic one is slower
+        self,
+        nodeid: str,
+        outcome: str = "passed",
+        metrics: dict[str, int | None] | None = None,
+        extra: dict[str, Any] | None = None,
+        phases_passed: set[str] | None = None,
+        measured: bool = False,
+        seen: int = 0,
+    ) -> None:
+        self.nodeid = nodeid
+        self.outcome = outcome
+        self.metrics = {} if metrics is None else metrics
+        self.extra = {} if extra is None else extra
+        self.phases_passed = set() if phases_passed is None else phases_passed
+        self.measured = measured
+        self.seen = seen
+
     def absorb(self, when: str, outcome: str, properties: Sequence[tuple[str, Any]]) -> None:
         if outcome == "passed":
             self.phases_passed.add(when)
-        if outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
+        elif outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
             self.outcome = "error" if (outcome == "failed" and when != "call") else outcome
-        fresh = properties[self.seen :]
-        self.seen = max(self.seen, len(properties))
+        if len(properties) <= self.seen:
+            return
+        fresh = properties[self.seen :] if self.seen else properties
+        self.seen = len(properties)
         for key, value in fresh:
-            if not key.startswith(PROPERTY_PREFIX):
-                continue
-            name = key[len(PROPERTY_PREFIX) :]
-            if name in METRICS:
-                self.metrics[name] = value
+            metric = _METRIC_OF_PROPERTY.get(key)
+            if metric is not None:
+                self.metrics[metric] = value
                 self.measured = True
-            else:
-                self.extra[name] = value
+            elif key.startswith(PROPERTY_PREFIX):
+                self.extra[key[_PREFIX_LENGTH:]] = value
 
     @property
     def fully_passed(self) -> bool:
