@@ -245,3 +245,35 @@ def test_a_census_leaves_nothing_behind() -> None:
     census_types()
     leftovers = [o for o in all_objects() if isinstance(o, set) and len(o) > 5000]
     assert leftovers == []
+
+
+@needs_hook
+def test_hooks_are_in_only_while_a_window_is_open_and_never_cut_off_a_wrapper() -> None:
+    """Outside windows the hooks cost nothing because they are not there; a tracer that wrapped
+    them inside a window (tracemalloc) keeps working after the window closes."""
+    program = textwrap.dedent(
+        """
+        import tracemalloc
+        from pytest_memguard import _tracemalloc_ext as ext
+        print(ext.is_installed())
+        token = ext.open_window(0, 1)
+        print(ext.is_installed())
+        ext.close_window(token[0], token[1])
+        print(ext.is_installed())
+        token = ext.open_window(0, 1)
+        tracemalloc.start()
+        ext.close_window(token[0], token[1])
+        before = tracemalloc.get_traced_memory()[0]
+        kept = bytearray(1 << 20)
+        print(tracemalloc.get_traced_memory()[0] - before >= 1 << 20)
+        tracemalloc.stop()
+        token = ext.open_window(0, 1)
+        more = [bytearray(1000) for _ in range(10)]
+        print(ext.since(token[0])[0] >= 10)
+        ext.close_window(token[0], token[1])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "True", "False", "True", "True"]

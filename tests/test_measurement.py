@@ -257,3 +257,29 @@ def test_peak_is_not_inherited_from_a_parent_that_peaked_high() -> None:
     )
     del buffer
     assert int(out.stdout) < 8 * MiB
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.usefixtures("engine_kind")
+def test_a_forked_child_measures_itself_not_its_parent() -> None:
+    """Kept-open /proc files describe the process that opened them: a forked child (what
+    --mem-isolate makes) must open its own, or it would read the parent's memory."""
+    with pm.measure():  # opens the files in this process first
+        pass
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            with pm.measure() as m:
+                buffer = bytearray(40 * MiB)
+                touch(buffer)
+            os.write(write_fd, str(m.kernel_peak).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    reported = os.read(read_fd, 100).decode()
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert int(reported) >= 0.9 * 40 * MiB
