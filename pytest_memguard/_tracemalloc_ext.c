@@ -1634,6 +1634,20 @@ static PyObject *ext_window_first_sample(PyObject *self, PyObject *arg)
     return w == NULL ? NULL : PyLong_FromSize_t(w->first_sample);
 }
 
+static PyObject *ext_resident_and_anon(PyObject *self, PyObject *unused)
+{
+    /* (resident bytes, anonymous bytes) now, from the kept-open statm: nothing is reset. */
+    if (proc_open() < 0) {
+        PyErr_SetString(PyExc_OSError, "/proc/self/statm unavailable");
+        return NULL;
+    }
+    unsigned long long res = 0, shared = 0;
+    if (read_statm(proc_statm, &res, &shared) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(LL)", (long long)(res * page_size), (long long)((res - shared) * page_size));
+}
+
 static PyObject *ext_peak_method(PyObject *self, PyObject *unused)
 {
     /* "clear_refs" when the whole-window calls can measure the kernel peak here, else None. */
@@ -1805,6 +1819,8 @@ static PyMethodDef methods[] = {
      "retained_blocks); None where not measured."},
     {"window_close", ext_window_close, METH_O, "End a window (its heap tracking)."},
     {"window_first_sample", ext_window_first_sample, METH_O, "Index of its first sample."},
+    {"resident_and_anon", ext_resident_and_anon, METH_NOARGS,
+     "(resident bytes, anonymous bytes) now."},
     {"peak_method", ext_peak_method, METH_NOARGS,
      "'clear_refs' if windows can measure the kernel peak here, else None."},
 #endif

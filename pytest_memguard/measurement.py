@@ -145,15 +145,22 @@ class Engine:
         self.window_args: tuple[int, int] = (0, 1)
         if isinstance(self.heap, ExtBackend):
             self.window_args = (self.heap.sample_interval, self.heap.frames)
-        self._probe: ProcessProbe | None = None
+        self._probe: ProcessProbe | None = None if self.native is not None else ProcessProbe()
 
     @property
     def probe(self) -> ProcessProbe:
-        """The Python probe, opened on first use: the composed windows' kernel bracket, and
-        the soak's anonymous-memory samples."""
+        """The Python probe of composed windows (opened on first use: native windows never
+        need it, and opening it resets the kernel peak)."""
         if self._probe is None:
             self._probe = ProcessProbe()
         return self._probe
+
+    def resident_and_anon(self) -> tuple[int, int]:
+        """Resident and anonymous bytes now, resetting nothing (what a soak samples)."""
+        if self.native is not None:
+            resident, anon = self.native.resident_and_anon()
+            return int(resident), int(anon)
+        return self.probe.resident_and_anon()
 
     def describe(self) -> str:
         heap = self.heap

@@ -146,7 +146,7 @@ class Soak:
 
     def _chunks(self) -> Iterator[range]:
         heap = self.engine.heap
-        probe = self.engine.probe
+        engine = self.engine
         result = self.result
         n = self.samples
         # C arrays, allocated before the window opens: storing a sample must not allocate, or
@@ -167,7 +167,7 @@ class Soak:
                 positions[k] = bounds[k]
                 live[k] = reading.live or 0
                 blocks[k] = reading.live_blocks or 0
-                private[k] = probe.resident_and_anon()[1]
+                private[k] = engine.resident_and_anon()[1]
             result.positions = positions.tolist()
             result.heap = live.tolist()
             result.blocks = blocks.tolist()

@@ -176,3 +176,19 @@ def test_examples_soak_each_on_its_side(pytester: pytest.Pytester, run: Runner) 
     report = (pytester.path / "report.json").read_text()
     assert '"soak.growth_per_1000"' in report
     assert '"soak.heap"' in report
+
+
+def test_a_soak_inside_a_window_leaves_the_windows_peak_alone() -> None:
+    """The soak samples anonymous memory: reading it must not reset the kernel peak that the
+    enclosing window (the test's own, or a measure()) has seen so far."""
+    import pytest_memguard as pm
+
+    with pm.measure() as m:
+        big = bytearray(40 * 2**20)
+        for offset in range(0, len(big), 4096):
+            big[offset] = 1
+        del big
+        for _ in Soak(get_engine(), 1000, samples=10):
+            pass
+    assert m.kernel_peak is not None
+    assert m.kernel_peak >= 0.9 * 40 * 2**20
