@@ -32,7 +32,15 @@ class Budget:
     source: str = "mem_budget"
 
     def limits(self) -> dict[str, int]:
-        return {m: v for m in BUDGET_METRICS if (v := getattr(self, m)) is not None}
+        return dict(self.limit_items())
+
+    def limit_items(self) -> tuple[tuple[str, int], ...]:
+        """(metric, limit) pairs, worked out once: one budget is checked on every test."""
+        cached: tuple[tuple[str, int], ...] | None = getattr(self, "_limit_items", None)
+        if cached is None:
+            cached = tuple((m, v) for m in BUDGET_METRICS if (v := getattr(self, m)) is not None)
+            object.__setattr__(self, "_limit_items", cached)
+        return cached
 
     def merged_over(self, farther: Budget) -> Budget:
         """Closest marker wins per keyword: a function's ``retained=`` keeps a class's peak."""
@@ -154,13 +162,18 @@ def merge_markers(budgets: Iterable[Budget]) -> Budget | None:
     return merged
 
 
+PASSED = Verdict()  # what a test within its budget gets: shared, it is immutable
+
+
 def check(budget: Budget, measurement: Measurement) -> Verdict:
     violations: list[Violation] = []
     unmeasured: list[str] = []
-    for metric, limit in budget.limits().items():
+    for metric, limit in budget.limit_items():
         value = getattr(measurement, metric)
         if value is None:
             unmeasured.append(metric)
         elif value > limit:
             violations.append(Violation(metric, limit, value, budget.source))
+    if not violations and not unmeasured:
+        return PASSED
     return Verdict(tuple(violations), tuple(unmeasured))

@@ -17,7 +17,7 @@ import pytest
 
 from . import __version__
 from . import baseline as baselines
-from .budget import Budget, Verdict, check, merge_markers, parse_budget
+from .budget import PASSED, Budget, check, merge_markers, parse_budget
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
@@ -74,7 +74,6 @@ if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks nev
 
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
-PASSED = Verdict()  # what a test without a budget gets: shared, it is immutable
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
 METER_KEY = pytest.StashKey[Meter]()
 PLUGIN_KEY = pytest.StashKey["MemguardPlugin"]()
@@ -160,6 +159,7 @@ class MemguardPlugin:
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._exists: dict[str, bool] = {}
+        self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
         self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
         if config.pluginmanager.hasplugin("xdist"):
             from .xdist import XdistHooks
@@ -351,13 +351,15 @@ class MemguardPlugin:
         self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
     ) -> None:
         verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
-        extra: dict[str, Any] = {}
+        properties = metric_properties(measurement)
         if plan.budget is not None:
-            extra.update({f"budget.{k}": v for k, v in plan.budget.limits().items()})
+            properties.extend(self._budget_properties(plan.budget))
         changes = None
         if plan.baseline:
+            extra: dict[str, Any] = {}
             changes = self._compare_baseline(item, plan, measurement, extra)
-        item.user_properties.extend(to_properties(measurement.metrics(), extra))
+            properties.extend(to_properties({}, extra))
+        item.user_properties.extend(properties)
         if not judge:
             return
         if changes:
@@ -380,6 +382,14 @@ class MemguardPlugin:
                 (v.message() for v in verdict.violations), measurement, alive, scale
             )
             pytest.fail(message, pytrace=False)
+
+    def _budget_properties(self, budget: Budget) -> list[tuple[str, Any]]:
+        """The ``memguard.budget.*`` properties, made once per budget (often one for all)."""
+        found = self._budget_props.get(id(budget))
+        if found is None or found[0] is not budget:
+            limits = {f"budget.{k}": v for k, v in budget.limit_items()}
+            found = self._budget_props[id(budget)] = (budget, to_properties({}, limits))
+        return found[1]
 
     def _compare_baseline(
         self, item: pytest.Item, plan: TestPlan, measurement: Measurement, extra: dict[str, Any]
