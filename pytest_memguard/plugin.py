@@ -572,11 +572,16 @@ class MemguardPlugin:
                 outcome["updated"].append(os.path.relpath(path, self.rootdir))
 
 
-class _SetupHooks:
-    """Registered when a plan carries an error or windows cover the whole test."""
+class _PerTestHooks:
+    """Hooks that run for every test, registered after collection only when a run needs them
+    (see ``MemguardPlugin._register_per_test_hooks``)."""
 
     def __init__(self, plugin: MemguardPlugin) -> None:
         self.plugin = plugin
+
+
+class _SetupHooks(_PerTestHooks):
+    """Registered when a plan carries an error or windows cover the whole test."""
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -589,11 +594,8 @@ class _SetupHooks:
             item.stash[METER_KEY] = self.plugin.start(item, plan)
 
 
-class _TeardownHooks:
+class _TeardownHooks(_PerTestHooks):
     """Registered with ``mem_scope = test``: the window closes after teardown."""
-
-    def __init__(self, plugin: MemguardPlugin) -> None:
-        self.plugin = plugin
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(
@@ -609,12 +611,9 @@ class _TeardownHooks:
                 self.plugin.finish(item, plan, meter, judge=True)
 
 
-class _CallHooks:
+class _CallHooks(_PerTestHooks):
     """Registered when a test is leak-checked, or an item is not a test function (its call
     phase is measured here, there being no pytest_pyfunc_call)."""
-
-    def __init__(self, plugin: MemguardPlugin) -> None:
-        self.plugin = plugin
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -629,11 +628,8 @@ class _CallHooks:
         return result
 
 
-class _IsolateHooks:
+class _IsolateHooks(_PerTestHooks):
     """Registered when a test is to run in a child process."""
-
-    def __init__(self, plugin: MemguardPlugin) -> None:
-        self.plugin = plugin
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(

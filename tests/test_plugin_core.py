@@ -211,3 +211,46 @@ def test_measures_call_not_fixtures_by_default_and_all_with_scope_test(
     result = run()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*peak 4?.? MiB exceeds mem_budget 20.0 MiB*"])
+
+
+def test_items_that_are_not_test_functions_are_measured(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    """A plugin's own items (no pytest_pyfunc_call) get the call-phase window and budgets."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        class MemItem(pytest.Item):
+            def __init__(self, *, mib, **kwargs):
+                super().__init__(**kwargs)
+                self.mib = mib
+
+            def runtest(self):
+                kept = bytearray(self.mib * 2**20)
+                for i in range(0, len(kept), 4096):
+                    kept[i] = 1
+
+            def reportinfo(self):
+                return self.path, 0, self.name
+
+        class MemFile(pytest.File):
+            def collect(self):
+                for line in self.path.read_text().split():
+                    name, mib = line.split("=")
+                    yield MemItem.from_parent(self, name=name, mib=int(mib))
+
+        def pytest_collect_file(parent, file_path):
+            if file_path.suffix == ".mem":
+                return MemFile.from_parent(parent, path=file_path)
+        """
+    )
+    pytester.makefile(".mem", cases="small=1 big=24")
+    pytester.makeini("[pytest]\nmem_default_budget = 16MB\n")
+    result = run(*plugin_args, "--mem-report=report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*peak 2* MiB exceeds mem_default_budget 16.0 MiB*"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    peaks = {t["nodeid"].split("::")[1]: t["metrics"]["peak"] for t in report["tests"]}
+    assert peaks["big"] >= 24 * 2**20
+    assert 2**20 <= peaks["small"] < 4 * 2**20
