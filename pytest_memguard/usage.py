@@ -5,7 +5,9 @@ proportional, swapped, peak) and on Linux reads ``/proc/self/smaps_rollup``, who
 with the resident set (about 10 µs per MB): fine for a report, wrong for every test. The
 ``ProcessProbe`` is the per-test bracket and must cost the same on a 10 MB and a 10 GB process:
 a kept-open ``/proc/self/statm`` read with ``os.pread`` and a write of ``5`` to a kept-open
-``/proc/self/clear_refs`` that resets the kernel's high-water mark.
+``/proc/self/clear_refs`` that resets the kernel's high-water mark. Where the extension is built
+on Linux the same bracket runs inside its whole-window calls (``measurement.Engine.native``);
+this probe is the one for other platforms, and the reference the C version is tested against.
 """
 
 from __future__ import annotations
