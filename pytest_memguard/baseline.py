@@ -102,12 +102,22 @@ def dumps(scopes: Mapping[str, Mapping[str, Entry]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lock_path(path: str) -> str:
+    """Where the lock of baseline file ``path`` lives: in a directory of the user's own under
+    the temp directory, keyed by the file. Not next to the file (no lock files in the user's
+    repository), and not loose in the temp directory, where one lock file per baseline file
+    ever written (filelock never deletes them, which would race) piled up."""
+    owner = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
+    return os.path.join(tempfile.gettempdir(), f"memguard-locks-{owner}", f"{digest}.lock")
+
+
 def _lock_for(path: str) -> Any:
-    # In the temp directory, keyed by the file: no lock files left in the user's repository.
     from filelock import FileLock  # imported when a baseline is written, not at startup
 
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
-    return FileLock(os.path.join(tempfile.gettempdir(), f"memguard-{digest}.lock"), timeout=120)
+    lock = lock_path(path)
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+    return FileLock(lock, timeout=120)
 
 
 def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -177,3 +178,18 @@ def test_cli_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["diff", str(old), str(tmp_path / "bad.json")]) == 2
     with pytest.raises(SystemExit):
         main(["diff", str(old), str(same), "--tolerance", "lots"])
+
+
+def test_locks_live_in_one_directory_of_the_users_own(tmp_path: Path) -> None:
+    """Lock files are never deleted (deleting them races), so they are kept out of the repository
+    and gathered in one private directory instead of loose in the temp directory."""
+    path = str(tmp_path / "__memguard__" / "t.json")
+    assert b.update_file(path, "s", {"a": {"heap_peak": 1000}}, (), TOL)
+    lock = b.lock_path(path)
+    assert os.path.exists(lock)
+    assert os.path.dirname(os.path.dirname(lock)) == tempfile.gettempdir()
+    assert b.lock_path(str(tmp_path / "__memguard__" / "u.json")) != lock
+    if hasattr(os, "getuid"):
+        assert os.path.basename(os.path.dirname(lock)) == f"memguard-locks-{os.getuid()}"
+        assert os.stat(os.path.dirname(lock)).st_mode & 0o077 == 0
+    assert not any(tmp_path.rglob("*.lock"))  # nothing beside the baseline file
