@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from argparse import SUPPRESS
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -175,30 +175,28 @@ class MemguardPlugin:
         plans = self.plans
         for item in items:
             plans[item] = self._plan(item)
-        self._register_per_test_hooks(plans.values(), items)
+        self._register_per_test_hooks(items)
 
-    def _register_per_test_hooks(self, plans: Iterable[TestPlan], items: list[pytest.Item]) -> None:
+    def _register_per_test_hooks(self, items: list[pytest.Item]) -> None:
         """Hooks that run for every test cost even when they return at once (a few µs each
         through pluggy, on tests that take pytest well under a millisecond): only those this
         run needs are registered, once the plans say which."""
         manager = self.config.pluginmanager
-        wanted = {"errors": False, "leaks": False, "isolate": False}
-        for plan in plans:
-            wanted["errors"] |= plan.error is not None
-            wanted["leaks"] |= plan.leak is not None
-            wanted["isolate"] |= plan.isolate
+        plans = [self.plans[item] for item in items]
         scope_test = self.scope_test
+        errors = any(plan.error is not None for plan in plans)
+        leaks = any(plan.leak is not None for plan in plans)
         call_scope_items = not scope_test and any(
             not isinstance(item, pytest.Function) for item in items
         )
         hooks: list[tuple[str, object]] = []
-        if wanted["errors"] or scope_test:
+        if errors or scope_test:
             hooks.append(("memguard-setup", _SetupHooks(self)))
         if scope_test:
             hooks.append(("memguard-teardown", _TeardownHooks(self)))
-        if wanted["leaks"] or call_scope_items:
+        if leaks or call_scope_items:
             hooks.append(("memguard-call", _CallHooks(self)))
-        if wanted["isolate"]:
+        if any(plan.isolate for plan in plans):
             hooks.append(("memguard-isolate", _IsolateHooks(self)))
         for name, hook in hooks:
             if manager.get_plugin(name) is None:
