@@ -106,6 +106,36 @@ def test_small_blocks_in_page_records_match_the_pointer_table() -> None:
 
 
 @needs_hook
+def test_blocks_of_an_earlier_window_are_forgotten() -> None:
+    """A window starts knowing no block: freeing, inside it, what an earlier window allocated
+    must not lower its live bytes (which would wrap below zero), while its own blocks still
+    count. (The page records are emptied by a new epoch, not a wipe.)"""
+    import gc
+
+    from pytest_memguard import _tracemalloc_ext as ext  # type: ignore[attr-defined]
+
+    gc.disable()
+    try:
+        ext.enable(0, 1)
+        earlier = [str(i) * 3 for i in range(5_000)]  # small blocks, in page records
+        assert ext.counters()[3] > 5_000 * 40
+        ext.disable()
+        ext.enable(0, 1)
+        del earlier
+        after_free = ext.counters()[3]
+        mine = [str(i) * 3 for i in range(5_000)]  # likely in the very same pages
+        live = ext.counters()[3]
+        del mine
+        end = ext.counters()[3]
+        ext.disable()
+    finally:
+        gc.enable()
+    assert after_free == 0
+    assert 5_000 * 40 < live < 5_000 * 100
+    assert end < live // 100
+
+
+@needs_hook
 def test_sites_name_the_line_of_a_large_allocation() -> None:
     with pm.measure(explain=True) as m:
         kept = bytearray(8 * MiB)  # the site
