@@ -10,6 +10,7 @@ import os
 import warnings
 from argparse import SUPPRESS
 from collections.abc import Generator, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -68,7 +69,10 @@ class TestPlan:
     isolate: bool = False
 
 
-if TYPE_CHECKING:  # imported where used: a run without leak checks or soaks never loads them
+if TYPE_CHECKING:
+    from _pytest.nodes import Node  # annotations only
+
+    # Imported where used: a run without leak checks or soaks never loads them.
     from .leaks import LeakResult, LeakSettings
     from .soak import Soak, SoakResult
 
@@ -136,6 +140,20 @@ def _where(item: pytest.Item) -> str:
     return item.nodeid
 
 
+def _our_markers(node: Node, above: dict[int, frozenset[str]]) -> frozenset[str]:
+    """Our markers on ``node`` and its parents, the chain ``iter_markers`` walks, each parent
+    looked at once per collection rather than once per test under it (the walk per test was
+    half the cost of planning a run). ``above`` is keyed by id: nodes hash by node id in
+    Python, and they all outlive the collection."""
+    found = above.get(id(node))
+    if found is None:
+        found = frozenset(m.name for m in node.own_markers if m.name in OUR_MARKERS)
+        if node.parent is not None:
+            found = found | _our_markers(node.parent, above)
+        above[id(node)] = found
+    return found
+
+
 class MemguardPlugin:
     def __init__(self, config: pytest.Config, settings: Settings, engine: Engine) -> None:
         self.config = config
@@ -158,7 +176,9 @@ class MemguardPlugin:
         )
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
-        self._exists: dict[str, bool] = {}
+        self._tracked: dict[str, tuple[bool, str | None]] = {}  # see _baseline_use
+        self._shared_plans: dict[tuple[int, int, bool, bool], TestPlan] = {}
+        self._leak_defaults: LeakSettings | None = None
         self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
         self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
         if config.pluginmanager.hasplugin("xdist"):
@@ -173,8 +193,9 @@ class MemguardPlugin:
     # ------------------------------------------------------------------ collection
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         plans = self.plans
+        above: dict[int, frozenset[str]] = {}  # id(node) -> our markers on it and its parents
         for item in items:
-            plans[item] = self._plan(item)
+            plans[item] = self._plan(item, above)
         self._register_per_test_hooks(items)
 
     def _register_per_test_hooks(self, items: list[pytest.Item]) -> None:
@@ -237,33 +258,47 @@ class MemguardPlugin:
         _, key = self._location(nodeid)
         return scopes.get(self.scope, {}).get(key)
 
-    def _baseline_active(self, nodeid: str) -> bool:
-        mode = self.baseline_mode
-        if mode == "off":
-            return False
-        if mode in ("update", "check"):
-            return True
-        path, _ = self._location(nodeid)
-        exists = self._exists.get(path)
-        if exists is None:
-            exists = self._exists[path] = os.path.exists(path)
-        return exists
+    def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
+        """(whether the test's baseline is checked or recorded, why its file cannot be used),
+        worked out once per test module: always with check or update, never with off, and by
+        default where the module's baseline file exists."""
+        module = nodeid.partition("::")[0]
+        use = self._tracked.get(module)
+        if use is None:
+            mode = self.baseline_mode
+            path = self._location(nodeid)[0]
+            tracked = mode != "off" and (mode != "auto" or os.path.exists(path))
+            problem = self._load_baseline(path) if tracked else None
+            use = self._tracked[module] = (tracked, problem if isinstance(problem, str) else None)
+        return use
 
-    def _plan(self, item: pytest.Item) -> TestPlan:
-        names = {mark.name for mark in item.iter_markers()} & OUR_MARKERS  # one walk
+    def _plan(self, item: pytest.Item, above: dict[int, frozenset[str]]) -> TestPlan:
+        parent = item.parent
+        names = _our_markers(parent, above) if parent is not None else frozenset()
+        if item.own_markers:
+            names = names | {m.name for m in item.own_markers if m.name in OUR_MARKERS}
         try:
             budget = self._budget(item) if "mem_budget" in names else self._default_budget
             leak = self._leak(item, names)
         except ValueError as exc:  # BudgetError, or leaks.LeakSettingsError (not imported yet)
             return TestPlan(error=str(exc))
-        tracked = self._baseline_active(item.nodeid)
+        tracked, problem = self._baseline_use(item.nodeid)
+        if problem is not None:
+            return TestPlan(error=problem)
         isolate = not self.is_child and (self.settings.mem_isolate or "mem_isolate" in names)
         if budget is None and leak is None and not tracked and not isolate:
             return self._default_plan  # most tests: one shared plan
-        if tracked:
-            problem = self._baseline_file(item.nodeid)
-            if isinstance(problem, str):
-                return TestPlan(error=problem)
+        # Plans are immutable: tests with the same budget and leak settings (the defaults, or
+        # none) share one. The key's ids stay valid, the plan keeping both objects alive.
+        key = (id(budget), id(leak), tracked, isolate)
+        plan = self._shared_plans.get(key)
+        if plan is None:
+            plan = self._shared_plans[key] = self._new_plan(budget, leak, tracked, isolate)
+        return plan
+
+    def _new_plan(
+        self, budget: Budget | None, leak: LeakSettings | None, tracked: bool, isolate: bool
+    ) -> TestPlan:
         retained = (budget is not None and budget.retained is not None) or tracked
         private = budget is not None and budget.private is not None
         needs_heap = budget is not None and (
@@ -282,16 +317,20 @@ class MemguardPlugin:
 
     @property
     def leak_defaults(self) -> LeakSettings:
-        from .leaks import LeakSettings
+        """The settings of ``--mem-leak-check`` and of markers' missing arguments (made once)."""
+        if self._leak_defaults is None:
+            from .leaks import LeakSettings
 
-        iterations = self.settings.mem_leak_iterations
-        if iterations is None:
-            return LeakSettings(warmup=self.settings.mem_leak_warmup)
-        return LeakSettings(
-            iterations=iterations, warmup=self.settings.mem_leak_warmup, screen=None
-        )
+            iterations = self.settings.mem_leak_iterations
+            warmup = self.settings.mem_leak_warmup
+            self._leak_defaults = (
+                LeakSettings(warmup=warmup)
+                if iterations is None
+                else LeakSettings(iterations=iterations, warmup=warmup, screen=None)
+            )
+        return self._leak_defaults
 
-    def _leak(self, item: pytest.Item, names: set[str]) -> LeakSettings | None:
+    def _leak(self, item: pytest.Item, names: AbstractSet[str]) -> LeakSettings | None:
         if "mem_leak_check" in names:
             from .leaks import parse_leak_marker
 
