@@ -191,7 +191,10 @@ class MemguardPlugin:
         return [f"memguard {__version__}: {self.engine.describe()}"]
 
     # ------------------------------------------------------------------ collection
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Last, so that the plans see the markers conftests and plugins add to items here
+        (a common way to give a whole directory a budget) and only the items that will run."""
         plans = self.plans
         above: dict[int, frozenset[str]] = {}  # id(node) -> our markers on it and its parents
         for item in items:

@@ -259,6 +259,57 @@ def test_module_marker_and_ini_default(
     result.stdout.fnmatch_lines(["*exceeds mem_default_budget 8.0 MiB*"])
 
 
+NESTED_AND_ADDED = """
+import pytest
+
+def grab():
+    b = bytearray(12 * 2**20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+
+@pytest.mark.mem_budget("8MB")
+class TestOuter:
+    def test_fail_outer(self):
+        grab()
+
+    class TestInner:
+        def test_fail_inner_inherits(self):
+            grab()
+
+        @pytest.mark.mem_budget("50MB")
+        def test_pass_inner_own_marker(self):
+            grab()
+
+class TestUnmarked:
+    def test_pass_unmarked(self):
+        grab()
+
+def test_fail_heavy_marked_by_conftest():
+    grab()
+"""
+
+ADDS_MARKER = """
+import pytest
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "heavy" in item.name:
+            item.add_marker(pytest.mark.mem_budget("8MB"))
+"""
+
+
+def test_markers_of_nested_classes_and_added_at_collection(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Markers reach a test from every parent (checked once per parent) and from a conftest
+    that adds them to items during collection, as a plain ``iter_markers`` would see them."""
+    pytester.makepyfile(test_nested=NESTED_AND_ADDED)
+    pytester.makeconftest(ADDS_MARKER)
+    result = run("-rA")
+    assert_sides(result)
+    assert len(outcomes(result)) == 5
+
+
 def test_numpy_memory_is_seen(pytester: pytest.Pytester, run: Runner) -> None:
     pytest.importorskip("numpy")
     pytester.makepyfile(test_np=NUMPY)
