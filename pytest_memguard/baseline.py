@@ -123,7 +123,9 @@ def _lock_for(path: str) -> Any:
 def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:
     """True when ``new`` says nothing ``old`` does not: the same metrics, none of them moved
     beyond tolerance in either direction."""
-    if set(old) != set(new):
+    if old == new:  # what an update over unchanged code sees for nearly every test
+        return True
+    if old.keys() != new.keys():
         return False
     return all(
         abs(value - old[metric]) <= tolerance.allowance(old[metric], metric in COUNTS)
@@ -208,6 +210,12 @@ class Change:
 class Comparison:
     regressions: list[Change] = field(default_factory=list)
     improvements: list[Change] = field(default_factory=list)
+
+    def __init__(  # written out: one is made per test with a baseline
+        self, regressions: list[Change] | None = None, improvements: list[Change] | None = None
+    ) -> None:
+        self.regressions = [] if regressions is None else regressions
+        self.improvements = [] if improvements is None else improvements
 
 
 def compare(

@@ -507,8 +507,8 @@ class MemguardPlugin:
             pytest.fail(result.message(), pytrace=False)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker:
-            return
+        if self.is_worker or (report.when == "setup" and report.outcome == "passed"):
+            return  # a passed setup says nothing the call report will not (see fully_passed)
         record = self.records.get(report.nodeid)
         if record is None:
             record = self.records[report.nodeid] = TestRecord(report.nodeid)

@@ -124,9 +124,25 @@ def test_failing_test_is_not_recorded(pytester: pytest.Pytester, run: Runner) ->
 
         def test_teardown_error(broken):
             pass
+
+        @pytest.fixture
+        def unusable():
+            raise RuntimeError("setup")
+
+        def test_setup_error(unusable):
+            pass
+
+        def test_skipped_inside():
+            data = [0] * 1000
+            pytest.skip("not here")
+
+        @pytest.mark.xfail(reason="known")
+        def test_xfailed():
+            data = [0] * 1000
+            assert False
         """
     )
-    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1, errors=1)
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1, errors=2, skipped=1, xfailed=1)
     assert set(entries(pytester)) == {"test_ok"}
 
 
