@@ -11,6 +11,7 @@ import argparse
 import gc
 import importlib.util
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -20,6 +21,9 @@ import textwrap
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+
+if sys.platform != "win32":
+    import resource
 
 SUITE_SIZE = 500
 
@@ -60,31 +64,52 @@ def pytest_collection_modifyitems(items):
         handle.write(conftest)
 
 
-def run_pytest(directory: str, args: Sequence[str], **extra_env: str) -> float:
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far, their own waited
+    children included (``--mem-isolate``'s forks); 0 where ``resource`` is missing."""
+    if sys.platform == "win32":
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pytest(directory: str, args: Sequence[str], **extra_env: str) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds) of one pytest run.
+
+    CPU time is what the run cost: on a shared machine the wall clock also counts the time the
+    run waited for a CPU while something else ran, which moved single runs of this suite by 30%
+    and once made every plugin variant of a round "faster" than plain pytest."""
     # Plugins that the test extra installs but that have nothing to do with memory are left
     # out: their start-up cost would be in every variant and make every ratio look smaller.
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
-    command += ["-p", "no:hypothesispytest"]
+    command = [*PYTEST, "-p", "no:hypothesispytest"]
     # Bytecode caching on, as on a developer's machine (some sandboxes switch it off, which
     # makes every import recompile and inflates fixed costs).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(extra_env)
+    cpu = children_cpu()
     start = time.perf_counter()
     completed = subprocess.run(
         [*command, *args], cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     elapsed = time.perf_counter() - start
+    cpu = children_cpu() - cpu
     if completed.returncode not in (0, 1):
         raise SystemExit(f"pytest {' '.join(args)} failed:\n{completed.stdout.decode()[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
-def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+def interleaved(
+    variants: dict[str, Callable[[], tuple[float, float]]], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) of each variant over interleaved rounds."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, function in variants.items():
             samples[name].append(function())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in samples.items()
+    }
 
 
 def suite_ratios(rounds: int) -> list[tuple[str, float, str]]:
@@ -95,7 +120,7 @@ def suite_ratios(rounds: int) -> list[tuple[str, float, str]]:
         # adopted them has: "default" is then a run that checks every test against them.
         run_pytest(directory, ["-p", "no:memguard"])
         run_pytest(directory, ["--mem-baseline=update"])
-        variants: dict[str, Callable[[], float]] = {
+        variants: dict[str, Callable[[], tuple[float, float]]] = {
             "plain (-p no:memguard)": lambda: run_pytest(directory, ["-p", "no:memguard"]),
             "default (checking baselines)": lambda: run_pytest(directory, []),
             "default, no baselines": lambda: run_pytest(directory, ["--mem-baseline=off"]),
@@ -119,22 +144,76 @@ def suite_ratios(rounds: int) -> list[tuple[str, float, str]]:
         medians = interleaved(variants, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    plain = medians.pop("plain (-p no:memguard)")
+    plain_wall, plain_cpu = medians.pop("plain (-p no:memguard)")
+    by_cpu = plain_cpu > 0  # no resource module: wall clock only
+    plain = plain_cpu if by_cpu else plain_wall
     goals = {
         "default (checking baselines)": 1.03,
         "default, no baselines": 1.03,
         "--mem-baseline=update": 1.10,
         "--mem-leak-check": 8.0,
     }
-    rows = [("plain (-p no:memguard)", 1.0, f"{plain:.2f} s for {SUITE_SIZE} tests")]
-    for name, value in medians.items():
-        goal = goals.get(name)
-        note = (
-            f"goal <= {goal:.2f}x: {'met' if value / plain <= goal else 'NOT met'}" if goal else ""
+    rows = [
+        (
+            "plain (-p no:memguard)",
+            1.0,
+            f"{plain_cpu:.2f} s CPU, {plain_wall:.2f} s wall for {SUITE_SIZE} tests",
         )
-        rows.append((name, value / plain, note))
+    ]
+    for name, (wall, cpu) in medians.items():
+        ratio = cpu / plain if by_cpu else wall / plain
+        goal = goals.get(name)
+        note = f"wall clock {wall / plain_wall:.3f}"
+        if goal:
+            note += f"; goal <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}"
+        rows.append((name, ratio, note))
     if not memray:
         rows.append(("pytest-memray", float("nan"), "not installed: pip install -e '.[bench]'"))
+    return rows
+
+
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+
+
+def instructions(directory: str, args: Sequence[str]) -> int:
+    """Instructions executed by one pytest run under callgrind (the same on a busy machine and
+    an idle one, unlike any clock)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONHASHSEED"] = "0"
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *PYTEST]
+    command += ["-p", "no:hypothesispytest", *args]
+    completed = subprocess.run(
+        command, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    found = re.search(r"Collected : (\d+)", completed.stderr.decode())
+    if completed.returncode not in (0, 1) or found is None:
+        raise SystemExit(f"callgrind pytest {' '.join(args)} failed:\n{completed.stderr[-2000:]!r}")
+    return int(found.group(1))
+
+
+def suite_instructions() -> list[tuple[str, float, str]]:
+    """The suite's modes in instructions, each run once under callgrind (~1 minute a run)."""
+    if shutil.which("valgrind") is None:
+        return [("instructions", float("nan"), "valgrind not installed")]
+    directory = tempfile.mkdtemp(prefix="memguard-bench-")
+    try:
+        suite(directory, SUITE_SIZE)
+        run_pytest(directory, ["-p", "no:memguard"])  # .pyc files written
+        # Baselines recorded under callgrind: the kernel's peak of a process under valgrind is
+        # not a native one, and an "unchanged" update would otherwise rewrite every file.
+        instructions(directory, ["--mem-baseline=update"])
+        plain = instructions(directory, ["-p", "no:memguard"])
+        rows = [("plain (-p no:memguard)", 1.0, f"{plain / 1e9:.3f} G instructions")]
+        for name, args, goal in (
+            ("default (checking baselines)", [], 1.03),
+            ("default, no baselines", ["--mem-baseline=off"], 1.03),
+            ("--mem-baseline=update", ["--mem-baseline=update"], 1.10),
+        ):
+            ratio = instructions(directory, args) / plain
+            verdict = "met" if ratio <= goal else "NOT met"
+            rows.append((name, ratio, f"goal <= {goal:.2f}x: {verdict}"))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     return rows
 
 
@@ -266,6 +345,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
     parser.add_argument("--quick", action="store_true", help="skip the 500-test suite runs")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the suite's instructions under callgrind (needs valgrind; ~6 minutes)",
+    )
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]} on {sys.platform}, {os.cpu_count()} CPUs")
     sections = [
@@ -276,10 +360,13 @@ def main() -> None:
     if not args.quick:
         sections.append(
             (
-                f"{SUITE_SIZE}-test suite, median of {args.rounds} interleaved rounds",
+                f"{SUITE_SIZE}-test suite, median of {args.rounds} interleaved rounds "
+                "(ratio of CPU time)",
                 lambda: suite_ratios(args.rounds),
             )
         )
+    if args.instructions:
+        sections.append((f"{SUITE_SIZE}-test suite, instructions (callgrind)", suite_instructions))
     for title, function in sections:
         print(f"\n{title}")
         for name, value, note in function():
