@@ -144,7 +144,7 @@ def _our_markers(node: Node, above: dict[int, frozenset[str]]) -> frozenset[str]
     """Our markers on ``node`` and its parents, the chain ``iter_markers`` walks, each parent
     looked at once per collection rather than once per test under it (the walk per test was
     half the cost of planning a run). ``above`` is keyed by id: nodes hash by node id in
-    Python, and they all outlive the collection."""
+    Python, and they all outlive the collection. (Items get an entry too, never reused.)"""
     found = above.get(id(node))
     if found is None:
         found = frozenset(m.name for m in node.own_markers if m.name in OUR_MARKERS)
@@ -276,10 +276,7 @@ class MemguardPlugin:
         return use
 
     def _plan(self, item: pytest.Item, above: dict[int, frozenset[str]]) -> TestPlan:
-        parent = item.parent
-        names = _our_markers(parent, above) if parent is not None else frozenset()
-        if item.own_markers:
-            names = names | {m.name for m in item.own_markers if m.name in OUR_MARKERS}
+        names = _our_markers(item, above)
         try:
             budget = self._budget(item) if "mem_budget" in names else self._default_budget
             leak = self._leak(item, names)
