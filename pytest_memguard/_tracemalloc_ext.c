@@ -43,6 +43,13 @@
 #error "_tracemalloc_ext needs GCC or Clang atomics; pytest-memguard falls back to tracemalloc"
 #endif
 
+/* The allocator hooks run on every allocation of a measured test: their common path (a small
+   block, not sampled, its page already seen) is inlined into them, and the rest is kept out of
+   line so that it does not bloat that path. Function calls and their prologues were a third
+   of the hooks' instructions. */
+#define HOT static inline __attribute__((always_inline))
+#define COLD static __attribute__((noinline))
+
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 #define ADD(x, v) __atomic_fetch_add(&(x), (v), __ATOMIC_RELAXED)
@@ -154,7 +161,7 @@ static PyThread_type_lock raw_lock = NULL;
    code samples at the same points (and so allocates the same frame objects) on every run. */
 static size_t sample_interval = 0;   /* 0 = off */
 static int max_frames = 4;
-static double countdown = 0;
+static int64_t countdown = 0; /* bytes until the next sample */
 static uint64_t rng_state = 0;
 static sample_t *samples = NULL;
 static size_t n_samples = 0, cap_samples = 0, dropped_samples = 0;
@@ -408,8 +415,8 @@ static void pagemap_index_put(pagemap_t *m, uintptr_t key, size_t rec)
     m->used++;
 }
 
-/* The record of page ``key``, or (create) a new zeroed one; NULL if absent / out of memory. */
-static page_t *pagemap_get(pagemap_t *m, uintptr_t key, int create)
+/* The record of page ``key``, or NULL if it has none. */
+HOT page_t *pagemap_find(pagemap_t *m, uintptr_t key)
 {
     if (key == m->last_key && m->recs != NULL) {
         return &m->recs[m->last_rec];
@@ -425,9 +432,12 @@ static page_t *pagemap_get(pagemap_t *m, uintptr_t key, int create)
             i = (i + 1) & m->mask;
         }
     }
-    if (!create) {
-        return NULL;
-    }
+    return NULL;
+}
+
+/* A new zeroed record for page ``key`` (which has none); NULL when out of memory. */
+COLD page_t *pagemap_new(pagemap_t *m, uintptr_t key)
+{
     if (m->slots == NULL && pagemap_index_init(m, 8) < 0) {
         return NULL;
     }
@@ -470,13 +480,13 @@ static page_t *pagemap_get(pagemap_t *m, uintptr_t key, int create)
 }
 
 /* 1: recorded here; 0: not a block for the page map; -1: out of memory. */
-static int pagemap_insert(pagemap_t *m, uintptr_t ptr, size_t size)
+HOT int pagemap_insert(pagemap_t *m, uintptr_t ptr, size_t size)
 {
     if (size == 0 || size > SMALL_MAX || (ptr & ((1u << GRANULE_SHIFT) - 1))) {
         return 0;
     }
-    page_t *page = pagemap_get(m, ptr >> PAGE_SHIFT, 1);
-    if (page == NULL) {
+    page_t *page = pagemap_find(m, ptr >> PAGE_SHIFT);
+    if (page == NULL && (page = pagemap_new(m, ptr >> PAGE_SHIFT)) == NULL) {
         return -1;
     }
     page->size[(ptr >> GRANULE_SHIFT) & (GRANULES - 1)] = (uint16_t)size;
@@ -484,12 +494,12 @@ static int pagemap_insert(pagemap_t *m, uintptr_t ptr, size_t size)
 }
 
 /* The size of a tracked block at ``ptr`` (and forget it), or 0 if the page map has none. */
-static size_t pagemap_remove(pagemap_t *m, uintptr_t ptr, int forget)
+HOT size_t pagemap_remove(pagemap_t *m, uintptr_t ptr, int forget)
 {
     if (ptr & ((1u << GRANULE_SHIFT) - 1)) {
         return 0;
     }
-    page_t *page = pagemap_get(m, ptr >> PAGE_SHIFT, 0);
+    page_t *page = pagemap_find(m, ptr >> PAGE_SHIFT);
     if (page == NULL) {
         return 0;
     }
@@ -627,27 +637,36 @@ static int32_t take_sample(int domain, size_t size, double weight)
     return (int32_t)n_samples++;
 }
 
-/* Decide whether this allocation is sampled; needs the GIL (countdown and samples). */
-static int32_t maybe_sample(int domain, size_t size)
+COLD int32_t sample_now(int domain, size_t size)
 {
-    if (sample_interval == 0) {
-        return -1;
-    }
     if (size >= sample_interval) {
         return take_sample(domain, size, (double)size);
     }
-    countdown -= (double)size;
-    if (countdown > 0) {
-        return -1;
-    }
-    countdown = next_countdown();
+    countdown = (int64_t)next_countdown();
     double p = 1.0 - exp(-(double)size / (double)sample_interval);
     return take_sample(domain, size, p > 0 ? (double)size / p : (double)sample_interval);
 }
 
+/* Decide whether this allocation is sampled; needs the GIL (countdown and samples). A block
+   of the interval or more is always sampled; a smaller one when the countdown of bytes runs
+   out. */
+HOT int32_t maybe_sample(int domain, size_t size)
+{
+    if (sample_interval == 0) {
+        return -1;
+    }
+    if (size < sample_interval) {
+        countdown -= (int64_t)size;
+        if (countdown > 0) {
+            return -1;
+        }
+    }
+    return sample_now(domain, size);
+}
+
 /* ---------------------------------------------------------------- accounting */
 
-static inline void bump_peak(void)
+HOT void bump_peak(void)
 {
     size_t total = LOAD(live_gil) + LOAD(live_raw);
     size_t cur = LOAD(peak);
@@ -656,82 +675,107 @@ static inline void bump_peak(void)
     }
 }
 
-static void note_alloc(int domain, void *ptr, size_t size)
+COLD void note_alloc_raw(void *ptr, size_t size)
 {
-    if (domain == D_RAW) {
-        int32_t sample = -1;
-        if (sample_interval && PyGILState_Check()) {
-            sample = maybe_sample(domain, size);
-        }
-        PyThread_acquire_lock(raw_lock, WAIT_LOCK);
-        if (table_insert(&tables[D_RAW], (uintptr_t)ptr, size, sample) == 0) {
-            STORE(live_raw, LOAD(live_raw) + size);
-            STORE(blocks_raw, LOAD(blocks_raw) + 1);
-        }
-        else {
-            table_failed = 1;
-        }
-        PyThread_release_lock(raw_lock);
+    int32_t sample = -1;
+    if (sample_interval && PyGILState_Check()) {
+        sample = maybe_sample(D_RAW, size);
+    }
+    PyThread_acquire_lock(raw_lock, WAIT_LOCK);
+    if (table_insert(&tables[D_RAW], (uintptr_t)ptr, size, sample) == 0) {
+        STORE(live_raw, LOAD(live_raw) + size);
+        STORE(blocks_raw, LOAD(blocks_raw) + 1);
     }
     else {
-        int32_t sample = maybe_sample(domain, size);
-        /* Sampled blocks keep their sample index, which only the pointer table stores. */
-        int placed = sample < 0 ? pagemap_insert(&pagemaps[domain], (uintptr_t)ptr, size) : 0;
-        if (placed == 0) {
-            placed = table_insert(&tables[domain], (uintptr_t)ptr, size, sample) == 0 ? 1 : -1;
-        }
-        if (placed > 0) {
-            STORE(live_gil, LOAD(live_gil) + size);
-            blocks_gil++;
-        }
-        else {
-            table_failed = 1;
-        }
+        table_failed = 1;
+    }
+    PyThread_release_lock(raw_lock);
+    bump_peak();
+}
+
+/* A block the page map does not take (large, unaligned or sampled): 1, or -1 if out of memory. */
+COLD int table_place(int domain, void *ptr, size_t size, int32_t sample)
+{
+    return table_insert(&tables[domain], (uintptr_t)ptr, size, sample) == 0 ? 1 : -1;
+}
+
+HOT void note_alloc(int domain, void *ptr, size_t size)
+{
+    if (domain == D_RAW) {
+        note_alloc_raw(ptr, size);
+        return;
+    }
+    int32_t sample = maybe_sample(domain, size);
+    /* Sampled blocks keep their sample index, which only the pointer table stores. */
+    int placed = sample < 0 ? pagemap_insert(&pagemaps[domain], (uintptr_t)ptr, size) : 0;
+    if (placed == 0) {
+        placed = table_place(domain, ptr, size, sample);
+    }
+    if (placed > 0) {
+        STORE(live_gil, LOAD(live_gil) + size);
+        blocks_gil++;
+    }
+    else {
+        table_failed = 1;
     }
     bump_peak();
 }
 
-static void note_free(int domain, void *ptr)
+COLD void note_free_raw(void *ptr)
 {
     size_t size;
     int32_t sample;
-    int found;
-    if (domain == D_RAW) {
-        PyThread_acquire_lock(raw_lock, WAIT_LOCK);
-        found = table_remove(&tables[D_RAW], (uintptr_t)ptr, &size, &sample);
-        if (found) {
-            STORE(live_raw, LOAD(live_raw) - size);
-            STORE(blocks_raw, LOAD(blocks_raw) - 1);
-            if (sample >= 0 && (size_t)sample < n_samples) {
-                samples[sample].alive = 0;
-            }
+    PyThread_acquire_lock(raw_lock, WAIT_LOCK);
+    if (table_remove(&tables[D_RAW], (uintptr_t)ptr, &size, &sample)) {
+        STORE(live_raw, LOAD(live_raw) - size);
+        STORE(blocks_raw, LOAD(blocks_raw) - 1);
+        if (sample >= 0 && (size_t)sample < n_samples) {
+            samples[sample].alive = 0;
         }
-        PyThread_release_lock(raw_lock);
     }
-    else {
-        size = pagemap_remove(&pagemaps[domain], (uintptr_t)ptr, 1);
-        sample = -1;
-        found = size != 0 || table_remove(&tables[domain], (uintptr_t)ptr, &size, &sample);
-        if (!found) {
-            /* MEM and OBJ are both pymalloc, so C code that frees through one what it
-               allocated through the other works, and extensions do it: look there too, or the
-               block would stay "alive" here forever and look like a leak (tracemalloc keeps
-               one table for all domains for the same reason). */
-            int other = domain == D_MEM ? D_OBJ : D_MEM;
-            size = pagemap_remove(&pagemaps[other], (uintptr_t)ptr, 1);
-            found = size != 0 || table_remove(&tables[other], (uintptr_t)ptr, &size, &sample);
-        }
-        if (found) {
-            STORE(live_gil, LOAD(live_gil) - size);
-            blocks_gil--;
-            if (sample >= 0 && (size_t)sample < n_samples) {
-                samples[sample].alive = 0;
-            }
+    PyThread_release_lock(raw_lock);
+}
+
+/* A GIL-domain block that is not in its domain's page map. */
+COLD void note_free_elsewhere(int domain, void *ptr)
+{
+    size_t size;
+    int32_t sample = -1;
+    int found = table_remove(&tables[domain], (uintptr_t)ptr, &size, &sample);
+    if (!found) {
+        /* MEM and OBJ are both pymalloc, so C code that frees through one what it
+           allocated through the other works, and extensions do it: look there too, or the
+           block would stay "alive" here forever and look like a leak (tracemalloc keeps
+           one table for all domains for the same reason). */
+        int other = domain == D_MEM ? D_OBJ : D_MEM;
+        size = pagemap_remove(&pagemaps[other], (uintptr_t)ptr, 1);
+        found = size != 0 || table_remove(&tables[other], (uintptr_t)ptr, &size, &sample);
+    }
+    if (found) {
+        STORE(live_gil, LOAD(live_gil) - size);
+        blocks_gil--;
+        if (sample >= 0 && (size_t)sample < n_samples) {
+            samples[sample].alive = 0;
         }
     }
 }
 
-static inline void count_call(int domain, int is_alloc, size_t size)
+HOT void note_free(int domain, void *ptr)
+{
+    if (domain == D_RAW) {
+        note_free_raw(ptr);
+        return;
+    }
+    size_t size = pagemap_remove(&pagemaps[domain], (uintptr_t)ptr, 1);
+    if (size == 0) {
+        note_free_elsewhere(domain, ptr);
+        return;
+    }
+    STORE(live_gil, LOAD(live_gil) - size);
+    blocks_gil--;
+}
+
+HOT void count_call(int domain, int is_alloc, size_t size)
 {
     if (domain == D_RAW) {
         if (is_alloc) {
@@ -1088,7 +1132,7 @@ static int start_tracking(Py_ssize_t interval, int frames)
     sample_interval = (size_t)interval;
     max_frames = frames;
     rng_state = 0x9E3779B97F4A7C15ULL;
-    countdown = interval ? next_countdown() : 0;
+    countdown = interval ? (int64_t)next_countdown() : 0;
     hooks_in();
     STORE(enabled, 1);
     return 0;
@@ -1354,6 +1398,7 @@ typedef struct {
 } window_t;
 
 static window_t wins[MAX_WINDOWS];
+static int wins_top = 0; /* one past the highest slot ever used: the scans stop there */
 static int proc_statm = -1, proc_status = -1, proc_clear = -1;
 static int proc_state = 0; /* 0 not tried, 1 open, -1 unavailable */
 static long page_size = 4096;
@@ -1430,7 +1475,7 @@ static long long kernel_high(int precise, long long res, long long maxrss)
 
 static int any_precise(void)
 {
-    for (int i = 0; i < MAX_WINDOWS; i++) {
+    for (int i = 0; i < wins_top; i++) {
         if (wins[i].used && !wins[i].read && (wins[i].flags & W_KERNEL) && wins[i].precise) {
             return 1;
         }
@@ -1440,7 +1485,7 @@ static int any_precise(void)
 
 static void fold_high(long long high)
 {
-    for (int i = 0; i < MAX_WINDOWS; i++) {
+    for (int i = 0; i < wins_top; i++) {
         if (wins[i].used && !wins[i].read && (wins[i].flags & W_KERNEL) && wins[i].high < high) {
             wins[i].high = high;
         }
@@ -1474,6 +1519,9 @@ static PyObject *ext_window(PyObject *self, PyObject *args)
     if (i == MAX_WINDOWS) {
         PyErr_SetString(PyExc_RuntimeError, "more than 64 nested measurement windows");
         return NULL;
+    }
+    if (i >= wins_top) {
+        wins_top = i + 1;
     }
     window_t *w = &wins[i];
     memset(w, 0, sizeof(*w));
@@ -1733,7 +1781,7 @@ static PyObject *ext_set_sampling(PyObject *self, PyObject *arg)
     }
     size_t old = sample_interval;
     sample_interval = (size_t)interval;
-    countdown = interval ? next_countdown() : 0;
+    countdown = interval ? (int64_t)next_countdown() : 0;
     return PyLong_FromSize_t(old);
 }
 
