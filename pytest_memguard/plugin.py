@@ -194,7 +194,10 @@ class MemguardPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Last, so that the plans see the markers conftests and plugins add to items here
-        (a common way to give a whole directory a budget) and only the items that will run."""
+        (a common way to give a whole directory a budget) and only the items that will run.
+        Under ``--setup-only`` (and ``--setup-plan``) no test runs, so none is measured."""
+        if self.config.getoption("setuponly", False):
+            return
         plans = self.plans
         above: dict[int, frozenset[str]] = {}  # id(node) -> our markers on it and its parents
         for item in items:
@@ -504,13 +507,14 @@ class MemguardPlugin:
             pytest.fail(result.message(), pytrace=False)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker or (report.when == "setup" and report.outcome == "passed"):
-            return  # a passed setup says nothing the call report will not (see fully_passed)
-        record = self.records.get(report.nodeid)
-        if record is None:
-            record = self.records[report.nodeid] = TestRecord(report.nodeid)
         when = report.when
-        record.absorb(when, report.outcome, () if when == "setup" else report.user_properties)
+        if self.is_worker or (when != "teardown" and report.outcome == "passed"):
+            return  # a passed setup or call says nothing the teardown report will not
+        nodeid = report.nodeid
+        record = self.records.get(nodeid)
+        if record is None:
+            record = self.records[nodeid] = TestRecord(nodeid)
+        record.absorb(when, report.outcome, report.user_properties if when == "teardown" else ())
 
     # ------------------------------------------------------------------ session end
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from .heap import Site, TypeGrowth
 from .measurement import METRICS, Measurement, format_metric
 from .units import format_size
-from .valueclass import field, valueclass
 
 REPORT_VERSION = 1
 PROPERTY_PREFIX = "memguard."
@@ -128,46 +127,38 @@ def to_properties(
     return props
 
 
-@valueclass
 class TestRecord:
-    """Everything the controller knows about one test, rebuilt from its reports."""
+    """Everything the controller knows about one test, rebuilt from its reports.
 
-    nodeid: str
-    outcome: str = "passed"
-    metrics: dict[str, int | None] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    phases_passed: set[str] = field(default_factory=set)
-    measured: bool = False
-    seen: int = 0  # properties already absorbed: each report carries the item's whole list
+    Only reports that say something are absorbed: a failed or skipped one (the outcome), and
+    the teardown report, the last of a test, whose ``user_properties`` are the item's final list
+    (the measurement is added to it in the call phase, or at teardown with ``mem_scope =
+    test``). A passed setup or call report adds nothing, and skipping them is most of what
+    keeping records costs on a suite of fast tests. One record is kept per test, so it has
+    slots rather than an attribute dict.
+    """
 
-    def __init__(  # written out: one is made per test, and the generic one is slower
-        self,
-        nodeid: str,
-        outcome: str = "passed",
-        metrics: dict[str, int | None] | None = None,
-        extra: dict[str, Any] | None = None,
-        phases_passed: set[str] | None = None,
-        measured: bool = False,
-        seen: int = 0,
-    ) -> None:
+    __slots__ = ("nodeid", "outcome", "metrics", "extra", "measured", "teardown_passed")
+
+    def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
-        self.outcome = outcome
-        self.metrics = {} if metrics is None else metrics
-        self.extra = {} if extra is None else extra
-        self.phases_passed = set() if phases_passed is None else phases_passed
-        self.measured = measured
-        self.seen = seen
+        self.outcome = "passed"
+        self.metrics: dict[str, int | None] = {}
+        self.extra: dict[str, Any] = {}
+        self.measured = False
+        self.teardown_passed = False
+
+    def __repr__(self) -> str:
+        return f"TestRecord({self.nodeid!r}, outcome={self.outcome!r}, metrics={self.metrics!r})"
 
     def absorb(self, when: str, outcome: str, properties: Sequence[tuple[str, Any]]) -> None:
+        """One report of the test; ``properties`` only from the teardown report."""
         if outcome == "passed":
-            self.phases_passed.add(when)
+            if when == "teardown":
+                self.teardown_passed = True
         elif outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
             self.outcome = "error" if (outcome == "failed" and when != "call") else outcome
-        if len(properties) <= self.seen:
-            return
-        fresh = properties[self.seen :] if self.seen else properties
-        self.seen = len(properties)
-        for key, value in fresh:
+        for key, value in properties:
             metric = _METRIC_OF_PROPERTY.get(key)
             if metric is not None:
                 self.metrics[metric] = value
@@ -177,9 +168,12 @@ class TestRecord:
 
     @property
     def fully_passed(self) -> bool:
-        """Every phase passed. A passed setup need not be absorbed: a call report means the
-        setup ran, and one that failed or skipped changed the outcome."""
-        return self.outcome == "passed" and {"call", "teardown"} <= self.phases_passed
+        """Setup, call and teardown all passed. A failed or skipped (xfailed) phase changed
+        the outcome; a teardown report means setup and call were over; and a test whose
+        setup passed has had its call run (the plugin measures nothing under
+        ``--setup-only``, the one mode that skips it). A test cut short before teardown
+        (``pytest.exit``, Ctrl-C) has no teardown report."""
+        return self.outcome == "passed" and self.teardown_passed
 
 
 def report_json(scope: str, header: str, records: Iterable[TestRecord]) -> str:

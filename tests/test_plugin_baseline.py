@@ -146,6 +146,39 @@ def test_failing_test_is_not_recorded(pytester: pytest.Pytester, run: Runner) ->
     assert set(entries(pytester)) == {"test_ok"}
 
 
+@pytest.mark.parametrize("scope", ["call", "test"])
+def test_setup_only_measures_and_records_nothing(
+    pytester: pytest.Pytester, run: Runner, scope: str
+) -> None:
+    """No test function runs under --setup-only: a whole-test window would otherwise measure
+    the fixtures alone and record that as the test's baseline."""
+    pytester.makepyfile(test_mod="def test_ok():\n    data = [0] * 1000\n")
+    result = run("--mem-baseline=update", "--setup-only", "-o", f"mem_scope={scope}")
+    assert result.ret == 0
+    assert not baseline_file(pytester).exists()
+    assert "top 1 tests by peak memory" not in result.stdout.str()
+
+
+def test_a_run_cut_short_in_the_call_is_not_recorded(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_mod="""
+        import pytest
+
+        def test_first():
+            pass
+
+        def test_stops():
+            data = [0] * 1000
+            pytest.exit("enough")
+        """
+    )
+    result = run("--mem-baseline=update", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert set(entries(pytester)) == {"test_first"}
+
+
 def test_corrupt_baseline_fails_the_run_and_stays_byte_identical(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
