@@ -85,12 +85,12 @@ class Measurement:
         self.sites = [] if sites is None else sites
         self.types = [] if types is None else types
 
-    def fill(self, values: tuple[int | None, ...], retained: bool = True) -> None:
-        """From the extension's window_read() tuple."""
+    def fill(self, values: tuple[int | None, ...]) -> None:
+        """From ``Meter.read()`` (the extension's window_read() tuple)."""
         (
             self.peak,
             self.heap_peak,
-            retained_bytes,
+            self.retained,
             self.private,
             self.rss,
             self.allocations,
@@ -98,11 +98,8 @@ class Measurement:
             self.frees,
             self.allocated_bytes,
             self.kernel_peak,
-            retained_blocks,
+            self.retained_blocks,
         ) = values
-        if retained:
-            self.retained = retained_bytes
-            self.retained_blocks = retained_blocks
 
     def metrics(self) -> dict[str, int | None]:
         return dict(zip(METRICS, self.values()))
@@ -193,12 +190,17 @@ def get_engine() -> Engine:
 
 
 # Flags of the extension's window(): what a whole window measures.
-_HEAP, _KERNEL, _FDS, _PRIVATE = 1, 2, 4, 8
+_HEAP, _KERNEL, _FDS, _PRIVATE, _RETAINED = 1, 2, 4, 8, 16
 
 
 class Meter:
     """One window. ``start``/``stop`` bracket the code; ``explain`` may follow ``stop`` to get
-    sites and object types (still accurate, since tracking stays on until ``close``)."""
+    sites and object types (still accurate, since tracking stays on until ``close``).
+
+    ``read`` is ``stop`` without making a ``Measurement``: the plugin makes a meter per test,
+    and most tests only need the figures as properties. ``result`` is the Measurement that
+    ``stop`` fills (made there, unless one was passed in to be filled).
+    """
 
     __slots__ = (
         "engine",
@@ -218,18 +220,18 @@ class Meter:
     def __init__(
         self,
         engine: Engine,
-        *,
         heap: bool = True,
         retained: bool = True,
         private: bool = False,
         fds: bool = True,
+        result: Measurement | None = None,
     ) -> None:
         self.engine = engine
         self.use_heap = heap
         self.want_retained = retained
         self.want_private = private
         self.want_fds = fds
-        self.result = Measurement()
+        self.result = result
         self._heap_token: Any = None
         self._window: Any = None
         self._fds0: int | None = None
@@ -249,6 +251,8 @@ class Meter:
             flags = _KERNEL
             if self.use_heap:
                 flags |= _HEAP
+                if self.want_retained:
+                    flags |= _RETAINED
             if self.want_fds:
                 flags |= _FDS
             if self.want_private:
@@ -265,58 +269,81 @@ class Meter:
             self._heap_token = engine.heap.begin()
 
     def stop(self) -> Measurement:
+        values = self.read()
+        result = self.result
+        if result is None:
+            result = self.result = Measurement()
+        result.fill(values)
+        return result
+
+    def read(self) -> tuple[int | None, ...]:
+        """The window's figures in the order of the extension's ``window_read``: the seven
+        ``METRICS`` first, then frees, allocated bytes, kernel peak and retained blocks; None
+        where not measured (retained and its blocks: unless asked for)."""
         if self.use_heap and self.want_retained:
             self.engine.collector.collect()
         if self._handle is not None:
-            values = self.engine.native.window_read(self._handle)
-            self.result.fill(values, self.want_retained)
-            return self.result
-        return self._stop_composed()
+            values: tuple[int | None, ...] = self.engine.native.window_read(self._handle)
+            return values
+        return self._read_composed()
 
-    def _stop_composed(self) -> Measurement:
-        result = self.result
+    def _read_composed(self) -> tuple[int | None, ...]:
+        heap_peak = allocations = frees = allocated = retained = blocks = private = fds = None
         reading = None
         if self.use_heap:
             reading = self.engine.heap.read(self._heap_token)  # first, for the same reason
         kernel_peak, rss, _anon, anon0 = self.engine.probe.end(self._window)
-        result.rss = rss
         if reading is not None:
-            result.allocations = reading.allocations
-            result.frees = reading.frees
-            result.allocated_bytes = reading.bytes
-            result.heap_peak = reading.heap_peak
+            allocations = reading.allocations
+            frees = reading.frees
+            allocated = reading.bytes
+            heap_peak = reading.heap_peak
             if reading.own_peak:
                 kernel_peak = max(0, kernel_peak - reading.own_peak)
             if self.want_retained:
-                result.retained = max(0, reading.live) if reading.live is not None else None
-                result.retained_blocks = reading.live_blocks
-        result.kernel_peak = kernel_peak
-        peaks = [p for p in (kernel_peak, result.heap_peak) if p is not None]
-        result.peak = max(peaks) if peaks else None
+                retained = max(0, reading.live) if reading.live is not None else None
+                blocks = reading.live_blocks
+        peaks = [p for p in (kernel_peak, heap_peak) if p is not None]
+        peak = max(peaks) if peaks else None
         if self.want_private:
             release_free_memory()
             _, anon = self.engine.probe.resident_and_anon()
-            result.private = anon - anon0
+            private = anon - anon0
         if self.want_fds and self._fds0 is not None:
             now = open_fds()
-            result.fds = None if now is None else now - self._fds0
-        return result
+            fds = None if now is None else now - self._fds0
+        return (
+            peak,
+            heap_peak,
+            retained,
+            private,
+            rss,
+            allocations,
+            fds,
+            frees,
+            allocated,
+            kernel_peak,
+            blocks,
+        )
 
     def explain(
         self, limit: int = 5, alive_only: bool = False, types: bool = True, by_count: bool = False
     ) -> None:
         """Fill ``sites`` (and ``types``) of the result; call between ``stop`` and ``close``."""
+        result = self.result
+        if result is None:
+            raise RuntimeError("explain() needs stop() first")
         if not self.use_heap or (self._heap_token is None and self._handle is None):
             return
         heap = self.engine.heap
         if types:  # first: reading the sites allocates objects the census would then count
-            self.result.types = heap.census(self._heap_token, limit)
+            result.types = heap.census(self._heap_token, limit)
         if self._handle is not None:
             assert isinstance(heap, ExtBackend)  # native windows come with the hook
             first = self.engine.native.window_first_sample(self._handle)
-            self.result.sites = heap.sites_since(first, limit, alive_only, by_count)
+            result.sites = heap.sites_since(first, limit, alive_only, by_count)
         else:
-            self.result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
+            result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
 
     def close(self) -> None:
         if self._collecting:
@@ -341,10 +368,11 @@ def measure(
     ``private=True`` collects garbage and trims malloc before both readings (milliseconds on a
     big heap) so that memory the allocator merely keeps cached does not count.
     """
-    meter = Meter(get_engine(), retained=retained, private=private)
+    result = Measurement()
+    meter = Meter(get_engine(), retained=retained, private=private, result=result)
     meter.start()
     try:
-        yield meter.result
+        yield result
     finally:
         try:
             meter.stop()

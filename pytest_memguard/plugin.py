@@ -147,9 +147,11 @@ def _our_markers(node: Node, above: dict[int, frozenset[str]]) -> frozenset[str]
     Python, and they all outlive the collection. (Items get an entry too, never reused.)"""
     found = above.get(id(node))
     if found is None:
-        found = frozenset(m.name for m in node.own_markers if m.name in OUR_MARKERS)
-        if node.parent is not None:
-            found = found | _our_markers(node.parent, above)
+        parent = node.parent
+        found = _our_markers(parent, above) if parent is not None else frozenset()
+        own = node.own_markers
+        if own:  # most nodes have none
+            found = found.union(m.name for m in own if m.name in OUR_MARKERS)
         above[id(node)] = found
     return found
 
@@ -164,7 +166,8 @@ class MemguardPlugin:
         self.is_child = False  # a spawned --mem-isolate child: never isolates again
         self.rootdir = str(config.rootpath)
         self.scope = interpreter_scope()
-        self.collected: set[str] = set()
+        self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
+        self._items: list[pytest.Item] = []
         self.deselected = False
         self.repeating = False  # inside a leak check's repeated calls: no per-call windows
         self.scope_test = settings.mem_scope == "test"
@@ -361,7 +364,7 @@ class MemguardPlugin:
             self.collected.update(item.nodeid for item in items)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.collected.update(item.nodeid for item in session.items)
+        self._items = session.items  # their node ids are wanted only if baselines are settled
 
     # ------------------------------------------------------------------ running
     def start(self, item: pytest.Item, plan: TestPlan) -> Meter:
@@ -373,17 +376,16 @@ class MemguardPlugin:
             warm.start()
             warm.stop()
             warm.close()
-        meter = Meter(self.engine, heap=plan.heap, retained=plan.retained, private=plan.private)
+        meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
         meter.start()
         return meter
 
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         try:
-            measurement = meter.stop()
             if plan.budget is None and not plan.baseline:  # most tests: nothing to judge
-                item.user_properties.extend(metric_properties(measurement))
+                item.user_properties.extend(metric_properties(meter.read()))
                 return
-            self._judge(item, plan, meter, measurement, judge)
+            self._judge(item, plan, meter, meter.stop(), judge)
         finally:
             meter.close()
 
@@ -391,7 +393,7 @@ class MemguardPlugin:
         self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
     ) -> None:
         verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
-        properties = metric_properties(measurement)
+        properties = metric_properties(measurement.values())
         if plan.budget is not None:
             properties.extend(self._budget_properties(plan.budget))
         changes = None
@@ -572,11 +574,13 @@ class MemguardPlugin:
             "errors": [],
         }
         self.baseline_outcome = outcome
-        if mode == "off":
-            return
+        tracked = self._tracked.values()
+        if mode == "off" or (mode == "auto" and tracked and not any(t for t, _ in tracked)):
+            return  # by default, when no test module here has a baseline file: nothing to do
         by_file: dict[str, dict[str, baselines.Entry]] = {}
         collected_by_file: dict[str, set[str]] = {}
-        for nodeid in self.collected or set(self.records):
+        collected = self.collected.union(item.nodeid for item in self._items)
+        for nodeid in collected or set(self.records):
             path, key = self._location(nodeid)
             collected_by_file.setdefault(path, set()).add(key)
         for record in self.records.values():

@@ -109,9 +109,10 @@ _METRIC_OF_PROPERTY = dict(zip(_METRIC_PROPERTIES, METRICS))
 _PREFIX_LENGTH = len(PROPERTY_PREFIX)
 
 
-def metric_properties(measurement: Measurement) -> list[tuple[str, Any]]:
-    """``to_properties(measurement.metrics())``, made once per test: kept to one comprehension."""
-    return [(k, v) for k, v in zip(_METRIC_PROPERTIES, measurement.values()) if v is not None]
+def metric_properties(values: Sequence[int | None]) -> list[tuple[str, Any]]:
+    """The ``memguard.<metric>`` properties of values in the order of ``METRICS`` (extra values
+    after them are ignored: ``Meter.read()`` works), made once per test: one comprehension."""
+    return [(k, v) for k, v in zip(_METRIC_PROPERTIES, values) if v is not None]
 
 
 def to_properties(

@@ -121,6 +121,24 @@ def test_retained_counts_what_stays_and_not_what_goes() -> None:
 
 
 @pytest.mark.usefixtures("engine_kind")
+def test_retained_is_only_read_when_asked_for() -> None:
+    """A window that does not collect garbage at its end cannot say what was retained: both
+    ways of making a window leave it out rather than report the live bytes before a gc."""
+    kept: list[bytearray] = []
+    with pm.measure(retained=False) as without:
+        kept.append(bytearray(MiB))
+    with pm.measure(retained=True) as with_it:
+        kept.append(bytearray(MiB))
+    assert without.retained is None
+    assert without.retained_blocks is None
+    assert without.heap_peak is not None
+    assert without.heap_peak >= MiB
+    assert with_it.retained is not None
+    assert with_it.retained >= 0.99 * MiB
+    assert with_it.retained_blocks is not None  # a net count: may be below zero
+
+
+@pytest.mark.usefixtures("engine_kind")
 def test_private_is_measured_after_gc_and_trim() -> None:
     kept: list[bytearray] = []
     with pm.measure(private=True) as m:
