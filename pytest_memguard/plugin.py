@@ -172,7 +172,7 @@ class MemguardPlugin:
         self.repeating = False  # inside a leak check's repeated calls: no per-call windows
         self.scope_test = settings.mem_scope == "test"
         self._warmed = False
-        self.plans: dict[pytest.Item, TestPlan] = {}
+        self.plans: dict[int, TestPlan] = {}  # by id(item): items live as long
         self._default_budget = settings.mem_default_budget
         self._default_plan = TestPlan(
             budget=None, heap=engine.heap.cheap, retained=False, private=False
@@ -202,9 +202,25 @@ class MemguardPlugin:
         if self.config.getoption("setuponly", False):
             return
         plans = self.plans
+        plan_of = self._plan
         above: dict[int, frozenset[str]] = {}  # id(node) -> our markers on it and its parents
+        # id(parent) -> the plan of its tests that carry no markers: where no parent has one
+        # of ours either, nothing in such a test's plan is its own (the module decides the
+        # baseline file), so it is worked out once per class or module (most tests).
+        unmarked: dict[int, TestPlan] = {}
         for item in items:
-            plans[item] = self._plan(item, above)
+            parent = item.parent
+            if item.own_markers or parent is None:
+                plan = plan_of(item, _our_markers(item, above))
+            else:
+                shared = unmarked.get(id(parent))
+                if shared is None:
+                    names = _our_markers(parent, above)
+                    shared = plan_of(item, names)
+                    if not names:
+                        unmarked[id(parent)] = shared
+                plan = shared
+            plans[id(item)] = plan
         self._register_per_test_hooks(items)
 
     def _register_per_test_hooks(self, items: list[pytest.Item]) -> None:
@@ -212,12 +228,12 @@ class MemguardPlugin:
         through pluggy, on tests that take pytest well under a millisecond): only those this
         run needs are registered, once the plans say which."""
         manager = self.config.pluginmanager
-        plans = [self.plans[item] for item in items]
+        plans = {id(plan): plan for plan in self.plans.values()}.values()  # the distinct ones
         scope_test = self.scope_test
         errors = any(plan.error is not None for plan in plans)
         leaks = any(plan.leak is not None for plan in plans)
-        call_scope_items = not scope_test and any(
-            not isinstance(item, pytest.Function) for item in items
+        call_scope_items = not scope_test and not all(
+            issubclass(kind, pytest.Function) for kind in set(map(type, items))
         )
         hooks: list[tuple[str, object]] = []
         if errors or scope_test:
@@ -281,8 +297,8 @@ class MemguardPlugin:
             use = self._tracked[module] = (tracked, problem if isinstance(problem, str) else None)
         return use
 
-    def _plan(self, item: pytest.Item, above: dict[int, frozenset[str]]) -> TestPlan:
-        names = _our_markers(item, above)
+    def _plan(self, item: pytest.Item, names: AbstractSet[str]) -> TestPlan:
+        """``names``: our markers on the item and its parents."""
         try:
             budget = self._budget(item) if "mem_budget" in names else self._default_budget
             leak = self._leak(item, names)
@@ -471,7 +487,7 @@ class MemguardPlugin:
         """The innermost wrapper: the window holds the test function and nothing of pytest's
         or other plugins' per-test machinery, whose allocations vary with how many tests ran
         before (which under xdist depends on scheduling)."""
-        plan = self.plans.get(pyfuncitem)
+        plan = self.plans.get(id(pyfuncitem))
         if plan is None or self.scope_test or self.repeating:
             return (yield)
         return (yield from self.measured(pyfuncitem, plan))
@@ -516,7 +532,10 @@ class MemguardPlugin:
         record = self.records.get(nodeid)
         if record is None:
             record = self.records[nodeid] = TestRecord(nodeid)
-        record.absorb(when, report.outcome, report.user_properties if when == "teardown" else ())
+        if when == "teardown":
+            record.absorb(when, report.outcome, report.user_properties)
+        else:
+            record.absorb(when, report.outcome)
 
     # ------------------------------------------------------------------ session end
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -584,7 +603,7 @@ class MemguardPlugin:
             path, key = self._location(nodeid)
             collected_by_file.setdefault(path, set()).add(key)
         for record in self.records.values():
-            status = record.extra.get("baseline.status")
+            status = record.get("baseline.status")
             if status in ("regressed", "improved", "new"):
                 outcome[status].append(record.nodeid)
             if mode == "update" and record.measured and record.fully_passed:
@@ -632,7 +651,7 @@ class _SetupHooks(_PerTestHooks):
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Before any fixture is set up (and inside every wrapper, whose per-test state a
         failure here must not skip)."""
-        plan = self.plugin.plans.get(item)
+        plan = self.plugin.plans.get(id(item))
         if plan is not None and plan.error is not None:
             pytest.fail(plan.error, pytrace=False)
         if plan is not None and self.plugin.scope_test:
@@ -649,7 +668,7 @@ class _TeardownHooks(_PerTestHooks):
         try:
             return (yield)
         finally:
-            plan = self.plugin.plans.get(item)
+            plan = self.plugin.plans.get(id(item))
             meter = item.stash.get(METER_KEY, None)
             if plan is not None and meter is not None:
                 del item.stash[METER_KEY]
@@ -663,7 +682,7 @@ class _CallHooks(_PerTestHooks):
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         plugin = self.plugin
-        plan = plugin.plans.get(item)
+        plan = plugin.plans.get(id(item))
         if plan is None or plugin.scope_test or isinstance(item, pytest.Function):
             result = yield
         else:
@@ -683,7 +702,7 @@ class _IsolateHooks(_PerTestHooks):
         """Run a test marked mem_isolate (or every test with --mem-isolate) in a child process
         that starts from the session's post-collection state (forked) or from nothing
         (spawned, where there is no fork), and report what it reported."""
-        plan = self.plugin.plans.get(item)
+        plan = self.plugin.plans.get(id(item))
         if plan is None or not plan.isolate:
             return None
         from .isolate import method, run_isolated, run_spawned

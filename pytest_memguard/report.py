@@ -8,6 +8,7 @@ never sees half a report.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import tempfile
@@ -106,6 +107,7 @@ def render_failure(
 
 _METRIC_PROPERTIES = tuple(f"{PROPERTY_PREFIX}{name}" for name in METRICS)
 _METRIC_OF_PROPERTY = dict(zip(_METRIC_PROPERTIES, METRICS))
+_METRIC_KEYS = frozenset(_METRIC_PROPERTIES)
 _PREFIX_LENGTH = len(PROPERTY_PREFIX)
 
 
@@ -134,38 +136,62 @@ class TestRecord:
     Only reports that say something are absorbed: a failed or skipped one (the outcome), and
     the teardown report, the last of a test, whose ``user_properties`` are the item's final list
     (the measurement is added to it in the call phase, or at teardown with ``mem_scope =
-    test``). A passed setup or call report adds nothing, and skipping them is most of what
-    keeping records costs on a suite of fast tests. One record is kept per test, so it has
-    slots rather than an attribute dict.
+    test``). A passed setup or call report adds nothing. The properties are kept as the dict
+    that list makes (built in C); ``metrics`` and ``extra`` are read from it when asked, at the
+    end of the session, rather than sorted out for every test as it finishes.
     """
 
-    __slots__ = ("nodeid", "outcome", "metrics", "extra", "measured", "teardown_passed")
+    __slots__ = ("nodeid", "outcome", "teardown_passed", "properties")
+    __test__ = False  # not a test class, whatever pytest makes of the name
 
-    def __init__(self, nodeid: str) -> None:
+    def __init__(self, nodeid: str, properties: dict[str, Any] | None = None) -> None:
         self.nodeid = nodeid
         self.outcome = "passed"
-        self.metrics: dict[str, int | None] = {}
-        self.extra: dict[str, Any] = {}
-        self.measured = False
         self.teardown_passed = False
+        self.properties: dict[str, Any] = {} if properties is None else properties
 
     def __repr__(self) -> str:
         return f"TestRecord({self.nodeid!r}, outcome={self.outcome!r}, metrics={self.metrics!r})"
 
-    def absorb(self, when: str, outcome: str, properties: Sequence[tuple[str, Any]]) -> None:
+    def absorb(self, when: str, outcome: str, properties: Sequence[Any] = ()) -> None:
         """One report of the test; ``properties`` only from the teardown report."""
         if outcome == "passed":
             if when == "teardown":
                 self.teardown_passed = True
         elif outcome == "failed" or (outcome == "skipped" and self.outcome == "passed"):
             self.outcome = "error" if (outcome == "failed" and when != "call") else outcome
-        for key, value in properties:
-            metric = _METRIC_OF_PROPERTY.get(key)
-            if metric is not None:
-                self.metrics[metric] = value
-                self.measured = True
-            elif key.startswith(PROPERTY_PREFIX):
-                self.extra[key[_PREFIX_LENGTH:]] = value
+        if properties:
+            try:
+                self.properties.update(properties)
+            except (TypeError, ValueError):  # someone's property that is not a (name, value)
+                for entry in properties:
+                    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+                        with contextlib.suppress(TypeError):
+                            self.properties[entry[0]] = entry[1]
+
+    def get(self, name: str) -> Any:
+        """One of our properties (a metric or an extra) by its name without the prefix."""
+        return self.properties.get(PROPERTY_PREFIX + name)
+
+    @property
+    def measured(self) -> bool:
+        return not _METRIC_KEYS.isdisjoint(self.properties)
+
+    @property
+    def metrics(self) -> dict[str, int | None]:
+        found = self.properties
+        return {m: found[k] for k, m in _METRIC_OF_PROPERTY.items() if k in found}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Our properties other than metrics (budget, baseline, leak, soak), unprefixed."""
+        return {
+            key[_PREFIX_LENGTH:]: value
+            for key, value in self.properties.items()
+            if isinstance(key, str)
+            and key.startswith(PROPERTY_PREFIX)
+            and key not in _METRIC_OF_PROPERTY
+        }
 
     @property
     def fully_passed(self) -> bool:
@@ -206,18 +232,19 @@ def report_json(scope: str, header: str, records: Iterable[TestRecord]) -> str:
 
 
 def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
-    measured = [r for r in records if r.measured and r.metrics.get("peak") is not None]
-    if not measured or top <= 0:
+    if top <= 0:
         return []
-    measured.sort(key=lambda r: (-(r.metrics.get("peak") or 0), r.nodeid))
+    peaks = [(peak, r) for r in records if (peak := r.get("peak")) is not None]
+    if not peaks:
+        return []
     cols = ("peak", "heap_peak", "retained", "allocations")
-    shown = measured[:top]
+    shown = [r for _, r in heapq.nsmallest(top, peaks, key=lambda p: (-p[0], p[1].nodeid))]
     widths = [max(len(c), 10) for c in cols]
     lines = [
         "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths)) + "  test",
     ]
     for record in shown:
-        cells = [format_metric(c, record.metrics.get(c)) for c in cols]
+        cells = [format_metric(c, record.get(c)) for c in cols]
         lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {record.nodeid}")
     return lines
 
@@ -332,10 +359,10 @@ def step_summary_markdown(
 ) -> str:
     records = list(records)
     parts = ["## pytest-memguard", ""]
-    regressed = [r for r in records if r.extra.get("baseline.status") == "regressed"]
+    regressed = [r for r in records if r.get("baseline.status") == "regressed"]
     if regressed:
         parts += ["### Regressions", "", "| test | change |", "|---|---|"]
-        parts += [f"| `{r.nodeid}` | {r.extra.get('baseline.changes', '')} |" for r in regressed]
+        parts += [f"| `{r.nodeid}` | {r.get('baseline.changes') or ''} |" for r in regressed]
         parts.append("")
     for key, title in (("new", "New (not in the baseline)"), ("stale", "Stale baseline entries")):
         names = outcome.get(key, ())
@@ -366,9 +393,9 @@ def github_annotations(records: Iterable[TestRecord]) -> list[str]:
     """At most ten ``::error`` workflow commands, one per regressed test."""
     lines = []
     for record in sorted(records, key=lambda r: r.nodeid):
-        if record.extra.get("baseline.status") == "regressed":
+        if record.get("baseline.status") == "regressed":
             path = record.nodeid.partition("::")[0]
-            message = str(record.extra.get("baseline.changes", "")).replace("\n", " ")
+            message = str(record.get("baseline.changes") or "").replace("\n", " ")
             lines.append(f"::error file={path},title=memory regression {record.nodeid}::{message}")
         if len(lines) >= MAX_ANNOTATIONS:
             break
