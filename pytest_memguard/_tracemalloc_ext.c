@@ -1674,13 +1674,32 @@ static PyObject *ext_window_read(PyObject *self, PyObject *arg)
         peak_v = (long long)pk;
     }
     int retained = heap && (w->flags & W_RETAINED);
-    return Py_BuildValue("(NNNNNNNNNNN)", size_or_none(heap || kern, peak_v),
-                         size_or_none(heap, (long long)pk),
-                         size_or_none(retained, live > 0 ? live : 0),
-                         size_or_none(w->flags & W_PRIVATE, private), size_or_none(kern, rss),
-                         size_or_none(heap, (long long)allocs), size_or_none(w->flags & W_FDS, fds),
-                         size_or_none(heap, (long long)frees), size_or_none(heap, (long long)bytes),
-                         size_or_none(kern, kernel_peak), size_or_none(retained, blocks));
+    /* Made item by item: Py_BuildValue's format parsing was a fifth of this call. */
+    PyObject *items[11] = {
+        size_or_none(heap || kern, peak_v),
+        size_or_none(heap, (long long)pk),
+        size_or_none(retained, live > 0 ? live : 0),
+        size_or_none(w->flags & W_PRIVATE, private),
+        size_or_none(kern, rss),
+        size_or_none(heap, (long long)allocs),
+        size_or_none(w->flags & W_FDS, fds),
+        size_or_none(heap, (long long)frees),
+        size_or_none(heap, (long long)bytes),
+        size_or_none(kern, kernel_peak),
+        size_or_none(retained, blocks),
+    };
+    PyObject *result = PyTuple_New(11);
+    for (int i = 0; i < 11; i++) {
+        if (items[i] == NULL || result == NULL) {
+            for (int j = i; j < 11; j++) {
+                Py_XDECREF(items[j]);
+            }
+            Py_XDECREF(result);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, i, items[i]);
+    }
+    return result;
 }
 
 static PyObject *ext_window_close(PyObject *self, PyObject *arg)

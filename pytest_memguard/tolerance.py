@@ -17,7 +17,7 @@ class ToleranceError(ValueError):
     pass
 
 
-_PART = re.compile(r"^(?P<pct>\d+(?:\.\d+)?)\s*%$")
+_PERCENT = r"^(?P<pct>\d+(?:\.\d+)?)\s*%$"  # compiled on first use (see units)
 
 
 @valueclass(frozen=True)
@@ -38,7 +38,7 @@ class Tolerance:
         absolute = 0
         seen_pct = seen_abs = False
         for part in (p.strip() for p in value.split("+")):
-            match = _PART.match(part)
+            match = re.match(_PERCENT, part)
             if match and not seen_pct:
                 relative = float(match.group("pct")) / 100.0
                 seen_pct = True

@@ -11,6 +11,7 @@ from pytest_memguard.budget import (
     parse_budget_spec,
 )
 from pytest_memguard.measurement import Measurement
+from pytest_memguard.options import DEFAULT_TOLERANCE, DEFAULT_TOLERANCE_VALUE
 from pytest_memguard.tolerance import Tolerance, ToleranceError
 
 MiB = 2**20
@@ -105,6 +106,10 @@ def test_tolerance_parse(spec: str, relative: float, absolute: int) -> None:
     tolerance = Tolerance.parse(spec)
     assert tolerance.relative == pytest.approx(relative)
     assert tolerance.absolute == absolute
+
+
+def test_default_tolerance_written_out_is_the_parsed_spec() -> None:
+    assert Tolerance.parse(DEFAULT_TOLERANCE) == DEFAULT_TOLERANCE_VALUE
 
 
 @pytest.mark.parametrize("spec", ["", "lots", "10%+20%", "1MB+2MB", "-5%", 5, "10%+"])
