@@ -532,10 +532,7 @@ class MemguardPlugin:
         record = self.records.get(nodeid)
         if record is None:
             record = self.records[nodeid] = TestRecord(nodeid)
-        if when == "teardown":
-            record.absorb(when, report.outcome, report.user_properties)
-        else:
-            record.absorb(when, report.outcome)
+        record.absorb(when, report.outcome, report.user_properties if when == "teardown" else ())
 
     # ------------------------------------------------------------------ session end
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -208,22 +208,17 @@ def report_json(scope: str, header: str, records: Iterable[TestRecord]) -> str:
     for record in sorted(records, key=lambda r: r.nodeid):
         if not record.measured:
             continue
+        extra = record.extra  # worked out from the properties on each access: once here
         entry: dict[str, Any] = {
             "nodeid": record.nodeid,
             "outcome": record.outcome,
-            "metrics": {name: record.metrics.get(name) for name in METRICS},
-            "budget": {
-                k[len("budget.") :]: v for k, v in record.extra.items() if k.startswith("budget.")
-            },
+            "metrics": {name: record.get(name) for name in METRICS},
+            "budget": {k[len("budget.") :]: v for k, v in extra.items() if k.startswith("budget.")},
             "baseline": {
-                k[len("baseline.") :]: v
-                for k, v in record.extra.items()
-                if k.startswith("baseline.")
+                k[len("baseline.") :]: v for k, v in extra.items() if k.startswith("baseline.")
             },
         }
-        others = {
-            k: v for k, v in record.extra.items() if not k.startswith(("budget.", "baseline."))
-        }
+        others = {k: v for k, v in extra.items() if not k.startswith(("budget.", "baseline."))}
         if others:
             entry["details"] = others
         tests.append(entry)
