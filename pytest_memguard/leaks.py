@@ -36,7 +36,7 @@ from typing import Any, Callable, cast
 
 from .heap import Site, TypeGrowth, census_types
 from .measurement import Engine
-from .usage import IS_LINUX, open_fds
+from .process import IS_LINUX, open_fds
 from .valueclass import field, valueclass
 
 STAGES = (1, 2, 4, 8)

@@ -1,7 +1,7 @@
 """One measurement window over process and Python-heap memory, and its result.
 
 The window is the only place that knows both halves: the kernel's view (peak RSS, anonymous
-memory, fds) from ``usage.ProcessProbe`` and the allocator's view (calls, live and peak bytes)
+memory, fds) from ``process.ProcessProbe`` and the allocator's view (calls, live and peak bytes)
 from a ``heap`` backend. ``peak`` is the larger of the two peaks: the kernel sees native and
 thread allocations the allocator hooks never do (numpy buffers, mmap), the hooks see exact bytes
 where the kernel rounds to pages and misses spikes under 1 MiB.
@@ -13,13 +13,17 @@ import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .garbage import Collector
 from .heap import ExtBackend, HeapBackend, Site, TypeGrowth, load_backend
 from .units import format_count, format_size
-from .usage import ProcessProbe, open_fds, release_free_memory
 from .valueclass import field, valueclass
+
+if TYPE_CHECKING:
+    # Imported where used: a native window (Linux, extension built) needs none of it, so most
+    # runs never load the module.
+    from .process import ProcessProbe
 
 METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fds")
 COUNT_METRICS = frozenset({"allocations", "fds"})
@@ -142,13 +146,17 @@ class Engine:
         self.window_args: tuple[int, int] = (0, 1)
         if isinstance(self.heap, ExtBackend):
             self.window_args = (self.heap.sample_interval, self.heap.frames)
-        self._probe: ProcessProbe | None = None if self.native is not None else ProcessProbe()
+        self._probe: ProcessProbe | None = None
+        if self.native is None:
+            self._probe = self.probe
 
     @property
     def probe(self) -> ProcessProbe:
         """The Python probe of composed windows (opened on first use: native windows never
         need it, and opening it resets the kernel peak)."""
         if self._probe is None:
+            from .process import ProcessProbe
+
             self._probe = ProcessProbe()
         return self._probe
 
@@ -242,6 +250,8 @@ class Meter:
     def start(self) -> None:
         self._closed = False
         if self.want_private:
+            from .process import release_free_memory
+
             release_free_memory()
         engine = self.engine
         engine.collector.begin()
@@ -261,6 +271,8 @@ class Meter:
             return
         probe = engine.probe  # first: opening it opens files, which must not count
         if self.want_fds:
+            from .process import open_fds
+
             self._fds0 = open_fds()
         self._window = probe.begin()
         # Innermost and last: nothing of ours may be allocated between the heap snapshot and
@@ -288,6 +300,8 @@ class Meter:
         return self._read_composed()
 
     def _read_composed(self) -> tuple[int | None, ...]:
+        from .process import open_fds, release_free_memory
+
         heap_peak = allocations = frees = allocated = retained = blocks = private = fds = None
         reading = None
         if self.use_heap:

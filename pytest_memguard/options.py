@@ -7,11 +7,13 @@ error (exit code 4) that names the option or ini key it came from.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .budget import Budget, BudgetError, parse_budget_spec
 from .tolerance import Tolerance, ToleranceError
 from .valueclass import valueclass
+
+if TYPE_CHECKING:
+    from .budget import Budget  # imported by resolve() when a default budget is set
 
 BASELINE_MODES = ("check", "update", "off")
 SCOPES = ("call", "test")
@@ -236,6 +238,8 @@ def resolve(cli: dict[str, Any], ini: dict[str, Any]) -> Settings:
         values[option.ini] = value
     spec = values["mem_default_budget"]
     if isinstance(spec, str):
+        from .budget import BudgetError, parse_budget_spec
+
         try:
             values["mem_default_budget"] = parse_budget_spec(
                 spec, "every unmarked test", "mem_default_budget"

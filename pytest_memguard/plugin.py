@@ -18,7 +18,6 @@ import pytest
 
 from . import __version__
 from . import baseline as baselines
-from .budget import PASSED, Budget, check, merge_markers, parse_budget
 from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
@@ -34,7 +33,6 @@ from .report import (
     to_properties,
 )
 from .units import parse_size
-from .usage import MemoryUsage, usage
 from .valueclass import valueclass
 
 T = TypeVar("T")
@@ -73,7 +71,9 @@ if TYPE_CHECKING:
     from _pytest.nodes import Node  # annotations only
 
     # Imported where used: a run without leak checks or soaks never loads them.
+    from .budget import Budget
     from .leaks import LeakResult, LeakSettings
+    from .process import MemoryUsage
     from .soak import Soak, SoakResult
 
 # Internal option of a spawned --mem-isolate child: where to write its reports.
@@ -129,13 +129,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ChildReports(config, child_reports), "memguard-child")
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    plugin = config.stash.get(PLUGIN_KEY, None)
-    if plugin is not None:
-        config.pluginmanager.unregister(plugin)
-        del config.stash[PLUGIN_KEY]
-
-
 def _where(item: pytest.Item) -> str:
     return item.nodeid
 
@@ -184,7 +177,9 @@ class MemguardPlugin:
         self._leak_defaults: LeakSettings | None = None
         self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
         self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
-        if config.pluginmanager.hasplugin("xdist"):
+        if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
+            # The controller of an xdist run (xdist set ``dist`` from ``-n`` in its
+            # pytest_cmdline_main, before configure); workers and plain runs need no hook.
             from .xdist import XdistHooks
 
             config.pluginmanager.register(XdistHooks(self), "memguard-xdist")
@@ -366,6 +361,8 @@ class MemguardPlugin:
         return None
 
     def _budget(self, item: pytest.Item) -> Budget | None:
+        from .budget import merge_markers, parse_budget  # where a test has a mem_budget
+
         budgets = [
             parse_budget(tuple(mark.args), mark.kwargs, _where(item))
             for mark in item.iter_markers("mem_budget")
@@ -408,9 +405,12 @@ class MemguardPlugin:
     def _judge(
         self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
     ) -> None:
-        verdict = check(plan.budget, measurement) if plan.budget is not None else PASSED
+        verdict = None
         properties = metric_properties(measurement.values())
         if plan.budget is not None:
+            from .budget import check  # loaded with the budget, at collection
+
+            verdict = check(plan.budget, measurement)
             properties.extend(self._budget_properties(plan.budget))
         changes = None
         if plan.baseline:
@@ -422,6 +422,8 @@ class MemguardPlugin:
             return
         if changes:
             pytest.fail(baselines.render_regression(changes), pytrace=False)
+        if verdict is None:
+            return
         for metric in verdict.unmeasured:
             warnings.warn(
                 MemguardWarning(
@@ -812,6 +814,8 @@ class MemguardFixture:
         return value
 
     def usage(self) -> MemoryUsage:
+        from .process import usage
+
         return usage()
 
     @contextmanager

@@ -14,7 +14,7 @@ import pytest
 import pytest_memguard as pm
 from pytest_memguard import measurement
 from pytest_memguard.measurement import Engine, get_engine, interpreter_scope
-from pytest_memguard.usage import IS_LINUX, ProcessProbe, open_fds, release_free_memory
+from pytest_memguard.process import IS_LINUX, ProcessProbe, open_fds, release_free_memory
 
 MiB = 2**20
 
@@ -35,6 +35,35 @@ def engine_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 def touch(buffer: bytearray | mmap.mmap) -> None:
     for offset in range(0, len(buffer), 4096):
         buffer[offset] = 1
+
+
+def test_package_api_is_imported_on_first_use() -> None:
+    """Every pytest run imports the package (the plugin lives in it): the API's modules load
+    when a name is first used, and each name is what it always was."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import pytest_memguard as pm
+        print(sorted(m for m in sys.modules if m.startswith("pytest_memguard")))
+        import pytest_memguard.process
+        assert pm.usage is pytest_memguard.process.usage and callable(pm.usage)
+        assert pm.MemoryUsage is pytest_memguard.process.MemoryUsage
+        for name in pm.__all__:
+            assert name in dir(pm), name
+            getattr(pm, name)
+        assert pm.parse_size("1KiB") == 1024
+        try:
+            pm.nothing_of_that_name
+        except AttributeError as exc:
+            print("ERR", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[0] == "['pytest_memguard']"
+    assert "ERR module 'pytest_memguard' has no attribute 'nothing_of_that_name'" in out
+    assert pm.__version__.count(".") == 2
 
 
 def test_usage_invariants_and_pretty() -> None:
