@@ -177,12 +177,16 @@ class MemguardPlugin:
         self._leak_defaults: LeakSettings | None = None
         self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
         self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
+        # Records are made from the window's figures where that is all a run needs (see
+        # _register_per_test_hooks); the xdist controller runs no test and gets reports only.
+        self.direct_records = False
         if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
             # The controller of an xdist run (xdist set ``dist`` from ``-n`` in its
             # pytest_cmdline_main, before configure); workers and plain runs need no hook.
             from .xdist import XdistHooks
 
             config.pluginmanager.register(XdistHooks(self), "memguard-xdist")
+            config.pluginmanager.register(_ReportHooks(self), "memguard-reports")
 
     # ------------------------------------------------------------------ reporting header
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -231,6 +235,19 @@ class MemguardPlugin:
             issubclass(kind, pytest.Function) for kind in set(map(type, items))
         )
         hooks: list[tuple[str, object]] = []
+        # Records from reports, or straight from each window: a record is kept for the summary
+        # table, which needs the figures alone; outcomes (what baselines record, the JSON
+        # report), properties added after the window (leak checks, soaks) and results made in
+        # another process (isolation) come with the reports only. Three reports a test through
+        # pluggy cost more than the rest of the bookkeeping.
+        reports = (
+            self.settings.mem_report is not None
+            or leaks
+            or any(plan.baseline or plan.isolate for plan in plans)
+        )
+        self.direct_records = not reports and not self.is_worker
+        if reports and not self.is_worker:
+            hooks.append(("memguard-reports", _ReportHooks(self)))
         if errors or scope_test:
             hooks.append(("memguard-setup", _SetupHooks(self)))
         if scope_test:
@@ -396,7 +413,10 @@ class MemguardPlugin:
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         try:
             if plan.budget is None and not plan.baseline:  # most tests: nothing to judge
-                item.user_properties.extend(metric_properties(meter.read()))
+                properties = metric_properties(meter.read())
+                item.user_properties.extend(properties)
+                if self.direct_records:
+                    self.records[item.nodeid] = TestRecord(item.nodeid, dict(properties))
                 return
             self._judge(item, plan, meter, meter.stop(), judge)
         finally:
@@ -418,6 +438,8 @@ class MemguardPlugin:
             changes = self._compare_baseline(item, plan, measurement, extra)
             properties.extend(to_properties({}, extra))
         item.user_properties.extend(properties)
+        if self.direct_records:
+            self.records[item.nodeid] = TestRecord(item.nodeid, dict(properties))
         if not judge:
             return
         if changes:
@@ -526,9 +548,9 @@ class MemguardPlugin:
         if result.leaked:
             pytest.fail(result.message(), pytrace=False)
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def absorb(self, report: pytest.TestReport) -> None:
         when = report.when
-        if self.is_worker or (when != "teardown" and report.outcome == "passed"):
+        if when != "teardown" and report.outcome == "passed":
             return  # a passed setup or call says nothing the teardown report will not
         nodeid = report.nodeid
         record = self.records.get(nodeid)
@@ -641,6 +663,14 @@ class _PerTestHooks:
 
     def __init__(self, plugin: MemguardPlugin) -> None:
         self.plugin = plugin
+
+
+class _ReportHooks(_PerTestHooks):
+    """Registered where records must be made from reports (not on workers, whose controller
+    makes them)."""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.plugin.absorb(report)
 
 
 class _SetupHooks(_PerTestHooks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from xml.etree import ElementTree
 
@@ -164,6 +165,53 @@ def test_can_be_disabled(pytester: pytest.Pytester, run: Runner) -> None:
     result = run("-p", "no:memguard")
     result.assert_outcomes(passed=2)
     assert "memguard" not in result.stdout.str()
+
+
+LOADED = """
+import sys
+
+def pytest_unconfigure(config):
+    names = sorted(m for m in sys.modules if m.startswith("pytest_memguard."))
+    print("LOADED", " ".join(n.rpartition(".")[2] for n in names))
+    print("REPORTS", config.pluginmanager.get_plugin("memguard-reports") is not None)
+"""
+
+
+@pytest.mark.parametrize("report", [False, True], ids=["plain", "mem-report"])
+def test_a_plain_run_loads_and_hooks_only_what_it_uses(
+    pytester: pytest.Pytester, run: Runner, report: bool
+) -> None:
+    """Start-up and per-test cost: the process module (Linux windows are the extension's),
+    budgets, leaks, soaks and isolation stay unimported, and records come straight from the
+    windows unless something needs the reports (here the JSON report, which has outcomes)."""
+    pytester.makeconftest(LOADED)
+    pytester.makepyfile(
+        SIMPLE
+        + """
+def test_fails_after_allocating():
+    b = bytearray(30 * 2**20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+    assert False
+"""
+    )
+    result = run("-s", "--mem-top=1", *(["--mem-report=r.json"] if report else []))
+    result.assert_outcomes(passed=2, failed=1)
+    # A failed test is recorded either way: its window closed before the failure was raised.
+    result.stdout.fnmatch_lines(["*3?.? MiB*::test_fails_after_allocating"])
+    result.stdout.fnmatch_lines([f"REPORTS {report}"])
+    loaded = result.stdout.str().split("LOADED ")[1].split("\n")[0].split()
+    for module in ("budget", "leaks", "soak", "isolate", "xdist"):
+        assert module not in loaded
+    if sys.platform.startswith("linux") and "_tracemalloc_ext" in loaded:
+        assert "process" not in loaded
+    if report:
+        tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+        assert {t["nodeid"].rpartition("::")[2]: t["outcome"] for t in tests} == {
+            "test_big": "passed",
+            "test_small": "passed",
+            "test_fails_after_allocating": "failed",
+        }
 
 
 def test_fixture_usage_and_measure(pytester: pytest.Pytester, run: Runner) -> None:
