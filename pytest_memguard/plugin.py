@@ -235,15 +235,17 @@ class MemguardPlugin:
             issubclass(kind, pytest.Function) for kind in set(map(type, items))
         )
         hooks: list[tuple[str, object]] = []
-        # Records from reports, or straight from each window: a record is kept for the summary
-        # table, which needs the figures alone; outcomes (what baselines record, the JSON
-        # report), properties added after the window (leak checks, soaks) and results made in
-        # another process (isolation) come with the reports only. Three reports a test through
-        # pluggy cost more than the rest of the bookkeeping.
+        # Records from reports, or straight from each window: the summary table and a baseline
+        # check need a test's figures and the verdict of its comparison, both made with the
+        # window; outcomes (what an update records: passed tests only; the JSON report),
+        # properties added after the window (leak checks, soaks) and results made in another
+        # process (isolation) come with the reports only. Three reports a test through pluggy
+        # cost more than the rest of the bookkeeping.
+        updating = self.baseline_mode == "update"
         reports = (
             self.settings.mem_report is not None
             or leaks
-            or any(plan.baseline or plan.isolate for plan in plans)
+            or any((plan.baseline and updating) or plan.isolate for plan in plans)
         )
         self.direct_records = not reports and not self.is_worker
         if reports and not self.is_worker:
@@ -413,7 +415,9 @@ class MemguardPlugin:
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         try:
             if plan.budget is None and not plan.baseline:  # most tests: nothing to judge
-                properties = metric_properties(meter.read())
+                values = meter.read()
+                meter.close()  # the hooks out before our bookkeeping allocates
+                properties = metric_properties(values)
                 item.user_properties.extend(properties)
                 if self.direct_records:
                     self.records[item.nodeid] = TestRecord(item.nodeid, dict(properties))
@@ -426,11 +430,16 @@ class MemguardPlugin:
         self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
     ) -> None:
         verdict = None
-        properties = metric_properties(measurement.values())
         if plan.budget is not None:
             from .budget import check  # loaded with the budget, at collection
 
             verdict = check(plan.budget, measurement)
+        if verdict is None or not (judge and verdict.failed):
+            # The hooks out before the bookkeeping below allocates (every allocation tracked
+            # costs): only the explanation of a failed budget still needs the tracking.
+            meter.close()
+        properties = metric_properties(measurement.values())
+        if plan.budget is not None:
             properties.extend(self._budget_properties(plan.budget))
         changes = None
         if plan.baseline:
