@@ -280,8 +280,11 @@ class Meter:
         if self.use_heap:
             self._heap_token = engine.heap.begin()
 
-    def stop(self) -> Measurement:
-        values = self.read()
+    def stop(self, values: tuple[int | None, ...] | None = None) -> Measurement:
+        """The figures as a ``Measurement`` (``values``: what ``read()`` returned, if it was
+        called already; reading twice would collect garbage twice)."""
+        if values is None:
+            values = self.read()
         result = self.result
         if result is None:
             result = self.result = Measurement()

@@ -18,9 +18,10 @@ import pytest
 
 from . import __version__
 from . import baseline as baselines
-from .measurement import Engine, Measurement, Meter, get_engine, interpreter_scope, measure
+from .measurement import METRICS, Engine, Measurement, Meter, get_engine, interpreter_scope, measure
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
+    PROPERTY_PREFIX,
     TestRecord,
     append_step_summary,
     atomic_write,
@@ -71,10 +72,14 @@ if TYPE_CHECKING:
     from _pytest.nodes import Node  # annotations only
 
     # Imported where used: a run without leak checks or soaks never loads them.
-    from .budget import Budget
+    from .budget import Budget, Verdict
     from .leaks import LeakResult, LeakSettings
     from .process import MemoryUsage
     from .soak import Soak, SoakResult
+
+_BASELINE_PREFIX = f"{PROPERTY_PREFIX}baseline."
+_BASELINE_STATUS = f"{_BASELINE_PREFIX}status"
+_BASELINE_CHANGES = f"{_BASELINE_PREFIX}changes"
 
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
@@ -276,10 +281,6 @@ class MemguardPlugin:
             path = self._paths[module] = baselines.location(module, self.rootdir)[0]
         return path, (rest if sep else module)
 
-    def _baseline_file(self, nodeid: str) -> dict[str, dict[str, baselines.Entry]] | str:
-        """The scopes of a test's baseline file (cached), or the error text if unreadable."""
-        return self._load_baseline(self._location(nodeid)[0])
-
     def _load_baseline(self, path: str) -> dict[str, dict[str, baselines.Entry]] | str:
         cached = self._baselines.get(path)
         if cached is None:
@@ -291,10 +292,10 @@ class MemguardPlugin:
         return cached
 
     def _baseline_entry(self, nodeid: str) -> baselines.Entry | None:
-        scopes = self._baseline_file(nodeid)
+        path, key = self._location(nodeid)
+        scopes = self._load_baseline(path)
         if isinstance(scopes, str):
             return None
-        _, key = self._location(nodeid)
         return scopes.get(self.scope, {}).get(key)
 
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
@@ -414,43 +415,41 @@ class MemguardPlugin:
 
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         try:
-            if plan.budget is None and not plan.baseline:  # most tests: nothing to judge
-                values = meter.read()
-                meter.close()  # the hooks out before our bookkeeping allocates
-                properties = metric_properties(values)
-                item.user_properties.extend(properties)
-                if self.direct_records:
-                    self.records[item.nodeid] = TestRecord(item.nodeid, dict(properties))
-                return
-            self._judge(item, plan, meter, meter.stop(), judge)
+            values = meter.read()
+            budget = plan.budget
+            verdict = None
+            if budget is not None:
+                from .budget import check  # loaded with the budget, at collection
+
+                verdict = check(budget, meter.stop(values))
+            if verdict is None or not (judge and verdict.failed):
+                # The hooks out before our bookkeeping allocates (every allocation tracked
+                # costs): only the explanation of a failed budget still needs the tracking.
+                meter.close()
+            properties = metric_properties(values)
+            if budget is not None:
+                properties.extend(self._budget_properties(budget))
+            nodeid = item.nodeid
+            changes = (
+                self._compare_baseline(nodeid, plan, values, properties) if plan.baseline else None
+            )
+            item.user_properties.extend(properties)
+            if self.direct_records:
+                self.records[nodeid] = TestRecord(nodeid, dict(properties))
+            if judge and (changes or verdict is not None):
+                self._judge(item, meter, changes, verdict)
         finally:
             meter.close()
 
     def _judge(
-        self, item: pytest.Item, plan: TestPlan, meter: Meter, measurement: Measurement, judge: bool
+        self,
+        item: pytest.Item,
+        meter: Meter,
+        changes: list[baselines.Change] | None,
+        verdict: Verdict | None,
     ) -> None:
-        verdict = None
-        if plan.budget is not None:
-            from .budget import check  # loaded with the budget, at collection
-
-            verdict = check(plan.budget, measurement)
-        if verdict is None or not (judge and verdict.failed):
-            # The hooks out before the bookkeeping below allocates (every allocation tracked
-            # costs): only the explanation of a failed budget still needs the tracking.
-            meter.close()
-        properties = metric_properties(measurement.values())
-        if plan.budget is not None:
-            properties.extend(self._budget_properties(plan.budget))
-        changes = None
-        if plan.baseline:
-            extra: dict[str, Any] = {}
-            changes = self._compare_baseline(item, plan, measurement, extra)
-            properties.extend(to_properties({}, extra))
-        item.user_properties.extend(properties)
-        if self.direct_records:
-            self.records[item.nodeid] = TestRecord(item.nodeid, dict(properties))
-        if not judge:
-            return
+        """Fail the test on a baseline regression or a budget it exceeded (explained: the top
+        allocation sites and the types that grew); warn of limits that cannot be checked."""
         if changes:
             pytest.fail(baselines.render_regression(changes), pytrace=False)
         if verdict is None:
@@ -464,6 +463,8 @@ class MemguardPlugin:
                 stacklevel=1,
             )
         if verdict.failed:
+            measurement = meter.result
+            assert measurement is not None  # made by meter.stop() for the verdict
             alive = all(v.metric in ("retained", "private") for v in verdict.violations)
             sizes = [v.value for v in verdict.violations if v.metric != "allocations"]
             # An allocation-count failure is about where calls happen, not what is left.
@@ -483,31 +484,39 @@ class MemguardPlugin:
         return found[1]
 
     def _compare_baseline(
-        self, item: pytest.Item, plan: TestPlan, measurement: Measurement, extra: dict[str, Any]
+        self,
+        nodeid: str,
+        plan: TestPlan,
+        values: tuple[int | None, ...],
+        properties: list[tuple[str, Any]],
     ) -> list[baselines.Change]:
-        """Compare with the stored entry (read-only: workers never write). Returns the
+        """Compare the window's ``values`` (``Meter.read()``) with the stored entry (read-only:
+        workers never write) and add the ``memguard.baseline.*`` properties. Returns the
         regressions that should fail the test; an update run records instead of judging."""
-        base = self._baseline_entry(item.nodeid)
+        base = self._baseline_entry(nodeid)
         if base is None:
-            extra["baseline.status"] = "new"
+            properties.append((_BASELINE_STATUS, "new"))
             return []
-        extra.update({f"baseline.{k}": v for k, v in base.items()})
+        properties.extend([(_BASELINE_PREFIX + k, v) for k, v in base.items()])
+        budget = plan.budget
         tolerance = (
-            plan.budget.tolerance
-            if plan.budget is not None and plan.budget.tolerance is not None
+            budget.tolerance
+            if budget is not None and budget.tolerance is not None
             else self.settings.mem_tolerance
         )
         result = baselines.compare(
-            base, measurement.metrics(), self.settings.mem_baseline_metrics, tolerance
+            base, dict(zip(METRICS, values)), self.settings.mem_baseline_metrics, tolerance
         )
         if result.regressions:
-            extra["baseline.status"] = "regressed"
-            extra["baseline.changes"] = "; ".join(c.describe() for c in result.regressions)
+            properties.append((_BASELINE_STATUS, "regressed"))
+            changes = "; ".join(c.describe() for c in result.regressions)
+            properties.append((_BASELINE_CHANGES, changes))
         elif result.improvements:
-            extra["baseline.status"] = "improved"
-            extra["baseline.changes"] = "; ".join(c.describe() for c in result.improvements)
+            properties.append((_BASELINE_STATUS, "improved"))
+            changes = "; ".join(c.describe() for c in result.improvements)
+            properties.append((_BASELINE_CHANGES, changes))
         else:
-            extra["baseline.status"] = "ok"
+            properties.append((_BASELINE_STATUS, "ok"))
         return result.regressions if self.baseline_mode != "update" else []
 
     def _why_unmeasured(self, metric: str) -> str:
@@ -629,11 +638,13 @@ class MemguardPlugin:
         by_file: dict[str, dict[str, baselines.Entry]] = {}
         collected_by_file: dict[str, set[str]] = {}
         collected = self.collected.union(item.nodeid for item in self._items)
+        paths = self._paths  # test module -> baseline file, filled at collection
         for nodeid in collected or set(self.records):
-            path, key = self._location(nodeid)
-            collected_by_file.setdefault(path, set()).add(key)
+            module, sep, rest = nodeid.partition("::")  # _location, inlined: once per test
+            path = paths.get(module) or self._location(nodeid)[0]
+            collected_by_file.setdefault(path, set()).add(rest if sep else module)
         for record in self.records.values():
-            status = record.get("baseline.status")
+            status = record.properties.get(_BASELINE_STATUS)
             if status in ("regressed", "improved", "new"):
                 outcome[status].append(record.nodeid)
             if mode == "update" and record.measured and record.fully_passed:

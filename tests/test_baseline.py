@@ -50,6 +50,10 @@ def test_dumps_is_sorted_one_entry_per_line_and_round_trips(tmp_path: Path) -> N
         ('{"version": 99, "scopes": {}}', "schema version 99"),
         ('{"version": 1, "scopes": []}', "'scopes' must be an object"),
         ('{"version": 1, "scopes": {"s": {"t": {"peak": "big"}}}}', "must map metrics to ints"),
+        ('{"version": 1, "scopes": {"s": {"t": {"peak": true}}}}', "entry 't' in 's' must map"),
+        ('{"version": 1, "scopes": {"s": {"t": {"peak": 1.5}}}}', "must map metrics to ints"),
+        ('{"version": 1, "scopes": {"s": {"a": {"peak": 1}, "t": [1]}}}', "entry 't' in 's'"),
+        ('{"version": 1, "scopes": {"s": []}}', "scope 's' must be an object of tests"),
     ],
 )
 def test_bad_files_are_errors_naming_the_file(tmp_path: Path, content: str, fragment: str) -> None:
