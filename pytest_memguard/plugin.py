@@ -396,9 +396,6 @@ class MemguardPlugin:
             self.deselected = True
             self.collected.update(item.nodeid for item in items)
 
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._items = session.items  # their node ids are wanted only if baselines are settled
-
     # ------------------------------------------------------------------ running
     def start(self, item: pytest.Item, plan: TestPlan) -> Meter:
         if not self._warmed:
@@ -598,6 +595,9 @@ class MemguardPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        # The collected tests (their node ids are wanted only if baselines are settled): read
+        # here rather than kept by a pytest_collection_finish hook, one hook fewer to register.
+        self._items = getattr(session, "items", [])
         self._settle_baselines()
         if self.settings.mem_report is not None:
             text = report_json(self.scope, self.engine.describe(), self.records.values())
