@@ -239,11 +239,10 @@ def compare(
         old, new = base.get(metric), now.get(metric)
         if old is None or new is None or old == new:  # the common case, checked first
             continue
-        # Tolerance.exceeded and .improved, with the allowance worked out once (per test).
-        slack = tolerance.allowance(old, metric in COUNTS)
-        if new > old + slack:
+        side = tolerance.side(old, new, metric in COUNTS)
+        if side > 0:
             result.regressions.append(Change(metric, old, new, tolerance))
-        elif new < old - slack:
+        elif side < 0:
             result.improvements.append(Change(metric, old, new, tolerance))
     return result
 

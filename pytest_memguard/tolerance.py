@@ -59,11 +59,17 @@ class Tolerance:
         gets only the relative part."""
         return self.relative * base + (0 if count else self.absolute)
 
+    def side(self, base: int, now: int, count: bool = False) -> int:
+        """1 above the slack around ``base`` (a regression), -1 below it (an improvement), 0
+        within: one call where a comparison needs both answers."""
+        slack = self.allowance(base, count)
+        return 1 if now > base + slack else -1 if now < base - slack else 0
+
     def exceeded(self, base: int, now: int, count: bool = False) -> bool:
-        return now > base + self.allowance(base, count)
+        return self.side(base, now, count) > 0
 
     def improved(self, base: int, now: int, count: bool = False) -> bool:
-        return now < base - self.allowance(base, count)
+        return self.side(base, now, count) < 0
 
     def __str__(self) -> str:
         parts = []

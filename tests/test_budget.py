@@ -124,5 +124,6 @@ def test_tolerance_boundaries() -> None:
     assert tolerance.exceeded(1000, 1201)
     assert tolerance.improved(1000, 799)
     assert not tolerance.improved(1000, 800)
+    assert [tolerance.side(1000, n) for n in (799, 800, 1000, 1200, 1201)] == [-1, 0, 0, 0, 1]
     assert str(tolerance) == "10%+100 B"
     assert str(Tolerance()) == "0 B"
