@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from argparse import SUPPRESS
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -165,7 +165,6 @@ class MemguardPlugin:
         self.rootdir = str(config.rootpath)
         self.scope = interpreter_scope()
         self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
-        self._items: list[pytest.Item] = []
         self.deselected = False
         self.repeating = False  # inside a leak check's repeated calls: no per-call windows
         self.scope_test = settings.mem_scope == "test"
@@ -595,10 +594,9 @@ class MemguardPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
-        # The collected tests (their node ids are wanted only if baselines are settled): read
-        # here rather than kept by a pytest_collection_finish hook, one hook fewer to register.
-        self._items = getattr(session, "items", [])
-        self._settle_baselines()
+        # The collected tests, read here rather than kept by a pytest_collection_finish hook
+        # (one hook fewer to register): their node ids are wanted only if baselines are settled.
+        self._settle_baselines(getattr(session, "items", ()))
         if self.settings.mem_report is not None:
             text = report_json(self.scope, self.engine.describe(), self.records.values())
             atomic_write(self.settings.mem_report, text)
@@ -619,7 +617,7 @@ class MemguardPlugin:
             return False
         return not any("::" in str(arg) for arg in self.config.args)
 
-    def _settle_baselines(self) -> None:
+    def _settle_baselines(self, items: Iterable[pytest.Item]) -> None:
         """Controller side: list new, regressed, improved and stale entries; on update, write
         each file once, under its lock."""
         mode = self.baseline_mode
@@ -637,12 +635,10 @@ class MemguardPlugin:
             return  # by default, when no test module here has a baseline file: nothing to do
         by_file: dict[str, dict[str, baselines.Entry]] = {}
         collected_by_file: dict[str, set[str]] = {}
-        collected = self.collected.union(item.nodeid for item in self._items)
-        paths = self._paths  # test module -> baseline file, filled at collection
+        collected = self.collected.union(item.nodeid for item in items)
         for nodeid in collected or set(self.records):
-            module, sep, rest = nodeid.partition("::")  # _location, inlined: once per test
-            path = paths.get(module) or self._location(nodeid)[0]
-            collected_by_file.setdefault(path, set()).add(rest if sep else module)
+            path, key = self._location(nodeid)
+            collected_by_file.setdefault(path, set()).add(key)
         for record in self.records.values():
             status = record.properties.get(_BASELINE_STATUS)
             if status in ("regressed", "improved", "new"):
