@@ -80,6 +80,19 @@ if TYPE_CHECKING:
 _BASELINE_PREFIX = f"{PROPERTY_PREFIX}baseline."
 _BASELINE_STATUS = f"{_BASELINE_PREFIX}status"
 _BASELINE_CHANGES = f"{_BASELINE_PREFIX}changes"
+_STATUS_NEW = (_BASELINE_STATUS, "new")
+_STATUS_OK = (_BASELINE_STATUS, "ok")
+
+
+class _BaselineKeys(dict[str, str]):
+    """``memguard.baseline.<metric>`` by metric: made once, not concatenated for every test
+    (a metric this version does not know, from a newer file, is made when met)."""
+
+    def __missing__(self, metric: str) -> str:
+        return _BASELINE_PREFIX + metric
+
+
+_BASELINE_KEYS = _BaselineKeys({m: _BASELINE_PREFIX + m for m in baselines.STORED})
 
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
@@ -177,6 +190,12 @@ class MemguardPlugin:
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._tracked: dict[str, tuple[bool, str | None]] = {}  # see _baseline_use
+        self._entries: dict[str, dict[str, baselines.Entry]] = {}  # see _scope_entries
+        # What a check compares for each test: the gated metrics, and where their values are
+        # in a window's figures (``Meter.read()``, in the order of METRICS).
+        self._gated = settings.mem_baseline_metrics
+        self._gated_at = tuple(METRICS.index(m) for m in self._gated)
+        self._judging = self.baseline_mode != "update"  # an update records instead of failing
         self._shared_plans: dict[tuple[int, int, bool, bool], TestPlan] = {}
         self._leak_defaults: LeakSettings | None = None
         self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
@@ -290,12 +309,16 @@ class MemguardPlugin:
             self._baselines[path] = cached
         return cached
 
-    def _baseline_entry(self, nodeid: str) -> baselines.Entry | None:
-        path, key = self._location(nodeid)
-        scopes = self._load_baseline(path)
-        if isinstance(scopes, str):
-            return None
-        return scopes.get(self.scope, {}).get(key)
+    def _scope_entries(self, nodeid: str) -> dict[str, baselines.Entry]:
+        """This interpreter's entries in the test's baseline file (none where it cannot be
+        read), found once per test module."""
+        module = nodeid.partition("::")[0]
+        entries = self._entries.get(module)
+        if entries is None:
+            scopes = self._load_baseline(self._location(nodeid)[0])
+            entries = {} if isinstance(scopes, str) else scopes.get(self.scope, {})
+            self._entries[module] = entries
+        return entries
 
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
         """(whether the test's baseline is checked or recorded, why its file cannot be used),
@@ -485,24 +508,33 @@ class MemguardPlugin:
         plan: TestPlan,
         values: tuple[int | None, ...],
         properties: list[tuple[str, Any]],
-    ) -> list[baselines.Change]:
+    ) -> list[baselines.Change] | None:
         """Compare the window's ``values`` (``Meter.read()``) with the stored entry (read-only:
         workers never write) and add the ``memguard.baseline.*`` properties. Returns the
-        regressions that should fail the test; an update run records instead of judging."""
-        base = self._baseline_entry(nodeid)
+        regressions that should fail the test; an update run records instead of judging.
+
+        Made for every test of a checked module, so the common case, gated figures equal to
+        the entry's (counts and heap bytes repeat exactly), is decided with two tuples built
+        in C, before anything is looked up for a tolerance."""
+        module, sep, key = nodeid.partition("::")
+        entries = self._entries.get(module)
+        if entries is None:
+            entries = self._scope_entries(nodeid)
+        base = entries.get(key if sep else module)
         if base is None:
-            properties.append((_BASELINE_STATUS, "new"))
-            return []
-        properties.extend([(_BASELINE_PREFIX + k, v) for k, v in base.items()])
+            properties.append(_STATUS_NEW)
+            return None
+        properties.extend(zip(map(_BASELINE_KEYS.__getitem__, base), base.values()))
+        if tuple(map(values.__getitem__, self._gated_at)) == tuple(map(base.get, self._gated)):
+            properties.append(_STATUS_OK)
+            return None
         budget = plan.budget
         tolerance = (
             budget.tolerance
             if budget is not None and budget.tolerance is not None
             else self.settings.mem_tolerance
         )
-        result = baselines.compare(
-            base, dict(zip(METRICS, values)), self.settings.mem_baseline_metrics, tolerance
-        )
+        result = baselines.compare(base, dict(zip(METRICS, values)), self._gated, tolerance)
         if result.regressions:
             properties.append((_BASELINE_STATUS, "regressed"))
             changes = "; ".join(c.describe() for c in result.regressions)
@@ -512,8 +544,8 @@ class MemguardPlugin:
             changes = "; ".join(c.describe() for c in result.improvements)
             properties.append((_BASELINE_CHANGES, changes))
         else:
-            properties.append((_BASELINE_STATUS, "ok"))
-        return result.regressions if self.baseline_mode != "update" else []
+            properties.append(_STATUS_OK)
+        return result.regressions if self._judging else None
 
     def _why_unmeasured(self, metric: str) -> str:
         if metric == "allocations":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -246,6 +247,32 @@ def test_check_mode_reports_new_tests_and_off_disables(
     result.stdout.fnmatch_lines(["*1 new, not in the baseline yet*", "*::test_added"])
     off = run(*plugin_args, "--mem-baseline=off", env={"MEMGUARD_TEST_SIZE": "5000"})
     off.assert_outcomes(passed=4)
+
+
+def test_check_reports_status_and_stored_figures(pytester: pytest.Pytester, run: Runner) -> None:
+    """Each checked test's status and stored entry reach the JSON report: an entry equal to
+    the figures (the common case, decided without a tolerance), one moved within tolerance,
+    and one carrying a metric this version does not know (a file from a newer version)."""
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    scopes = b.load(str(baseline_file(pytester)))
+    scope = next(iter(scopes))
+    stored = scopes[scope]
+    stored["test_steady"]["allocations"] += 1
+    stored["TestGroup::test_member"]["future_metric"] = 7
+    baseline_file(pytester).write_text(b.dumps(scopes))
+    report = pytester.path / "report.json"
+    run(f"--mem-report={report}").assert_outcomes(passed=3)
+    tests = {t["nodeid"].partition("::")[2]: t for t in json.loads(report.read_text())["tests"]}
+    assert {k: t["baseline"]["status"] for k, t in tests.items()} == {
+        "test_grows": "ok",
+        "test_steady": "ok",
+        "TestGroup::test_member": "ok",
+    }
+    steady = tests["test_steady"]
+    assert steady["baseline"]["allocations"] == stored["test_steady"]["allocations"]
+    assert steady["metrics"]["allocations"] != steady["baseline"]["allocations"]
+    assert tests["TestGroup::test_member"]["baseline"]["future_metric"] == 7
 
 
 def test_per_test_tolerance_and_gated_metrics(pytester: pytest.Pytester, run: Runner) -> None:
