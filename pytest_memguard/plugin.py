@@ -83,17 +83,6 @@ _BASELINE_CHANGES = f"{_BASELINE_PREFIX}changes"
 _STATUS_NEW = (_BASELINE_STATUS, "new")
 _STATUS_OK = (_BASELINE_STATUS, "ok")
 
-
-class _BaselineKeys(dict[str, str]):
-    """``memguard.baseline.<metric>`` by metric: made once, not concatenated for every test
-    (a metric this version does not know, from a newer file, is made when met)."""
-
-    def __missing__(self, metric: str) -> str:
-        return _BASELINE_PREFIX + metric
-
-
-_BASELINE_KEYS = _BaselineKeys({m: _BASELINE_PREFIX + m for m in baselines.STORED})
-
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
@@ -320,6 +309,12 @@ class MemguardPlugin:
             self._entries[module] = entries
         return entries
 
+    def _stored_entry(self, nodeid: str) -> baselines.Entry | None:
+        """The entry a test was checked against (files are read once per session, before an
+        update writes them)."""
+        module, sep, key = nodeid.partition("::")
+        return self._scope_entries(nodeid).get(key if sep else module)
+
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
         """(whether the test's baseline is checked or recorded, why its file cannot be used),
         worked out once per test module: always with check or update, never with off, and by
@@ -510,8 +505,10 @@ class MemguardPlugin:
         properties: list[tuple[str, Any]],
     ) -> list[baselines.Change] | None:
         """Compare the window's ``values`` (``Meter.read()``) with the stored entry (read-only:
-        workers never write) and add the ``memguard.baseline.*`` properties. Returns the
-        regressions that should fail the test; an update run records instead of judging.
+        workers never write) and add the ``memguard.baseline.status`` property (and
+        ``.changes`` where a figure moved beyond tolerance). Returns the regressions that should
+        fail the test; an update run records instead of judging. The entry's figures are not
+        copied onto every test: they are in the file, and the JSON report joins them from it.
 
         Made for every test of a checked module, so the common case, gated figures equal to
         the entry's (counts and heap bytes repeat exactly), is decided with two tuples built
@@ -524,7 +521,6 @@ class MemguardPlugin:
         if base is None:
             properties.append(_STATUS_NEW)
             return None
-        properties.extend(zip(map(_BASELINE_KEYS.__getitem__, base), base.values()))
         if tuple(map(values.__getitem__, self._gated_at)) == tuple(map(base.get, self._gated)):
             properties.append(_STATUS_OK)
             return None
@@ -630,7 +626,9 @@ class MemguardPlugin:
         # (one hook fewer to register): their node ids are wanted only if baselines are settled.
         self._settle_baselines(getattr(session, "items", ()))
         if self.settings.mem_report is not None:
-            text = report_json(self.scope, self.engine.describe(), self.records.values())
+            text = report_json(
+                self.scope, self.engine.describe(), self.records.values(), self._stored_entry
+            )
             atomic_write(self.settings.mem_report, text)
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:

@@ -12,7 +12,7 @@ import heapq
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .heap import Site, TypeGrowth
@@ -206,20 +206,28 @@ class TestRecord:
         return self.outcome == "passed" and self.teardown_passed
 
 
-def report_json(scope: str, header: str, records: Iterable[TestRecord]) -> str:
+def report_json(
+    scope: str,
+    header: str,
+    records: Iterable[TestRecord],
+    stored: Callable[[str], Mapping[str, int] | None] | None = None,
+) -> str:
+    """``stored``: the baseline entry of a node id. A checked test carries only its status
+    (and changes) as properties; the entry's figures are joined here from the file."""
     tests = []
     for record in sorted(records, key=lambda r: r.nodeid):
         if not record.measured:
             continue
         extra = record.extra  # worked out from the properties on each access: once here
+        baseline = {k[len("baseline.") :]: v for k, v in extra.items() if k.startswith("baseline.")}
+        if stored is not None and baseline.get("status") not in (None, "new"):
+            baseline = {**(stored(record.nodeid) or {}), **baseline}
         entry: dict[str, Any] = {
             "nodeid": record.nodeid,
             "outcome": record.outcome,
             "metrics": {name: record.get(name) for name in METRICS},
             "budget": {k[len("budget.") :]: v for k, v in extra.items() if k.startswith("budget.")},
-            "baseline": {
-                k[len("baseline.") :]: v for k, v in extra.items() if k.startswith("baseline.")
-            },
+            "baseline": baseline,
         }
         others = {k: v for k, v in extra.items() if not k.startswith(("budget.", "baseline."))}
         if others:

@@ -249,10 +249,14 @@ def test_check_mode_reports_new_tests_and_off_disables(
     off.assert_outcomes(passed=4)
 
 
-def test_check_reports_status_and_stored_figures(pytester: pytest.Pytester, run: Runner) -> None:
+def test_check_reports_status_and_stored_figures(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
     """Each checked test's status and stored entry reach the JSON report: an entry equal to
     the figures (the common case, decided without a tolerance), one moved within tolerance,
-    and one carrying a metric this version does not know (a file from a newer version)."""
+    and one carrying a metric this version does not know (a file from a newer version). The
+    entry is joined from the file by the process that writes the report (under xdist, the
+    controller), and stays off the tests' JUnit properties."""
     pytester.makepyfile(test_mod=MODULE)
     run("--mem-baseline=update").assert_outcomes(passed=3)
     scopes = b.load(str(baseline_file(pytester)))
@@ -262,7 +266,8 @@ def test_check_reports_status_and_stored_figures(pytester: pytest.Pytester, run:
     stored["TestGroup::test_member"]["future_metric"] = 7
     baseline_file(pytester).write_text(b.dumps(scopes))
     report = pytester.path / "report.json"
-    run(f"--mem-report={report}").assert_outcomes(passed=3)
+    junit = pytester.path / "junit.xml"
+    run(*plugin_args, f"--mem-report={report}", f"--junitxml={junit}").assert_outcomes(passed=3)
     tests = {t["nodeid"].partition("::")[2]: t for t in json.loads(report.read_text())["tests"]}
     assert {k: t["baseline"]["status"] for k, t in tests.items()} == {
         "test_grows": "ok",
@@ -273,6 +278,10 @@ def test_check_reports_status_and_stored_figures(pytester: pytest.Pytester, run:
     assert steady["baseline"]["allocations"] == stored["test_steady"]["allocations"]
     assert steady["metrics"]["allocations"] != steady["baseline"]["allocations"]
     assert tests["TestGroup::test_member"]["baseline"]["future_metric"] == 7
+    xml = junit.read_text()
+    assert xml.count('name="memguard.baseline.status" value="ok"') == 3
+    assert "memguard.baseline.allocations" not in xml
+    assert 'name="memguard.allocations"' in xml
 
 
 def test_per_test_tolerance_and_gated_metrics(pytester: pytest.Pytester, run: Runner) -> None:
