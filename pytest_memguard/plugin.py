@@ -179,7 +179,7 @@ class MemguardPlugin:
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._tracked: dict[str, tuple[bool, str | None]] = {}  # see _baseline_use
-        self._entries: dict[str, dict[str, baselines.Entry]] = {}  # see _scope_entries
+        self._entries: dict[str, dict[str, baselines.Entry]] = {}  # see _stored_entry
         # What a check compares for each test: the gated metrics, and where their values are
         # in a window's figures (``Meter.read()``, in the order of METRICS).
         self._gated = settings.mem_baseline_metrics
@@ -298,22 +298,17 @@ class MemguardPlugin:
             self._baselines[path] = cached
         return cached
 
-    def _scope_entries(self, nodeid: str) -> dict[str, baselines.Entry]:
-        """This interpreter's entries in the test's baseline file (none where it cannot be
-        read), found once per test module."""
-        module = nodeid.partition("::")[0]
+    def _stored_entry(self, nodeid: str) -> baselines.Entry | None:
+        """The entry a test is checked against: this interpreter's, from the test module's
+        file (none where it cannot be read). Files are read once per session, before an update
+        writes them, so the JSON report finds the entry the check used."""
+        module, sep, key = nodeid.partition("::")
         entries = self._entries.get(module)
-        if entries is None:
-            scopes = self._load_baseline(self._location(nodeid)[0])
+        if entries is None:  # once per module
+            scopes = self._load_baseline(self._location(module)[0])
             entries = {} if isinstance(scopes, str) else scopes.get(self.scope, {})
             self._entries[module] = entries
-        return entries
-
-    def _stored_entry(self, nodeid: str) -> baselines.Entry | None:
-        """The entry a test was checked against (files are read once per session, before an
-        update writes them)."""
-        module, sep, key = nodeid.partition("::")
-        return self._scope_entries(nodeid).get(key if sep else module)
+        return entries.get(key if sep else module)
 
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
         """(whether the test's baseline is checked or recorded, why its file cannot be used),
@@ -513,11 +508,7 @@ class MemguardPlugin:
         Made for every test of a checked module, so the common case, gated figures equal to
         the entry's (counts and heap bytes repeat exactly), is decided with two tuples built
         in C, before anything is looked up for a tolerance."""
-        module, sep, key = nodeid.partition("::")
-        entries = self._entries.get(module)
-        if entries is None:
-            entries = self._scope_entries(nodeid)
-        base = entries.get(key if sep else module)
+        base = self._stored_entry(nodeid)
         if base is None:
             properties.append(_STATUS_NEW)
             return None
