@@ -65,12 +65,6 @@ class Tolerance:
         slack = self.allowance(base, count)
         return 1 if now > base + slack else -1 if now < base - slack else 0
 
-    def exceeded(self, base: int, now: int, count: bool = False) -> bool:
-        return self.side(base, now, count) > 0
-
-    def improved(self, base: int, now: int, count: bool = False) -> bool:
-        return self.side(base, now, count) < 0
-
     def __str__(self) -> str:
         parts = []
         if self.relative:
