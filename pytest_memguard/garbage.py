@@ -14,10 +14,17 @@ objects of the window are never frozen, so its garbage is always collected in ti
 reading.
 
 What this gives up: garbage made *before* a window and still uncollected when it starts waits
-until after the window. A full collection therefore runs between windows, first a second after
-the first window, then whenever the time since the last one reaches ``1 / share`` times what it
-cost, which keeps it under ``share`` of the wall time whatever the heap size, and still
-collects pytest's own cyclic garbage several times a second on a small heap.
+until after the window; and since every collection resets CPython's allocation counts, the
+collector never decides on a full collection of its own again. So one runs between windows when
+CPython's own rule would call it due: once the container objects added since the last one (net
+of those freed: CPython's count) reach what its thresholds allow (about 100,000 by default,
+290,000 from 3.13) and a quarter of the objects that survived it. The counts are read before
+each collection resets them and summed here (a little high: what is freed just after a reset is
+not subtracted), so a full collection comes no later than CPython's would have, at a point that
+depends on what the code does, not on the speed of the machine. (An earlier schedule by elapsed
+time gave a run under valgrind, 50 times slower, full collections that a native run never had.)
+With ``gc.disable()`` or a zero threshold there are none, as in CPython. The garbage that waits
+is bounded the same way: that many objects, or a quarter of a larger heap.
 
 A ``gc.freeze()`` made by the code under test is undone when the outermost window ends
 (``gc.unfreeze()`` cannot tell whose objects it releases; counting them is O(heap)).
@@ -26,38 +33,35 @@ A ``gc.freeze()`` made by the code under test is undone when the outermost windo
 from __future__ import annotations
 
 import gc
-import time
 
-DEFAULT_SHARE = 0.01
-# The cost of the first full collection is unknown until it has run; deferring it keeps a short
-# run (where a fixed cost shows most) from paying it at all.
-FIRST_DELAY = 1.0
+# CPython skips a full collection while the objects added since the last one are fewer than a
+# quarter of those that survived it (gcmodule.c, "long_lived_pending").
+GROWTH = 4
 
 
 class Collector:
     """Nests: only the outermost window freezes and unfreezes, inner windows collect over the
     objects made since the outermost one began (which includes their own)."""
 
-    def __init__(self, share: float = DEFAULT_SHARE, first_delay: float = FIRST_DELAY) -> None:
-        self.share = share
-        self.first_delay = first_delay
+    def __init__(self) -> None:
         self.depth = 0
-        self._next_full: float | None = None  # perf_counter() time a full collection is due
         self.full_collections = 0
+        self.added = 0  # CPython's counts since the last full collection, summed (see _fold)
+        self.long_lived = -1  # objects after the last full collection (-1: no window yet)
+        self.due: float = 0  # ``added`` at which the next full collection is due
 
     def begin(self) -> None:
+        self._fold()
         if self.depth == 0:
-            now = time.perf_counter()
-            if self._next_full is None:
-                self._next_full = now + self.first_delay
-            if now >= self._next_full:
-                self._collect_all(now)
             gc.freeze()
+            if self.added >= self.due:
+                self._collect_all()
         self.depth += 1
         gc.collect()
 
     def collect(self) -> None:
         """Collect the garbage made since the outermost window began."""
+        self._fold()
         gc.collect()
 
     def end(self) -> None:
@@ -67,9 +71,34 @@ class Collector:
         if self.depth == 0:
             gc.unfreeze()
 
-    def _collect_all(self, start: float) -> None:
-        """A full collection, outside any window; schedules the next one."""
-        gc.collect()
-        done = time.perf_counter()
-        self.full_collections += 1
-        self._next_full = done + (done - start) / self.share
+    def _fold(self) -> None:
+        """Add what CPython has counted since the last collection, which the next one resets:
+        objects, and any young collections since, in objects."""
+        young, middle, old = gc.get_count()
+        self.added += young
+        if middle or old:
+            first, second, _ = gc.get_threshold()
+            self.added += (middle + old * _cycle(second)) * (first + 1)
+
+    def _collect_all(self) -> None:
+        """A full collection where CPython's rule calls one due, with the heap unfrozen for its
+        length (the caller froze it), then the next due point. The first window only takes the
+        heap it finds as long-lived, as if just collected: counting it is O(heap), once."""
+        if self.long_lived >= 0:
+            first = gc.get_threshold()[0]
+            if not gc.isenabled() or first <= 0:
+                return  # CPython would not collect either; asked again at the next window
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self.full_collections += 1
+        self.long_lived = gc.get_freeze_count()
+        self.added = 0
+        first, second, third = gc.get_threshold()
+        self.due = max((first + 1) * _cycle(second) * _cycle(third), self.long_lived // GROWTH)
+
+
+def _cycle(threshold: int) -> int:
+    """Younger collections per collection of a generation: CPython collects the oldest one
+    whose count exceeds its threshold when the youngest is due, in place of that one."""
+    return threshold + 2

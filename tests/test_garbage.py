@@ -1,4 +1,5 @@
-"""The collector policy around windows: frozen while open, full collections paid for by time."""
+"""The collector policy around windows: frozen while open, full collections when CPython's own
+rule would make one."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def cycle() -> weakref.ref[Node]:
 
 
 def test_window_garbage_is_collected_and_older_objects_are_frozen_meanwhile() -> None:
-    collector = Collector(share=1e-9, first_delay=0)  # one full collection, then none for long
+    collector = Collector()
     old = Node()
     collector.begin()
     assert gc.get_freeze_count() > 0
@@ -40,29 +41,94 @@ def test_window_garbage_is_collected_and_older_objects_are_frozen_meanwhile() ->
     del old
 
 
-def test_garbage_from_before_a_window_waits_for_a_full_collection() -> None:
-    collector = Collector(share=1e-9, first_delay=0)
+def _window(collector: Collector) -> None:
     collector.begin()
     collector.end()
-    assert collector.full_collections == 1
+
+
+def test_the_first_window_takes_the_heap_as_long_lived_and_collects_nothing() -> None:
     before = cycle()
-    collector.begin()  # not due: the old cycle is frozen, not collected
-    collector.collect()
-    assert before() is not None
-    collector.end()
-    assert collector.full_collections == 1
-
-    eager = Collector(share=float("inf"), first_delay=0)  # a full collection before each window
-    eager.begin()
-    assert before() is None
-    eager.end()
-
-
-def test_the_first_full_collection_waits() -> None:
-    collector = Collector(first_delay=3600)
-    collector.begin()
-    collector.end()
+    collector = Collector()
+    _window(collector)
+    assert before() is not None  # frozen, not collected: a full collection costs O(heap)
     assert collector.full_collections == 0
+    assert collector.long_lived > 0
+    first, second, third = gc.get_threshold()  # (700, 10, 10); 3.13: (2000, 10, 10)
+    expected = (first + 1) * (second + 2) * (third + 2)  # ~100,000 objects
+    assert collector.due == max(expected, collector.long_lived // 4)
+
+
+@pytest.fixture
+def thresholds() -> Iterator[None]:
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+def _grow_past_due(collector: Collector) -> list[list[int]]:
+    """Containers that CPython counts, enough to make a full collection due; made with the
+    collector off, or CPython could make that full collection itself on the way."""
+    gc.disable()
+    try:
+        return [[] for _ in range(int(collector.due) - collector.added + 100)]
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("thresholds")
+def test_garbage_from_before_a_window_waits_until_cpython_would_collect_it() -> None:
+    gc.set_threshold(99, 8, 8)  # due after 10,000 objects, or a quarter of a larger heap
+    collector = Collector()
+    _window(collector)
+    before = cycle()
+    _window(collector)  # few objects added since: not due, the cycle was frozen
+    assert before() is not None
+    assert collector.full_collections == 0
+    assert 0 < collector.added < collector.due
+    grown = _grow_past_due(collector)
+    _window(collector)
+    assert before() is None
+    assert collector.full_collections == 1
+    assert collector.added == 0
+    assert collector.long_lived >= len(grown)  # what survived sets the next due point
+    assert collector.due == max(100 * 10 * 10, collector.long_lived // 4)
+
+
+@pytest.mark.usefixtures("thresholds")
+def test_counts_of_young_collections_are_counted_in_objects() -> None:
+    gc.set_threshold(49, 2, 1000)
+    collector = Collector()
+    _window(collector)
+    # Young collections of both kinds run on the way.
+    kept: list[list[int]] = [[] for _ in range(1000)]
+    assert gc.get_count()[1:] != (0, 0)
+    collector.begin()  # reads the counts before resetting them
+    collector.end()
+    assert len(kept) <= collector.added <= len(kept) + 50
+    del kept
+
+
+@pytest.mark.usefixtures("thresholds")
+def test_no_full_collection_where_cpython_would_make_none() -> None:
+    collector = Collector()
+    _window(collector)
+    before = cycle()
+    grown = _grow_past_due(collector)
+    gc.disable()
+    try:
+        _window(collector)
+        assert before() is not None
+        assert collector.full_collections == 0
+    finally:
+        gc.enable()
+    gc.set_threshold(0)  # CPython's other way of turning automatic collection off
+    _window(collector)
+    assert before() is not None
+    gc.set_threshold(700, 10, 10)
+    _window(collector)  # still due: collected as soon as CPython would collect again
+    assert before() is None
+    assert collector.full_collections == 1
+    del grown
 
 
 def test_nested_windows_freeze_once() -> None:
