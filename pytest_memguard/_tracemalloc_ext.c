@@ -1871,6 +1871,43 @@ static PyObject *ext_stats(PyObject *self, PyObject *unused)
                          (Py_ssize_t)LOAD(enabled));
 }
 
+/* present(names, values) -> [(name, value), ...] for the values that are not None, pairing
+   by position up to the shorter of the two. The plugin turns every test's figures into
+   properties this way: as a comprehension it cost more than the rest of the reading. */
+static PyObject *ext_present(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "present(names, values) takes two tuples");
+        return NULL;
+    }
+    PyObject *names = args[0], *values = args[1];
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(values) < n) {
+        n = PyTuple_GET_SIZE(values);
+    }
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        count += PyTuple_GET_ITEM(values, i) != Py_None;
+    }
+    PyObject *result = PyList_New(count); /* sized once: no growing as pairs are added */
+    if (result == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0, at = 0; i < n; i++) {
+        PyObject *value = PyTuple_GET_ITEM(values, i);
+        if (value == Py_None) {
+            continue;
+        }
+        PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(names, i), value);
+        if (pair == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, at++, pair);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"install", ext_install, METH_NOARGS, "Put the hooks in now (enable() does it anyway)."},
     {"is_installed", ext_is_installed, METH_NOARGS, "True if our hooks are the current ones."},
@@ -1894,6 +1931,8 @@ static PyMethodDef methods[] = {
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
     {"stats", ext_stats, METH_NOARGS, "Internal state, for tests and the report header."},
+    {"present", (PyCFunction)(void (*)(void))ext_present, METH_FASTCALL,
+     "present(names, values) -> [(name, value), ...] where value is not None."},
 #ifdef __linux__
     {"kernel", ext_kernel, METH_VARARGS,
      "kernel(statm_fd, clear_refs_fd): (resident pages, shared pages, ru_maxrss KiB); resets "
