@@ -162,7 +162,6 @@ class MemguardPlugin:
         self.settings = settings
         self.engine = engine
         self.records: dict[str, TestRecord] = {}
-        self._direct: dict[str, list[tuple[str, Any]]] = {}
         self.is_worker = hasattr(config, "workerinput")
         self.is_child = False  # a spawned --mem-isolate child: never isolates again
         self.rootdir = str(config.rootpath)
@@ -445,7 +444,7 @@ class MemguardPlugin:
             )
             item.user_properties.extend(properties)
             if self.direct_records:
-                self._direct[nodeid] = properties
+                self.records[nodeid] = TestRecord(nodeid, dict(properties))
             if judge and (changes or verdict is not None):
                 self._judge(item, meter, changes, verdict)
         finally:
@@ -596,9 +595,6 @@ class MemguardPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
-        for nodeid, props in self._direct.items():
-            self.records[nodeid] = TestRecord(nodeid, dict(props))
-        self._direct.clear()
         lines = summary_table(self.records.values(), self.settings.mem_top)
         if lines:
             terminalreporter.write_sep("-", f"memguard: top {len(lines) - 1} tests by peak memory")
