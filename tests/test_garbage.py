@@ -4,12 +4,15 @@ rule would make one."""
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
 from pytest_memguard.garbage import Collector
+
+from .conftest import Runner
 
 
 class Node:
@@ -144,3 +147,58 @@ def test_nested_windows_freeze_once() -> None:
     assert gc.get_freeze_count() == 0
     collector.end()  # unbalanced end: ignored
     assert collector.depth == 0
+
+
+GARBAGE_CONFTEST = """
+import gc
+import weakref
+
+import pytest
+
+# CPython collects nothing between two tests (fewer than 2,000 objects); a full collection is
+# due after ~8,000 or a quarter of the heap (~40,000 objects at the first test).
+gc.set_threshold(2000, 0, 0)
+MADE = []
+
+
+class Node:
+    def __init__(self):
+        self.me = self
+        self.payload = [[] for _ in range(100)]
+
+
+@pytest.fixture(autouse=True)
+def garbage_after_the_window():
+    yield
+    MADE.append(weakref.ref(Node()))  # cyclic garbage made in teardown, between windows
+"""
+
+GARBAGE_TESTS = """
+import pytest
+
+from conftest import MADE
+
+
+@pytest.mark.parametrize("i", range(100))
+def test_many(i):
+    pass
+
+
+def test_the_early_garbage_was_collected():
+    print(f"ALIVE {sum(ref() is not None for ref in MADE)} OF {len(MADE)}")
+    assert MADE[0]() is None
+"""
+
+
+def test_garbage_made_between_windows_is_collected_in_a_run(
+    run: Runner, pytester: pytest.Pytester
+) -> None:
+    """Every window's collection resets CPython's counts, so in a real session the garbage
+    that teardowns make would wait forever without the plugin's own full collections."""
+    pytester.makeconftest(GARBAGE_CONFTEST)
+    pytester.makepyfile(test_garbage_run=GARBAGE_TESTS)
+    result = run("-s", "-p", "no:randomly")
+    result.assert_outcomes(passed=101)
+    alive, made = map(int, re.search(r"ALIVE (\d+) OF (\d+)", result.stdout.str()).groups())
+    assert made == 100
+    assert alive < made // 2  # collected as it became due, not only at the end
