@@ -84,8 +84,8 @@ class Collector:
         """A full collection where CPython's rule calls one due, with the heap unfrozen for its
         length (the caller froze it), then the next due point. The first window only takes the
         heap it finds as long-lived, as if just collected: counting it is O(heap), once."""
+        first, second, third = gc.get_threshold()
         if self.long_lived >= 0:
-            first = gc.get_threshold()[0]
             if not gc.isenabled() or first <= 0:
                 return  # CPython would not collect either; asked again at the next window
             gc.unfreeze()
@@ -94,7 +94,6 @@ class Collector:
             self.full_collections += 1
         self.long_lived = gc.get_freeze_count()
         self.added = 0
-        first, second, third = gc.get_threshold()
         self.due = max((first + 1) * _cycle(second) * _cycle(third), self.long_lived // GROWTH)
 
 

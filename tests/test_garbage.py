@@ -199,6 +199,8 @@ def test_garbage_made_between_windows_is_collected_in_a_run(
     pytester.makepyfile(test_garbage_run=GARBAGE_TESTS)
     result = run("-s", "-p", "no:randomly")
     result.assert_outcomes(passed=101)
-    alive, made = map(int, re.search(r"ALIVE (\d+) OF (\d+)", result.stdout.str()).groups())
+    found = re.search(r"ALIVE (\d+) OF (\d+)", result.stdout.str())
+    assert found is not None
+    alive, made = map(int, found.groups())
     assert made == 100
     assert alive < made // 2  # collected as it became due, not only at the end
