@@ -522,14 +522,11 @@ class MemguardPlugin:
             else self.settings.mem_tolerance
         )
         result = baselines.compare(base, dict(zip(METRICS, values)), self._gated, tolerance)
-        if result.regressions:
-            properties.append((_BASELINE_STATUS, "regressed"))
-            changes = "; ".join(c.describe() for c in result.regressions)
-            properties.append((_BASELINE_CHANGES, changes))
-        elif result.improvements:
-            properties.append((_BASELINE_STATUS, "improved"))
-            changes = "; ".join(c.describe() for c in result.improvements)
-            properties.append((_BASELINE_CHANGES, changes))
+        moved = result.regressions or result.improvements  # regressions win the status
+        if moved:
+            status = "regressed" if result.regressions else "improved"
+            properties.append((_BASELINE_STATUS, status))
+            properties.append((_BASELINE_CHANGES, "; ".join(c.describe() for c in moved)))
         else:
             properties.append(_STATUS_OK)
         return result.regressions if self._judging else None

@@ -230,14 +230,14 @@ def report_json(
         if not record.measured:
             continue
         extra = record.extra  # worked out from the properties on each access: once here
-        baseline = {k[len("baseline.") :]: v for k, v in extra.items() if k.startswith("baseline.")}
+        baseline = _section(extra, "baseline.")
         if stored is not None and baseline.get("status") not in (None, "new"):
             baseline = {**(stored(record.nodeid) or {}), **baseline}
         entry: dict[str, Any] = {
             "nodeid": record.nodeid,
             "outcome": record.outcome,
             "metrics": {name: record.get(name) for name in METRICS},
-            "budget": {k[len("budget.") :]: v for k, v in extra.items() if k.startswith("budget.")},
+            "budget": _section(extra, "budget."),
             "baseline": baseline,
         }
         others = {k: v for k, v in extra.items() if not k.startswith(("budget.", "baseline."))}
@@ -246,6 +246,11 @@ def report_json(
         tests.append(entry)
     document = {"version": REPORT_VERSION, "scope": scope, "measured": header, "tests": tests}
     return json.dumps(document, indent=1, sort_keys=False) + "\n"
+
+
+def _section(extra: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The extras under ``prefix`` (``budget.``, ``baseline.``), without it."""
+    return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
 
 
 def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
