@@ -119,6 +119,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    # Baseline directories hold data, not tests: pytest would walk them like any directory,
+    # with a round of collection hooks for every file (~0.3 M instructions a baseline file).
+    config.addinivalue_line("norecursedirs", baselines.DIRNAME)
     cli = {o.ini: config.getoption(o.ini, None) for o in OPTIONS}
     ini = {o.ini: config.getini(o.ini) for o in OPTIONS}
     try:

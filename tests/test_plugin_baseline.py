@@ -81,6 +81,24 @@ def test_update_without_changes_is_byte_identical(pytester: pytest.Pytester, run
         assert baseline_file(pytester).read_bytes() == before
 
 
+def test_baseline_directories_are_never_collected(pytester: pytest.Pytester, run: Runner) -> None:
+    """pytest does not walk ``__memguard__`` (data, not tests), and a project's own
+    ``norecursedirs`` still holds: ours is added to it, not put in its place."""
+    pytester.makeini("[pytest]\nnorecursedirs = skipped\n")
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    trap = "def test_trap():\n    assert False\n"
+    (baseline_file(pytester).parent / "test_trap.py").write_text(trap)
+    (pytester.mkdir("skipped") / "test_skipped.py").write_text(trap)
+    (pytester.mkdir("other") / "test_other.py").write_text("def test_other():\n    pass\n")
+    result = run("-rA")
+    result.assert_outcomes(passed=4)
+    assert "test_trap" not in result.stdout.str()
+    assert "test_skipped" not in result.stdout.str()
+    with_plugin_off = run("-p", "no:memguard")  # what pytest alone does with those files
+    with_plugin_off.assert_outcomes(passed=4, failed=1)
+
+
 def test_filtered_update_keeps_others_and_stale_needs_a_full_run(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
