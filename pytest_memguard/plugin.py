@@ -12,6 +12,7 @@ from argparse import SUPPRESS
 from collections.abc import Generator, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pytest
@@ -86,6 +87,7 @@ _STATUS_OK = (_BASELINE_STATUS, "ok")
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
+_NODEID = attrgetter("nodeid")
 METER_KEY = pytest.StashKey[Meter]()
 PLUGIN_KEY = pytest.StashKey["MemguardPlugin"]()
 
@@ -182,11 +184,16 @@ class MemguardPlugin:
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
         self._tracked: dict[str, tuple[bool, str | None]] = {}  # see _baseline_use
-        self._entries: dict[str, dict[str, baselines.Entry]] = {}  # see _stored_entry
+        self._entries: dict[str, dict[str, baselines.Entry]] = {}  # see _module_entries
+        self._expected: dict[str, dict[str, tuple[int | None, ...]]] = {}  # _module_expected
         # What a check compares for each test: the gated metrics, and where their values are
         # in a window's figures (``Meter.read()``, in the order of METRICS).
         self._gated = settings.mem_baseline_metrics
-        self._gated_at = tuple(METRICS.index(m) for m in self._gated)
+        gated_at = [METRICS.index(m) for m in self._gated]
+        # itemgetter of two or more indices returns a tuple, in one C call; of one, the item.
+        self._gated_of: Callable[[tuple[int | None, ...]], tuple[int | None, ...]] = (
+            itemgetter(*gated_at) if len(gated_at) > 1 else lambda v: tuple(v[i] for i in gated_at)
+        )
         self._judging = self.baseline_mode != "update"  # an update records instead of failing
         self._shared_plans: dict[tuple[int, int, bool, bool], TestPlan] = {}
         self._leak_defaults: LeakSettings | None = None
@@ -301,17 +308,30 @@ class MemguardPlugin:
             self._baselines[path] = cached
         return cached
 
-    def _stored_entry(self, nodeid: str) -> baselines.Entry | None:
-        """The entry a test is checked against: this interpreter's, from the test module's
-        file (none where it cannot be read). Files are read once per session, before an update
-        writes them, so the JSON report finds the entry the check used."""
-        module, sep, key = nodeid.partition("::")
+    def _module_entries(self, module: str) -> dict[str, baselines.Entry]:
+        """This interpreter's entries in a test module's file (none where it cannot be read).
+        Files are read once per session, before an update writes them, so the JSON report
+        finds the entries the check used."""
         entries = self._entries.get(module)
-        if entries is None:  # once per module
+        if entries is None:
             scopes = self._load_baseline(self._location(module)[0])
             entries = {} if isinstance(scopes, str) else scopes.get(self.scope, {})
             self._entries[module] = entries
-        return entries.get(key if sep else module)
+        return entries
+
+    def _stored_entry(self, nodeid: str) -> baselines.Entry | None:
+        """The entry a test is checked against."""
+        module, sep, key = nodeid.partition("::")
+        return self._module_entries(module).get(key if sep else module)
+
+    def _module_expected(self, module: str) -> dict[str, tuple[int | None, ...]]:
+        """The gated figures of each entry of a module, as tuples in the order of
+        ``_gated``: what a check compares first (made once per module)."""
+        gated = self._gated
+        expected = self._expected[module] = {
+            key: tuple(map(entry.get, gated)) for key, entry in self._module_entries(module).items()
+        }
+        return expected
 
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
         """(whether the test's baseline is checked or recorded, why its file cannot be used),
@@ -509,15 +529,20 @@ class MemguardPlugin:
         copied onto every test: they are in the file, and the JSON report joins them from it.
 
         Made for every test of a checked module, so the common case, gated figures equal to
-        the entry's (counts and heap bytes repeat exactly), is decided with two tuples built
-        in C, before anything is looked up for a tolerance."""
-        base = self._stored_entry(nodeid)
-        if base is None:
+        the entry's (counts and heap bytes repeat exactly), is decided by comparing a tuple
+        built in C with one made when the module's file was read."""
+        module, sep, key = nodeid.partition("::")
+        expected = self._expected.get(module)
+        if expected is None:
+            expected = self._module_expected(module)
+        stored = expected.get(key if sep else module)
+        if stored is None:
             properties.append(_STATUS_NEW)
             return None
-        if tuple(map(values.__getitem__, self._gated_at)) == tuple(map(base.get, self._gated)):
+        if self._gated_of(values) == stored:
             properties.append(_STATUS_OK)
             return None
+        base = self._module_entries(module)[key if sep else module]
         budget = plan.budget
         tolerance = (
             budget.tolerance
@@ -655,11 +680,14 @@ class MemguardPlugin:
         if mode == "off" or (mode == "auto" and tracked and not any(t for t, _ in tracked)):
             return  # by default, when no test module here has a baseline file: nothing to do
         by_file: dict[str, dict[str, baselines.Entry]] = {}
+        collected = self.collected.union(map(_NODEID, items)) or set(self.records)
+        keys_by_module: dict[str, set[str]] = {}  # grouped first: one file name per module
+        for nodeid in collected:
+            module, sep, key = nodeid.partition("::")
+            keys_by_module.setdefault(module, set()).add(key if sep else module)
         collected_by_file: dict[str, set[str]] = {}
-        collected = self.collected.union(item.nodeid for item in items)
-        for nodeid in collected or set(self.records):
-            path, key = self._location(nodeid)
-            collected_by_file.setdefault(path, set()).add(key)
+        for module, keys in keys_by_module.items():
+            collected_by_file.setdefault(self._location(module)[0], set()).update(keys)
         for record in self.records.values():
             status = record.properties.get(_BASELINE_STATUS)
             if status in ("regressed", "improved", "new"):

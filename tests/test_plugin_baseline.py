@@ -323,6 +323,10 @@ def test_per_test_tolerance_and_gated_metrics(pytester: pytest.Pytester, run: Ru
     assert outcomes(result) == {"test_loose": "PASSED", "test_strict": "FAILED"}
     pytester.makeini("[pytest]\nmem_baseline_metrics = peak\n")
     run(env={"MEMGUARD_TEST_SIZE": "1200"}).assert_outcomes(passed=2)
+    gated_by_peak = run("-rA", env={"MEMGUARD_TEST_SIZE": "3000"})
+    assert outcomes(gated_by_peak) == {"test_loose": "PASSED", "test_strict": "FAILED"}
+    gated_by_peak.stdout.fnmatch_lines(["*peak: baseline*"])
+    assert "allocations: baseline" not in gated_by_peak.stdout.str()
 
 
 def test_github_step_summary_and_annotations(pytester: pytest.Pytester, run: Runner) -> None:
