@@ -448,7 +448,7 @@ def load_backend() -> HeapBackend:
     if os.environ.get(FORCE_FALLBACK_ENV):
         return TracemallocBackend(reason=f"{FORCE_FALLBACK_ENV} is set")
     try:
-        from . import _tracemalloc_ext  # type: ignore[attr-defined]
+        from . import _tracemalloc_ext
     except ImportError as exc:
         return TracemallocBackend(reason=f"extension unavailable: {exc}")
     missing = [name for name in _EXT_API if not hasattr(_tracemalloc_ext, name)]

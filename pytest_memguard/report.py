@@ -123,7 +123,7 @@ def metric_properties(values: tuple[int | None, ...]) -> list[tuple[str, Any]]:
 
 _present: Callable[[tuple[str, ...], tuple[Any, ...]], list[tuple[str, Any]]] | None
 try:
-    from ._tracemalloc_ext import present as _present  # type: ignore[import-not-found,no-redef]
+    from ._tracemalloc_ext import present as _present  # type: ignore[no-redef]
 except ImportError:  # not built, or a stale build: the comprehension
     _present = None
 
