@@ -34,7 +34,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, cast
 
-from .heap import Site, TypeGrowth, census_types
+from .census import census_types
+from .heap import Site, TypeGrowth
 from .measurement import Engine
 from .process import IS_LINUX, open_fds
 from .valueclass import field, valueclass
@@ -495,7 +496,7 @@ class LeakResult:
     screened: bool = False  # passed at the screen, before the full run
 
     def message(self, what: str = "memory") -> str:
-        from .report import render_leak
+        from .messages import render_leak
 
         return render_leak(self, what)
 

@@ -24,12 +24,9 @@ from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
     PROPERTY_PREFIX,
     TestRecord,
-    append_step_summary,
     atomic_write,
-    github_annotations,
     metric_properties,
     render_baseline_summary,
-    render_failure,
     report_json,
     summary_table,
     to_properties,
@@ -502,6 +499,8 @@ class MemguardPlugin:
             # An allocation-count failure is about where calls happen, not what is left.
             meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes)
             scale = min(sizes) if sizes else 0
+            from .messages import render_failure
+
             message = render_failure(
                 (v.message() for v in verdict.violations), measurement, alive, scale
             )
@@ -631,6 +630,8 @@ class MemguardPlugin:
             for line in baseline_lines:
                 terminalreporter.write_line(line)
         if os.environ.get("GITHUB_ACTIONS") == "true":
+            from .github import github_annotations
+
             for line in github_annotations(self.records.values()):
                 terminalreporter.write_line(line)
 
@@ -648,6 +649,8 @@ class MemguardPlugin:
             atomic_write(self.settings.mem_report, text)
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:
+            from .github import append_step_summary
+
             append_step_summary(
                 summary_path, self.records.values(), self.baseline_outcome, self.settings.mem_top
             )

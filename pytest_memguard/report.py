@@ -1,8 +1,10 @@
-"""Rendering: failure messages, the terminal summary, the JSON report, JUnit properties.
+"""What a run reports: the per-test properties (JUnit, xdist), the records made from them, the
+terminal summary and the JSON report.
 
 Nothing here measures or decides; it turns results into text and files. Files are written to a
 temporary file in the same directory and renamed over the target, so a reader (or a crash)
-never sees half a report.
+never sees half a report. Every run loads this module: the text of failures is in
+``messages`` and the GitHub Actions output in ``github``, loaded only when needed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .heap import Site, TypeGrowth
-from .measurement import METRICS, Measurement, format_metric
-from .units import format_size
+from .measurement import METRICS, format_metric
 
 REPORT_VERSION = 1
 PROPERTY_PREFIX = "memguard."
@@ -38,71 +38,6 @@ def atomic_write(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def short_path(path: str) -> str:
-    """Paths under the working directory print relative to it, as pytest prints node ids."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return path
-    return path if relative.startswith("..") else relative
-
-
-def _frame(frame: Any) -> str:
-    return f"{short_path(frame.filename)}:{frame.lineno}"
-
-
-def render_sites(sites: Sequence[Site], alive_only: bool) -> list[str]:
-    if not sites:
-        return []
-    what = "still alive at the end" if alive_only else "allocated during the test"
-    lines = [f"Top allocation sites ({what}; sampled, estimated):"]
-    for site in sites:
-        amount = site.alive_bytes if alive_only else site.bytes
-        blocks = "block" if site.count == 1 else "blocks"
-        caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
-        name = f" in {site.frame.function}" if site.frame.function else ""
-        lines.append(
-            f"  {format_size(amount):>10}  {site.count:>8,} {blocks:<6}  "
-            f"{_frame(site.frame)}{name}{caller}"
-        )
-    return lines
-
-
-def render_types(types: Sequence[TypeGrowth], scale: int = 0) -> list[str]:
-    """Rows under 1% of ``scale`` (the figure that failed) are noise next to it: dropped."""
-    rows = [t for t in types if t.bytes * 100 >= scale]
-    if not rows:
-        return []
-    lines = ["Object types allocated during the test and still alive:"]
-    for row in rows:
-        lines.append(f"  {format_size(row.bytes):>10}  {row.count:>8,}  {row.name}")
-    return lines
-
-
-def render_measurement(m: Measurement) -> str:
-    parts = [
-        f"{name} {format_metric(name, value, name in ('private', 'rss', 'fds'))}"
-        for name, value in m.metrics().items()
-        if value is not None
-    ]
-    return "measured: " + ", ".join(parts)
-
-
-def render_failure(
-    headlines: Iterable[str], m: Measurement, alive_only: bool, scale: int = 0
-) -> str:
-    lines = list(headlines)
-    if m.kernel_peak is not None and m.heap_peak is not None:
-        lines.append(
-            f"  (peak is the larger of the kernel high-water mark {format_size(m.kernel_peak)} "
-            f"and the Python-heap peak {format_size(m.heap_peak)})"
-        )
-    lines.append(render_measurement(m))
-    lines.extend(render_sites(m.sites, alive_only))
-    lines.extend(render_types(m.types, scale))
-    return "\n".join(lines)
 
 
 _METRIC_PROPERTIES = tuple(f"{PROPERTY_PREFIX}{name}" for name in METRICS)
@@ -275,78 +210,6 @@ def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
     return lines
 
 
-_SPARKS = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: Sequence[float], width: int = 50) -> str:
-    """A compact picture of a series: does it climb, level off or saw up and down?"""
-    if not values:
-        return ""
-    if len(values) > width:
-        step = len(values) / width
-        values = [values[int(i * step)] for i in range(width)]
-    low, high = min(values), max(values)
-    if high == low:
-        return _SPARKS[0] * len(values)
-    scale = (len(_SPARKS) - 1) / (high - low)
-    return "".join(_SPARKS[int((v - low) * scale)] for v in values)
-
-
-_LEAK_UNITS = {"blocks": "blocks", "bytes": "B", "native": "B", "fds": "fds"}
-
-
-def _per_call(metric: str, value: float) -> str:
-    if metric in ("bytes", "native"):
-        return f"{format_size(int(round(value)), signed=True)}/call"
-    return f"{value:+.2f}/call"
-
-
-def render_leak(result: Any, what: str = "memory") -> str:
-    """The failure of a leak check: growth per call, the judged series, sites and types."""
-    names = ", ".join(f.metric for f in result.findings)
-    lines = [
-        f"{what} leaks: {names} grew over {result.judged} judged calls "
-        f"({result.calls} calls in all, after warm-up and escalation)"
-    ]
-    for finding in result.findings:
-        per_call = _per_call(finding.metric, finding.per_call)
-        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason}")
-    growth = ", ".join(
-        f"{metric} {_per_call(metric, value)}" for metric, value in result.growth.items() if value
-    )
-    if growth:
-        lines.append(f"  net growth over the judged calls: {growth}")
-    for metric in ("blocks", "bytes"):
-        series = result.series.get(metric)
-        if series:
-            lines.append(f"  {metric:<7} {sparkline(series)}")
-    if result.sites:
-        lines.append(
-            f"Where the growing memory is allocated (every allocation traced over "
-            f"{result.explained_calls} more calls; per call):"
-        )
-        for site in result.sites:
-            caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
-            name = f" in {site.frame.function}" if site.frame.function else ""
-            lines.append(
-                f"  {format_size(site.alive_bytes):>10}  {site.count:>6,} blocks  "
-                f"{_frame(site.frame)}{name}{caller}"
-            )
-    if result.types:
-        lines.append("Object types that grew (per call):")
-        for row in result.types:
-            lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
-    if "native" in {f.metric for f in result.findings} and not result.sites:
-        lines.append(
-            "  (native heap growth: memory allocated by C code outside Python's allocators)"
-        )
-    if result.threads > 1:
-        lines.append(
-            f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
-        )
-    return "\n".join(lines)
-
-
 def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> list[str]:
     if not outcome or not any(outcome.values()):
         return []
@@ -375,71 +238,3 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
             if len(names) > 20:
                 lines.append(f"  ... and {len(names) - 20} more")
     return lines
-
-
-STEP_SUMMARY_LIMIT = 1024 * 1024
-
-
-def step_summary_markdown(
-    records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
-) -> str:
-    records = list(records)
-    parts = ["## pytest-memguard", ""]
-    regressed = [r for r in records if r.get("baseline.status") == "regressed"]
-    if regressed:
-        parts += ["### Regressions", "", "| test | change |", "|---|---|"]
-        parts += [f"| `{r.nodeid}` | {r.get('baseline.changes') or ''} |" for r in regressed]
-        parts.append("")
-    for key, title in (("new", "New (not in the baseline)"), ("stale", "Stale baseline entries")):
-        names = outcome.get(key, ())
-        if names:
-            parts += [f"### {title}", ""] + [f"- `{n}`" for n in names] + [""]
-    table = summary_table(records, top)
-    if table:
-        parts += ["### Top tests by peak memory", "", "```", *table, "```", ""]
-    return "\n".join(parts) + "\n"
-
-
-def append_step_summary(
-    path: str, records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
-) -> None:
-    """Append to GitHub's job summary, kept under its 1 MiB limit."""
-    text = step_summary_markdown(records, outcome, top)
-    encoded = text.encode("utf-8")
-    if len(encoded) > STEP_SUMMARY_LIMIT - 1024:
-        text = encoded[: STEP_SUMMARY_LIMIT - 1024].decode("utf-8", "ignore") + "\n\n(truncated)\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-MAX_ANNOTATIONS = 10
-
-
-def github_annotations(records: Iterable[TestRecord]) -> list[str]:
-    """At most ten ``::error`` workflow commands, one per regressed test."""
-    lines = []
-    for record in sorted(records, key=lambda r: r.nodeid):
-        if record.get("baseline.status") == "regressed":
-            path = record.nodeid.partition("::")[0]
-            message = str(record.get("baseline.changes") or "").replace("\n", " ")
-            lines.append(f"::error file={path},title=memory regression {record.nodeid}::{message}")
-        if len(lines) >= MAX_ANNOTATIONS:
-            break
-    return lines
-
-
-def render_soak(result: Any) -> str:
-    verdict = result.verdict
-    per_1000 = int(round(verdict.per_iteration * 1000))
-    lines = [
-        f"memory kept growing through a soak of {result.iterations:,} iterations: "
-        f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
-        f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
-        "  window medians (quarters of the run): "
-        + ", ".join(format_size(int(m)) for m in verdict.window_medians),
-        f"  heap     {sparkline(result.heap)}",
-    ]
-    if result.private:
-        lines.append(f"  private  {sparkline(result.private)}  (context; not judged)")
-    lines.extend(render_sites(result.sites, alive_only=True))
-    return "\n".join(lines)

@@ -102,7 +102,7 @@ class SoakResult:
     sites: list[Site] = field(default_factory=list)
 
     def message(self) -> str:
-        from .report import render_soak
+        from .messages import render_soak
 
         return render_soak(self)
 

@@ -12,13 +12,9 @@ import threading
 import pytest
 
 import pytest_memguard as pm
-from pytest_memguard.heap import (
-    ExtBackend,
-    Frame,
-    TracemallocBackend,
-    aggregate_sites,
-    load_backend,
-)
+from pytest_memguard.census import aggregate_sites
+from pytest_memguard.fallback import TracemallocBackend
+from pytest_memguard.heap import ExtBackend, Frame, load_backend
 from pytest_memguard.measurement import get_engine
 
 MiB = 2**20
@@ -268,7 +264,7 @@ def test_a_census_leaves_nothing_behind() -> None:
     which never came under a frozen collector (each census then counted the last one's)."""
     import gc
 
-    from pytest_memguard.heap import all_objects, census_types
+    from pytest_memguard.census import all_objects, census_types
 
     gc.collect()
     census_types()

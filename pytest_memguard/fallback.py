@@ -1,0 +1,130 @@
+"""The heap backend where the allocator hook cannot be had: the standard library's tracemalloc.
+
+Slower than the hook (10x on allocation-heavy code) and without call counts, so the plugin
+switches it on only for tests that ask for heap figures. Loaded only where it is the backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from .census import PACKAGE_DIR, aggregate_sites, census_objects, per_call
+from .heap import DEFAULT_FRAMES, Frame, HeapReading, Site, TypeGrowth
+from .valueclass import valueclass
+
+
+@valueclass
+class _TmToken:
+    start: int
+    high: int
+
+
+def _tracemalloc() -> Any:
+    """The tracemalloc module, imported by the fallback only (it imports pickle: ~3 ms at
+    startup for every run that never needs it)."""
+    import tracemalloc
+
+    return tracemalloc
+
+
+class TracemallocBackend:
+    """The fallback: the standard library's tracemalloc, with no call counts."""
+
+    name = "tracemalloc (fallback: allocator hook unavailable)"
+    counts_calls = False
+    cheap = False
+
+    def __init__(self, frames: int = DEFAULT_FRAMES, reason: str = "") -> None:
+        self.frames = frames
+        self.reason = reason
+        self._open: list[_TmToken] = []
+        self._owns = False
+
+    def begin(self) -> _TmToken:
+        if not _tracemalloc().is_tracing():
+            _tracemalloc().start(self.frames)
+            self._owns = True
+        current, peak = _tracemalloc().get_traced_memory()
+        for window in self._open:
+            window.high = max(window.high, peak)
+        _tracemalloc().reset_peak()
+        token = _TmToken(current, current)
+        self._open.append(token)
+        return token
+
+    def read(self, token: _TmToken) -> HeapReading:
+        current, peak = _tracemalloc().get_traced_memory()
+        high = max(token.high, peak)
+        return HeapReading(
+            None, None, None, max(0, high - token.start), current - token.start, None
+        )
+
+    def end(self, token: _TmToken) -> None:
+        _, peak = _tracemalloc().get_traced_memory()
+        if token in self._open:
+            self._open.remove(token)
+        for window in self._open:
+            window.high = max(window.high, peak)
+        if not self._open and self._owns:
+            _tracemalloc().stop()
+            self._owns = False
+
+    def sites(
+        self, token: _TmToken, limit: int, alive_only: bool, by_count: bool = False
+    ) -> list[Site]:
+        if not _tracemalloc().is_tracing():
+            return []
+        snapshot = (
+            _tracemalloc()
+            .take_snapshot()
+            .filter_traces(
+                [
+                    _tracemalloc().Filter(False, _tracemalloc().__file__),
+                    _tracemalloc().Filter(False, __file__),
+                ]
+            )
+        )
+        rows = []
+        for stat in snapshot.statistics("traceback"):
+            stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
+            rows.append((max(1, stat.size // max(1, stat.count)), float(stat.size), True, stack))
+        return aggregate_sites(rows, limit, alive_only, by_count)
+
+    def growth_sites(
+        self,
+        token: _TmToken,
+        call: Callable[[], object],
+        between: Callable[[], None],
+        calls: int,
+        limit: int,
+    ) -> list[Site]:
+        ignore = [
+            _tracemalloc().Filter(False, _tracemalloc().__file__),
+            _tracemalloc().Filter(False, f"{PACKAGE_DIR}{os.sep}*"),
+        ]
+        before = _tracemalloc().take_snapshot().filter_traces(ignore)
+        for _ in range(calls):
+            call()
+            between()
+        after = _tracemalloc().take_snapshot().filter_traces(ignore)
+        rows = []
+        for stat in after.compare_to(before, "traceback"):
+            if stat.size_diff <= 0:
+                continue
+            stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
+            size = max(1, stat.size_diff // max(1, stat.count_diff))
+            rows.append((size, float(stat.size_diff), True, stack))
+        return per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
+
+    def own_bytes(self) -> int:
+        return 0  # tracemalloc's own memory is subtracted where the native heap is read
+
+    def census(self, token: _TmToken, limit: int) -> list[TypeGrowth]:
+        if not _tracemalloc().is_tracing():
+            return []
+
+        def block_size(obj: object) -> int:
+            return -1 if _tracemalloc().get_object_traceback(obj) is None else 0
+
+        return census_objects(block_size, limit)

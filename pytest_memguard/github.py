@@ -1,0 +1,59 @@
+"""GitHub Actions output: the job's step summary (Markdown) and ``::error`` annotations on the
+tests that regressed. Loaded only in a workflow (``GITHUB_STEP_SUMMARY``, ``GITHUB_ACTIONS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .report import TestRecord, summary_table
+
+STEP_SUMMARY_LIMIT = 1024 * 1024
+
+
+def step_summary_markdown(
+    records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
+) -> str:
+    records = list(records)
+    parts = ["## pytest-memguard", ""]
+    regressed = [r for r in records if r.get("baseline.status") == "regressed"]
+    if regressed:
+        parts += ["### Regressions", "", "| test | change |", "|---|---|"]
+        parts += [f"| `{r.nodeid}` | {r.get('baseline.changes') or ''} |" for r in regressed]
+        parts.append("")
+    for key, title in (("new", "New (not in the baseline)"), ("stale", "Stale baseline entries")):
+        names = outcome.get(key, ())
+        if names:
+            parts += [f"### {title}", ""] + [f"- `{n}`" for n in names] + [""]
+    table = summary_table(records, top)
+    if table:
+        parts += ["### Top tests by peak memory", "", "```", *table, "```", ""]
+    return "\n".join(parts) + "\n"
+
+
+def append_step_summary(
+    path: str, records: Iterable[TestRecord], outcome: Mapping[str, Sequence[str]], top: int
+) -> None:
+    """Append to GitHub's job summary, kept under its 1 MiB limit."""
+    text = step_summary_markdown(records, outcome, top)
+    encoded = text.encode("utf-8")
+    if len(encoded) > STEP_SUMMARY_LIMIT - 1024:
+        text = encoded[: STEP_SUMMARY_LIMIT - 1024].decode("utf-8", "ignore") + "\n\n(truncated)\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+MAX_ANNOTATIONS = 10
+
+
+def github_annotations(records: Iterable[TestRecord]) -> list[str]:
+    """At most ten ``::error`` workflow commands, one per regressed test."""
+    lines = []
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if record.get("baseline.status") == "regressed":
+            path = record.nodeid.partition("::")[0]
+            message = str(record.get("baseline.changes") or "").replace("\n", " ")
+            lines.append(f"::error file={path},title=memory regression {record.nodeid}::{message}")
+        if len(lines) >= MAX_ANNOTATIONS:
+            break
+    return lines

@@ -1,0 +1,170 @@
+"""The text of failures: a budget exceeded, a leak found, a soak that kept growing.
+
+Each message says where, not only how much: the top allocation sites (file:line, bytes,
+blocks) and the object types that grew, as a heap summary does. Loaded when a test fails, or a
+leak check or soak reports; a passing run never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .measurement import format_metric
+from .units import format_size
+
+if TYPE_CHECKING:
+    from .heap import Site, TypeGrowth
+    from .measurement import Measurement
+
+
+def short_path(path: str) -> str:
+    """Paths under the working directory print relative to it, as pytest prints node ids."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _frame(frame: Any) -> str:
+    return f"{short_path(frame.filename)}:{frame.lineno}"
+
+
+def render_sites(sites: Sequence[Site], alive_only: bool) -> list[str]:
+    if not sites:
+        return []
+    what = "still alive at the end" if alive_only else "allocated during the test"
+    lines = [f"Top allocation sites ({what}; sampled, estimated):"]
+    for site in sites:
+        amount = site.alive_bytes if alive_only else site.bytes
+        blocks = "block" if site.count == 1 else "blocks"
+        caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
+        name = f" in {site.frame.function}" if site.frame.function else ""
+        lines.append(
+            f"  {format_size(amount):>10}  {site.count:>8,} {blocks:<6}  "
+            f"{_frame(site.frame)}{name}{caller}"
+        )
+    return lines
+
+
+def render_types(types: Sequence[TypeGrowth], scale: int = 0) -> list[str]:
+    """Rows under 1% of ``scale`` (the figure that failed) are noise next to it: dropped."""
+    rows = [t for t in types if t.bytes * 100 >= scale]
+    if not rows:
+        return []
+    lines = ["Object types allocated during the test and still alive:"]
+    for row in rows:
+        lines.append(f"  {format_size(row.bytes):>10}  {row.count:>8,}  {row.name}")
+    return lines
+
+
+def render_measurement(m: Measurement) -> str:
+    parts = [
+        f"{name} {format_metric(name, value, name in ('private', 'rss', 'fds'))}"
+        for name, value in m.metrics().items()
+        if value is not None
+    ]
+    return "measured: " + ", ".join(parts)
+
+
+def render_failure(
+    headlines: Iterable[str], m: Measurement, alive_only: bool, scale: int = 0
+) -> str:
+    lines = list(headlines)
+    if m.kernel_peak is not None and m.heap_peak is not None:
+        lines.append(
+            f"  (peak is the larger of the kernel high-water mark {format_size(m.kernel_peak)} "
+            f"and the Python-heap peak {format_size(m.heap_peak)})"
+        )
+    lines.append(render_measurement(m))
+    lines.extend(render_sites(m.sites, alive_only))
+    lines.extend(render_types(m.types, scale))
+    return "\n".join(lines)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 50) -> str:
+    """A compact picture of a series: does it climb, level off or saw up and down?"""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width)]
+    low, high = min(values), max(values)
+    if high == low:
+        return _SPARKS[0] * len(values)
+    scale = (len(_SPARKS) - 1) / (high - low)
+    return "".join(_SPARKS[int((v - low) * scale)] for v in values)
+
+
+def _per_call(metric: str, value: float) -> str:
+    if metric in ("bytes", "native"):
+        return f"{format_size(int(round(value)), signed=True)}/call"
+    return f"{value:+.2f}/call"
+
+
+def render_leak(result: Any, what: str = "memory") -> str:
+    """The failure of a leak check: growth per call, the judged series, sites and types."""
+    names = ", ".join(f.metric for f in result.findings)
+    lines = [
+        f"{what} leaks: {names} grew over {result.judged} judged calls "
+        f"({result.calls} calls in all, after warm-up and escalation)"
+    ]
+    for finding in result.findings:
+        per_call = _per_call(finding.metric, finding.per_call)
+        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason}")
+    growth = ", ".join(
+        f"{metric} {_per_call(metric, value)}" for metric, value in result.growth.items() if value
+    )
+    if growth:
+        lines.append(f"  net growth over the judged calls: {growth}")
+    for metric in ("blocks", "bytes"):
+        series = result.series.get(metric)
+        if series:
+            lines.append(f"  {metric:<7} {sparkline(series)}")
+    if result.sites:
+        lines.append(
+            f"Where the growing memory is allocated (every allocation traced over "
+            f"{result.explained_calls} more calls; per call):"
+        )
+        for site in result.sites:
+            caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
+            name = f" in {site.frame.function}" if site.frame.function else ""
+            lines.append(
+                f"  {format_size(site.alive_bytes):>10}  {site.count:>6,} blocks  "
+                f"{_frame(site.frame)}{name}{caller}"
+            )
+    if result.types:
+        lines.append("Object types that grew (per call):")
+        for row in result.types:
+            lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
+    if "native" in {f.metric for f in result.findings} and not result.sites:
+        lines.append(
+            "  (native heap growth: memory allocated by C code outside Python's allocators)"
+        )
+    if result.threads > 1:
+        lines.append(
+            f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
+        )
+    return "\n".join(lines)
+
+
+def render_soak(result: Any) -> str:
+    verdict = result.verdict
+    per_1000 = int(round(verdict.per_iteration * 1000))
+    lines = [
+        f"memory kept growing through a soak of {result.iterations:,} iterations: "
+        f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
+        f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
+        "  window medians (quarters of the run): "
+        + ", ".join(format_size(int(m)) for m in verdict.window_medians),
+        f"  heap     {sparkline(result.heap)}",
+    ]
+    if result.private:
+        lines.append(f"  private  {sparkline(result.private)}  (context; not judged)")
+    lines.extend(render_sites(result.sites, alive_only=True))
+    return "\n".join(lines)
