@@ -25,7 +25,7 @@ def step_summary_markdown(
         names = outcome.get(key, ())
         if names:
             parts += [f"### {title}", ""] + [f"- `{n}`" for n in names] + [""]
-    table = summary_table(records, top)
+    table = summary_table(((r.nodeid, r.properties) for r in records), top)
     if table:
         parts += ["### Top tests by peak memory", "", "```", *table, "```", ""]
     return "\n".join(parts) + "\n"

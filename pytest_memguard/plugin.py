@@ -163,7 +163,10 @@ class MemguardPlugin:
         self.config = config
         self.settings = settings
         self.engine = engine
-        self.records: dict[str, TestRecord] = {}
+        self._records: dict[str, TestRecord] = {}  # made from reports (see absorb)
+        # Node id -> properties of a test whose window made its record (``direct_records``),
+        # until a whole record is asked for (see ``records``).
+        self._direct: dict[str, dict[str, Any]] = {}
         self.is_worker = hasattr(config, "workerinput")
         self.is_child = False  # a spawned --mem-isolate child: never isolates again
         self.rootdir = str(config.rootpath)
@@ -464,7 +467,7 @@ class MemguardPlugin:
             )
             item.user_properties.extend(properties)
             if self.direct_records:
-                self.records[nodeid] = TestRecord(nodeid, dict(properties))
+                self._direct[nodeid] = dict(properties)
             if judge and (changes or verdict is not None):
                 self._judge(item, meter, changes, verdict)
         finally:
@@ -610,16 +613,37 @@ class MemguardPlugin:
         if when != "teardown" and report.outcome == "passed":
             return  # a passed setup or call says nothing the teardown report will not
         nodeid = report.nodeid
-        record = self.records.get(nodeid)
+        records = self._records
+        record = records.get(nodeid)
         if record is None:
-            record = self.records[nodeid] = TestRecord(nodeid)
+            record = records[nodeid] = TestRecord(nodeid)
         record.absorb(when, report.outcome, report.user_properties if when == "teardown" else ())
+
+    @property
+    def records(self) -> dict[str, TestRecord]:
+        """Every test's record, by node id. A record made straight from a window is kept as
+        its properties until something needs the whole record (the JSON report, GitHub's
+        output): the summary table and the baseline outcome read only the properties
+        (``measured_properties``), and a Python object per test cost ~5k instructions."""
+        direct = self._direct
+        if direct:
+            records = self._records
+            for nodeid, properties in direct.items():
+                records[nodeid] = TestRecord(nodeid, properties)
+            direct.clear()
+        return self._records
+
+    def measured_properties(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(node id, properties) of every test, without making records."""
+        for record in self._records.values():
+            yield record.nodeid, record.properties
+        yield from self._direct.items()
 
     # ------------------------------------------------------------------ session end
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
-        lines = summary_table(self.records.values(), self.settings.mem_top)
+        lines = summary_table(self.measured_properties(), self.settings.mem_top)
         if lines:
             terminalreporter.write_sep("-", f"memguard: top {len(lines) - 1} tests by peak memory")
             for line in lines:
@@ -683,7 +707,9 @@ class MemguardPlugin:
         if mode == "off" or (mode == "auto" and tracked and not any(t for t, _ in tracked)):
             return  # by default, when no test module here has a baseline file: nothing to do
         by_file: dict[str, dict[str, baselines.Entry]] = {}
-        collected = self.collected.union(map(_NODEID, items)) or set(self.records)
+        collected = self.collected.union(map(_NODEID, items))
+        if not collected:
+            collected = {nodeid for nodeid, _ in self.measured_properties()}
         keys_by_module: dict[str, set[str]] = {}  # grouped first: one file name per module
         for nodeid in collected:
             module, sep, key = nodeid.partition("::")
@@ -691,13 +717,15 @@ class MemguardPlugin:
         collected_by_file: dict[str, set[str]] = {}
         for module, keys in keys_by_module.items():
             collected_by_file.setdefault(self._location(module)[0], set()).update(keys)
-        for record in self.records.values():
-            status = record.properties.get(_BASELINE_STATUS)
+        for nodeid, properties in self.measured_properties():
+            status = properties.get(_BASELINE_STATUS)
             if status in ("regressed", "improved", "new"):
-                outcome[status].append(record.nodeid)
-            if mode == "update" and record.measured and record.fully_passed:
-                path, key = self._location(record.nodeid)
-                by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
+                outcome[status].append(nodeid)
+        if mode == "update":  # records made from reports: an update needs the outcomes
+            for record in self.records.values():
+                if record.measured and record.fully_passed:
+                    path, key = self._location(record.nodeid)
+                    by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
         # Only a run that saw every test can tell a removed test from one not run this time.
         full_run = self.unfiltered()
         remove_stale = mode == "update" and full_run

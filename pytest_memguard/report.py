@@ -188,26 +188,30 @@ def _section(extra: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
 
 
-def summary_table(records: Iterable[TestRecord], top: int) -> list[str]:
+def summary_table(tests: Iterable[tuple[str, Mapping[str, Any]]], top: int) -> list[str]:
+    """The ``top`` tests by peak, from (node id, properties) pairs: a record's
+    ``(nodeid, properties)``, or the properties the plugin keeps for a test whose record was
+    never needed (see ``MemguardPlugin.records``)."""
     if top <= 0:
         return []
     # Compared as tuples, in C: a key function called for every test cost ~4k instructions a
     # test, and a run's peaks tie often (the kernel's are whole pages), so names break ties.
     ranked = [
-        (-peak, r.nodeid, r) for r in records if (peak := r.properties.get(_PEAK)) is not None
+        (-peak, nodeid, found) for nodeid, found in tests if (peak := found.get(_PEAK)) is not None
     ]
     if not ranked:
         return []
-    cols = ("peak", "heap_peak", "retained", "allocations")
-    shown = [r for _, _, r in heapq.nsmallest(top, ranked)]
-    widths = [max(len(c), 10) for c in cols]
+    widths = [max(len(c), 10) for c in _SUMMARY_COLUMNS]
     lines = [
-        "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths)) + "  test",
+        "  ".join(f"{c:>{w}}" for c, w in zip(_SUMMARY_COLUMNS, widths)) + "  test",
     ]
-    for record in shown:
-        cells = [format_metric(c, record.get(c)) for c in cols]
-        lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {record.nodeid}")
+    for _, nodeid, found in heapq.nsmallest(top, ranked):
+        cells = [format_metric(c, found.get(PROPERTY_PREFIX + c)) for c in _SUMMARY_COLUMNS]
+        lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {nodeid}")
     return lines
+
+
+_SUMMARY_COLUMNS = ("peak", "heap_peak", "retained", "allocations")
 
 
 def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> list[str]:

@@ -84,13 +84,15 @@ def test_summary_table_lists_the_largest_peaks_first_ties_by_name() -> None:
         passed("t.py::test_a_big", [("memguard.peak", 2 * 2**20)]),
         passed("t.py::test_unmeasured", []),
     ]
-    lines = summary_table(records, top=2)
+    tests = [(r.nodeid, r.properties) for r in records]
+    lines = summary_table(tests, top=2)
     assert len(lines) == 3
     assert lines[1].endswith("t.py::test_a_big")
     assert lines[2].endswith("t.py::test_b_big")
     assert "2.0 MiB" in lines[2]
-    assert summary_table(records, top=0) == []
-    assert summary_table(records[3:], top=5) == []
+    assert lines[2].split() == ["2.0", "MiB", "n/a", "n/a", "5", "t.py::test_b_big"]
+    assert summary_table(tests, top=0) == []
+    assert summary_table(tests[3:], top=5) == []
 
 
 def test_report_json_splits_budget_baseline_and_other_details() -> None:
