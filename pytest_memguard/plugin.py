@@ -19,7 +19,16 @@ import pytest
 
 from . import __version__
 from . import baseline as baselines
-from .measurement import METRICS, Engine, Measurement, Meter, get_engine, interpreter_scope, measure
+from .measurement import (
+    METRICS,
+    Engine,
+    Measurement,
+    Meter,
+    get_engine,
+    interpreter_scope,
+    measure,
+    window_flags,
+)
 from .options import OPTIONS, OptionError, Settings, cli_type, resolve
 from .report import (
     PROPERTY_PREFIX,
@@ -64,6 +73,9 @@ class TestPlan:
     private: bool = False
     baseline: bool = False
     isolate: bool = False
+    # The extension's window flags where a window needs no Meter (nothing to explain: no
+    # budget; no private memory; the extension measures whole windows here); else 0.
+    window: int = 0
 
 
 if TYPE_CHECKING:
@@ -85,7 +97,7 @@ _STATUS_OK = (_BASELINE_STATUS, "ok")
 CHILD_OPTION = "--memguard-child-reports"
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
 _NODEID = attrgetter("nodeid")
-METER_KEY = pytest.StashKey[Meter]()
+METER_KEY = pytest.StashKey["Meter | int"]()
 PLUGIN_KEY = pytest.StashKey["MemguardPlugin"]()
 
 
@@ -178,8 +190,13 @@ class MemguardPlugin:
         self._warmed = False
         self.plans: dict[int, TestPlan] = {}  # by id(item): items live as long
         self._default_budget = settings.mem_default_budget
+        cheap = engine.heap.cheap
         self._default_plan = TestPlan(
-            budget=None, heap=engine.heap.cheap, retained=False, private=False
+            budget=None,
+            heap=cheap,
+            retained=False,
+            private=False,
+            window=self._window(None, cheap, False, False),
         )
         self._baselines: dict[str, dict[str, dict[str, baselines.Entry]] | str] = {}
         self.baseline_outcome: dict[str, list[str]] = {}
@@ -385,7 +402,16 @@ class MemguardPlugin:
             private=private,
             baseline=tracked,
             isolate=isolate,
+            window=self._window(budget, heap, retained, private),
         )
+
+    def _window(self, budget: Budget | None, heap: bool, retained: bool, private: bool) -> int:
+        """``TestPlan.window``: a budget may need its failure explained (a Meter's sites and
+        types), private memory a trim before the window, and the extension may not measure
+        whole windows here."""
+        if budget is not None or private or self.engine.native is None:
+            return 0
+        return window_flags(heap, retained, private=False)
 
     @property
     def leak_defaults(self) -> LeakSettings:
@@ -432,7 +458,9 @@ class MemguardPlugin:
             self.collected.update(item.nodeid for item in items)
 
     # ------------------------------------------------------------------ running
-    def start(self, item: pytest.Item, plan: TestPlan) -> Meter:
+    def start(self, item: pytest.Item, plan: TestPlan) -> Meter | int:
+        """A Meter, or the handle of the extension's window where the plan needs no Meter
+        (``TestPlan.window``)."""
         if not self._warmed:
             # One empty window first: our own code paths allocate once when first run, and the
             # first test of a process must not carry that.
@@ -441,11 +469,21 @@ class MemguardPlugin:
             warm.start()
             warm.stop()
             warm.close()
+            if plan.window:
+                self.engine.close_window(self.engine.open_window(plan.window), False)
+        if plan.window:
+            return self.engine.open_window(plan.window)
         meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
         meter.start()
         return meter
 
-    def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
+    def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter | int, judge: bool) -> None:
+        if isinstance(meter, int):
+            values = self.engine.close_window(meter, plan.heap and plan.retained)
+            changes = self._record(item, plan, values, None)
+            if judge and changes:
+                self._judge(item, None, changes, None)
+            return
         try:
             values = meter.read()
             budget = plan.budget
@@ -458,25 +496,37 @@ class MemguardPlugin:
                 # The hooks out before our bookkeeping allocates (every allocation tracked
                 # costs): only the explanation of a failed budget still needs the tracking.
                 meter.close()
-            properties = metric_properties(values)
-            if budget is not None:
-                properties.extend(self._budget_properties(budget))
-            nodeid = item.nodeid
-            changes = (
-                self._compare_baseline(nodeid, plan, values, properties) if plan.baseline else None
-            )
-            item.user_properties.extend(properties)
-            if self.direct_records:
-                self._direct[nodeid] = dict(properties)
+            changes = self._record(item, plan, values, budget)
             if judge and (changes or verdict is not None):
                 self._judge(item, meter, changes, verdict)
         finally:
             meter.close()
 
+    def _record(
+        self,
+        item: pytest.Item,
+        plan: TestPlan,
+        values: tuple[int | None, ...],
+        budget: Budget | None,
+    ) -> list[baselines.Change] | None:
+        """The window's figures as the test's properties (and record), compared with its
+        baseline; returns the regressions that should fail it."""
+        properties = metric_properties(values)
+        if budget is not None:
+            properties.extend(self._budget_properties(budget))
+        nodeid = item.nodeid
+        changes = (
+            self._compare_baseline(nodeid, plan, values, properties) if plan.baseline else None
+        )
+        item.user_properties.extend(properties)
+        if self.direct_records:
+            self._direct[nodeid] = dict(properties)
+        return changes
+
     def _judge(
         self,
         item: pytest.Item,
-        meter: Meter,
+        meter: Meter | None,
         changes: list[baselines.Change] | None,
         verdict: Verdict | None,
     ) -> None:
@@ -495,6 +545,7 @@ class MemguardPlugin:
                 stacklevel=1,
             )
         if verdict.failed:
+            assert meter is not None  # a plan with a budget has a Meter
             measurement = meter.result
             assert measurement is not None  # made by meter.stop() for the verdict
             alive = all(v.metric in ("retained", "private") for v in verdict.violations)
