@@ -171,8 +171,8 @@ class Engine:
         """A whole window in the extension, without a ``Meter``: what a test that only reports
         its figures needs (the plugin's per-test windows without a budget, where ``native``).
         The Meter's layers of Python calls were ~6k instructions a test. ``flags`` from
-        ``window_flags``, without private memory (which needs a trim first); the handle is
-        for ``close_window``, which must follow."""
+        ``window_flags`` (private memory needs ``release_free_memory()`` first, as a Meter
+        does); the handle is for ``close_window``, or a Meter's read and close."""
         self.collector.begin()
         try:
             handle: int = self.native.window(flags, *self.window_args)
@@ -294,15 +294,15 @@ class Meter:
 
             release_free_memory()
         engine = self.engine
+        if engine.native is not None:
+            # No local may outlive the window's start: its free would count in the window.
+            self._handle = engine.open_window(
+                window_flags(self.use_heap, self.want_retained, self.want_private, self.want_fds)
+            )
+            self._collecting = True
+            return
         engine.collector.begin()
         self._collecting = True
-        native = engine.native
-        if native is not None:
-            flags = window_flags(
-                self.use_heap, self.want_retained, self.want_private, self.want_fds
-            )
-            self._handle = native.window(flags, *engine.window_args)
-            return
         probe = engine.probe  # first: opening it opens files, which must not count
         if self.want_fds:
             from .process import open_fds
