@@ -302,3 +302,94 @@ def test_items_that_are_not_test_functions_are_measured(
     peaks = {t["nodeid"].split("::")[1]: t["metrics"]["peak"] for t in report["tests"]}
     assert peaks["big"] >= 24 * 2**20
     assert 2**20 <= peaks["small"] < 4 * 2**20
+
+
+CALLS = """
+import os
+
+def test_counted():
+    with open("calls.txt", "a") as out:
+        out.write("x")
+    kept.append(bytearray(5 * 2**20))
+
+kept = []
+"""
+
+OTHER_CALL = """
+import pytest
+
+handled = []
+
+@pytest.hookimpl({mark})
+def pytest_pyfunc_call(pyfuncitem):
+    handled.append(pyfuncitem.name)
+    if pyfuncitem.name.startswith("test_handled"):  # what an async plugin does with its tests
+        pyfuncitem.obj()
+        return True
+    return None
+
+def pytest_sessionfinish(session):
+    print("HANDLED", ",".join(handled))
+"""
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(None, id="pytest-alone"),
+        pytest.param("", id="conftest-impl"),
+        pytest.param("tryfirst=True", id="conftest-tryfirst"),
+        pytest.param("late", id="registered-after-collection"),
+    ],
+)
+def test_every_test_is_called_once_and_measured_whoever_implements_the_call(
+    pytester: pytest.Pytester, run: Runner, other: str | None
+) -> None:
+    """pytest's implementation of pytest_pyfunc_call called from inside the window (no
+    wrapper), other implementations (async plugins) called in pluggy's order, and the wrapper
+    where another implementation would be called first: each test runs once, measured."""
+    if other == "late":  # a plugin registered by a fixture, after collection
+        pytester.makeconftest(
+            """
+            import pytest
+
+            class Late:
+                handled = []
+
+                @pytest.hookimpl(tryfirst=True)
+                def pytest_pyfunc_call(self, pyfuncitem):
+                    self.handled.append(pyfuncitem.name)
+                    if pyfuncitem.name.startswith("test_handled"):
+                        pyfuncitem.obj()
+                        return True
+                    return None
+
+            @pytest.fixture(scope="session", autouse=True)
+            def late(request):
+                request.config.pluginmanager.register(Late(), "late")
+
+            def pytest_sessionfinish(session):
+                print("HANDLED", ",".join(Late.handled))
+            """
+        )
+    elif other is not None:
+        pytester.makeconftest(OTHER_CALL.format(mark=other))
+    pytester.makepyfile(
+        CALLS
+        + """
+def test_handled():
+    with open("calls.txt", "a") as out:
+        out.write("h")
+    kept.append(bytearray(7 * 2**20))
+"""
+    )
+    result = run("-s", "--mem-report=r.json")
+    result.assert_outcomes(passed=2)
+    assert sorted(pytester.path.joinpath("calls.txt").read_text()) == ["h", "x"]
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    retained = {t["nodeid"].rpartition("::")[2]: t["metrics"]["heap_peak"] for t in tests}
+    assert 5 * 2**20 <= retained["test_counted"] < 6 * 2**20
+    assert 7 * 2**20 <= retained["test_handled"] < 8 * 2**20
+    if other is not None:
+        handled = result.stdout.str().split("HANDLED ")[1].split("\n")[0].split(",")
+        assert sorted(handled) == ["test_counted", "test_handled"]
