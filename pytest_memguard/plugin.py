@@ -211,8 +211,13 @@ class MemguardPlugin:
         self._gated_of: Callable[[tuple[int | None, ...]], tuple[int | None, ...]] = (
             itemgetter(*gated_at) if len(gated_at) > 1 else lambda v: tuple(v[i] for i in gated_at)
         )
+        gated = self._gated  # and of a stored entry (a KeyError where one is missing)
+        self._gated_in: Callable[[baselines.Entry], tuple[int | None, ...]] = (
+            itemgetter(*gated) if len(gated) > 1 else lambda e: tuple(e[m] for m in gated)
+        )
         self._judging = self.baseline_mode != "update"  # an update records instead of failing
         self._shared_plans: dict[tuple[int, int, bool, bool], TestPlan] = {}
+        self._plan_errors = False
         self._leak_defaults: LeakSettings | None = None
         self._budget_props: dict[int, tuple[Budget, list[tuple[str, Any]]]] = {}
         self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
@@ -268,7 +273,7 @@ class MemguardPlugin:
         manager = self.config.pluginmanager
         plans = {id(plan): plan for plan in self.plans.values()}.values()  # the distinct ones
         scope_test = self.scope_test
-        errors = any(plan.error is not None for plan in plans)
+        errors = self._plan_errors = any(plan.error is not None for plan in plans)
         leaks = any(plan.leak is not None for plan in plans)
         call_scope_items = not scope_test and not all(
             issubclass(kind, pytest.Function) for kind in set(map(type, items))
@@ -348,10 +353,13 @@ class MemguardPlugin:
     def _module_expected(self, module: str) -> dict[str, tuple[int | None, ...]]:
         """The gated figures of each entry of a module, as tuples in the order of
         ``_gated``: what a check compares first (made once per module)."""
-        gated = self._gated
-        expected = self._expected[module] = {
-            key: tuple(map(entry.get, gated)) for key, entry in self._module_entries(module).items()
-        }
+        entries = self._module_entries(module)
+        try:  # entries written by an update carry every gated metric: picked in C
+            expected = dict(zip(entries, map(self._gated_in, entries.values())))
+        except KeyError:  # a metric this platform could not measure when it was recorded
+            gated = self._gated
+            expected = {key: tuple(map(entry.get, gated)) for key, entry in entries.items()}
+        self._expected[module] = expected
         return expected
 
     def _baseline_use(self, nodeid: str) -> tuple[bool, str | None]:
@@ -592,14 +600,20 @@ class MemguardPlugin:
         expected = self._expected.get(module)
         if expected is None:
             expected = self._module_expected(module)
-        stored = expected.get(key if sep else module)
+        name = key if sep else module
+        # Taken, not read: what is left when the session ends was not run (no stale entries
+        # where nothing is left, see _settle_baselines).
+        stored = expected.pop(name, None)
         if stored is None:
-            properties.append(_STATUS_NEW)
-            return None
+            entry = self._module_entries(module).get(name)
+            if entry is None:
+                properties.append(_STATUS_NEW)
+                return None
+            stored = tuple(map(entry.get, self._gated))  # run again (a rerun plugin)
         if self._gated_of(values) == stored:
             properties.append(_STATUS_OK)
             return None
-        base = self._module_entries(module)[key if sep else module]
+        base = self._module_entries(module)[name]
         budget = plan.budget
         tolerance = (
             budget.tolerance
@@ -735,6 +749,17 @@ class MemguardPlugin:
             return False
         return not any("::" in str(arg) for arg in self.config.args)
 
+    def _every_entry_checked(self) -> bool:
+        """True when this process planned the run's tests (not an xdist controller, no plan
+        errors) and every stored entry of every tracked module was taken by a check: then no
+        entry is stale and its file needs no second look."""
+        if self.collected or not self.plans or self._plan_errors:
+            return False
+        expected = self._expected
+        return all(
+            not expected.get(module, True) for module, (on, _) in self._tracked.items() if on
+        )
+
     def _settle_baselines(self, items: Iterable[pytest.Item]) -> None:
         """Controller side: list new, regressed, improved and stale entries; on update, write
         each file once, under its lock."""
@@ -751,6 +776,14 @@ class MemguardPlugin:
         tracked = self._tracked.values()
         if mode == "off" or (mode == "auto" and tracked and not any(t for t, _ in tracked)):
             return  # by default, when no test module here has a baseline file: nothing to do
+        for nodeid, properties in self.measured_properties():
+            status = properties.get(_BASELINE_STATUS)
+            if status in ("regressed", "improved", "new"):
+                outcome[status].append(nodeid)
+        # Only a run that saw every test can tell a removed test from one not run this time.
+        full_run = self.unfiltered()
+        if mode != "update" and self._every_entry_checked():
+            return  # a check with nothing stale: no need to group the collected node ids
         by_file: dict[str, dict[str, baselines.Entry]] = {}
         collected = self.collected.union(map(_NODEID, items))
         if not collected:
@@ -762,17 +795,11 @@ class MemguardPlugin:
         collected_by_file: dict[str, set[str]] = {}
         for module, keys in keys_by_module.items():
             collected_by_file.setdefault(self._location(module)[0], set()).update(keys)
-        for nodeid, properties in self.measured_properties():
-            status = properties.get(_BASELINE_STATUS)
-            if status in ("regressed", "improved", "new"):
-                outcome[status].append(nodeid)
         if mode == "update":  # records made from reports: an update needs the outcomes
             for record in self.records.values():
                 if record.measured and record.fully_passed:
                     path, key = self._location(record.nodeid)
                     by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
-        # Only a run that saw every test can tell a removed test from one not run this time.
-        full_run = self.unfiltered()
         remove_stale = mode == "update" and full_run
         for path in sorted(set(by_file) | set(collected_by_file)):
             scopes = self._load_baseline(path)  # read once per session (update re-reads under lock)

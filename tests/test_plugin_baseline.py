@@ -272,7 +272,8 @@ def test_check_reports_status_and_stored_figures(
 ) -> None:
     """Each checked test's status and stored entry reach the JSON report: an entry equal to
     the figures (the common case, decided without a tolerance), one moved within tolerance,
-    and one carrying a metric this version does not know (a file from a newer version). The
+    one without a gated metric (recorded where it could not be measured), and one carrying a
+    metric this version does not know (a file from a newer version). The
     entry is joined from the file by the process that writes the report (under xdist, the
     controller), and stays off the tests' JUnit properties."""
     pytester.makepyfile(test_mod=MODULE)
@@ -282,6 +283,7 @@ def test_check_reports_status_and_stored_figures(
     stored = scopes[scope]
     stored["test_steady"]["allocations"] += 1
     stored["TestGroup::test_member"]["future_metric"] = 7
+    del stored["test_grows"]["retained"]
     baseline_file(pytester).write_text(b.dumps(scopes))
     report = pytester.path / "report.json"
     junit = pytester.path / "junit.xml"
@@ -300,6 +302,38 @@ def test_check_reports_status_and_stored_figures(
     assert xml.count('name="memguard.baseline.status" value="ok"') == 3
     assert "memguard.baseline.allocations" not in xml
     assert 'name="memguard.allocations"' in xml
+
+
+def test_a_test_run_twice_is_checked_twice_and_nothing_is_stale(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A check takes each test's stored figures as it compares them (what is left at the end
+    was not run). A test called again, as rerun plugins do, is still checked against its
+    entry, not reported new; an entry no test took is stale."""
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update").assert_outcomes(passed=3)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_runtest_call(item):
+            item.runtest()  # a second call, inside the same test
+            return (yield)
+        """
+    )
+    result = run("--mem-report=report.json")
+    result.assert_outcomes(passed=3)
+    assert "new, not in the baseline" not in result.stdout.str()
+    assert "stale entries" not in result.stdout.str()
+    tests = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert {t["baseline"]["status"] for t in tests} == {"ok"}
+    pytester.makepyfile(test_mod=MODULE.replace("def test_steady", "def test_renamed"))
+    result = run()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["*1 new, not in the baseline*", "*1 stale entries*", "*: test_steady"]
+    )
 
 
 def test_per_test_tolerance_and_gated_metrics(pytester: pytest.Pytester, run: Runner) -> None:
