@@ -780,8 +780,6 @@ class MemguardPlugin:
             status = properties.get(_BASELINE_STATUS)
             if status in ("regressed", "improved", "new"):
                 outcome[status].append(nodeid)
-        # Only a run that saw every test can tell a removed test from one not run this time.
-        full_run = self.unfiltered()
         if mode != "update" and self._every_entry_checked():
             return  # a check with nothing stale: no need to group the collected node ids
         by_file: dict[str, dict[str, baselines.Entry]] = {}
@@ -800,6 +798,8 @@ class MemguardPlugin:
                 if record.measured and record.fully_passed:
                     path, key = self._location(record.nodeid)
                     by_file.setdefault(path, {})[key] = baselines.entry_from(record.metrics)
+        # Only a run that saw every test can tell a removed test from one not run this time.
+        full_run = self.unfiltered()
         remove_stale = mode == "update" and full_run
         for path in sorted(set(by_file) | set(collected_by_file)):
             scopes = self._load_baseline(path)  # read once per session (update re-reads under lock)
