@@ -167,6 +167,33 @@ def test_can_be_disabled(pytester: pytest.Pytester, run: Runner) -> None:
     assert "memguard" not in result.stdout.str()
 
 
+def test_pytest_sees_every_hook_and_fixture_of_the_plugin(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The plugin's module and hook objects list only their hooks and fixtures in ``dir()``
+    (pytest scans every listed name for fixtures): nothing pytest needs may be left out."""
+    from _pytest.fixtures import getfixturemarker
+
+    from pytest_memguard import plugin
+
+    wanted = {
+        name
+        for name, value in vars(plugin).items()
+        if (name.startswith("pytest_") and callable(value)) or getfixturemarker(value)
+    }
+    assert wanted <= set(dir(plugin))
+    assert "memguard" in wanted
+    for cls in vars(plugin).values():
+        if isinstance(cls, type) and issubclass(cls, plugin._Registered):
+            hooks = {n for n in dir(cls) if n.startswith("pytest_")}
+            assert set(dir(cls.__new__(cls))) == hooks
+    assert "pytest_pyfunc_call" in dir(plugin._DirectCall.__new__(plugin._DirectCall))
+    # And in a run: the fixture is found and documented, the session object's hooks run.
+    assert "Measure memory, check for leaks" in run("--fixtures").stdout.str()
+    pytester.makepyfile(SIMPLE)
+    run().stdout.fnmatch_lines(["memguard *: peak = max(*", "*top 2 tests by peak*"])
+
+
 LOADED = """
 import sys
 
