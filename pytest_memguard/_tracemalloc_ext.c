@@ -1908,6 +1908,192 @@ static PyObject *ext_present(PyObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+/* read_baseline(data: bytes) -> object | None: the baseline store's JSON as json.loads would
+   give it, for the subset the store writes: objects nested at most four deep (document, scopes,
+   tests, metrics), ASCII strings without escapes, integers of up to 18 digits. Anything else
+   (escapes, non-ASCII, floats, arrays, literals, strings as values, an error) returns None
+   and the caller parses with json, which also words the errors. The json module spent ~90
+   instructions a byte on these files, mostly making and hashing keys and parsing integers in
+   general; every test's entry repeats the same five metric names, shared here. */
+typedef struct {
+    const char *p, *end;
+    PyObject *metrics[5]; /* the stored metric names, made once */
+} reader_t;
+
+#define METRIC(name) {name, sizeof(name) - 1}
+static const struct {
+    const char *name;
+    Py_ssize_t length;
+} metric_names[5] = {METRIC("allocations"), METRIC("heap_peak"), METRIC("retained"),
+                     METRIC("peak"), METRIC("private")};
+
+/* NULL without an exception: not in the subset (the caller falls back to json). */
+static PyObject *rd_object(reader_t *r, int depth);
+
+static inline void rd_space(reader_t *r)
+{
+    while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t')) {
+        r->p++;
+    }
+}
+
+static PyObject *rd_key(reader_t *r, int metric)
+{
+    const char *start = ++r->p; /* past the opening quote */
+    while (r->p < r->end) {
+        unsigned char c = (unsigned char)*r->p;
+        if (c == '"') {
+            Py_ssize_t n = r->p - start;
+            r->p++;
+            if (metric) {
+                for (int i = 0; i < 5; i++) {
+                    if (n == metric_names[i].length &&
+                        memcmp(start, metric_names[i].name, (size_t)n) == 0) {
+                        Py_INCREF(r->metrics[i]);
+                        return r->metrics[i];
+                    }
+                }
+            }
+            return PyUnicode_DecodeASCII(start, n, NULL);
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80) {
+            return NULL;
+        }
+        r->p++;
+    }
+    return NULL;
+}
+
+static PyObject *rd_int(reader_t *r)
+{
+    const char *p = r->p;
+    int negative = 0;
+    if (*p == '-') {
+        negative = 1;
+        p++;
+    }
+    const char *digits = p;
+    long long value = 0;
+    while (p < r->end && *p >= '0' && *p <= '9') {
+        if (p - digits == 18) {
+            return NULL;
+        }
+        value = value * 10 + (*p - '0');
+        p++;
+    }
+    if (p == digits || (*digits == '0' && p - digits > 1)) {
+        return NULL; /* no digits, or a leading zero, which JSON forbids */
+    }
+    if (p < r->end && (*p == '.' || *p == 'e' || *p == 'E')) {
+        return NULL;
+    }
+    r->p = p;
+    return PyLong_FromLongLong(negative ? -value : value);
+}
+
+static PyObject *rd_object(reader_t *r, int depth)
+{
+    r->p++; /* past the brace */
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    rd_space(r);
+    if (r->p < r->end && *r->p == '}') {
+        r->p++;
+        return dict;
+    }
+    for (;;) {
+        rd_space(r);
+        if (r->p >= r->end || *r->p != '"') {
+            goto out;
+        }
+        PyObject *key = rd_key(r, depth == 4);
+        if (key == NULL) {
+            goto out;
+        }
+        rd_space(r);
+        if (r->p >= r->end || *r->p != ':') {
+            Py_DECREF(key);
+            goto out;
+        }
+        r->p++;
+        rd_space(r);
+        PyObject *value = NULL;
+        if (r->p < r->end) {
+            if (*r->p == '{') {
+                value = depth < 4 ? rd_object(r, depth + 1) : NULL;
+            }
+            else if (*r->p == '-' || (*r->p >= '0' && *r->p <= '9')) {
+                value = rd_int(r);
+            }
+        }
+        if (value == NULL) {
+            Py_DECREF(key);
+            goto out;
+        }
+        int failed = PyDict_SetItem(dict, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (failed) {
+            goto out;
+        }
+        rd_space(r);
+        if (r->p < r->end && *r->p == ',') {
+            r->p++;
+            continue;
+        }
+        if (r->p < r->end && *r->p == '}') {
+            r->p++;
+            return dict;
+        }
+        goto out;
+    }
+out:
+    Py_DECREF(dict);
+    return NULL;
+}
+
+static PyObject *ext_read_baseline(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "read_baseline() takes bytes");
+        return NULL;
+    }
+    reader_t r;
+    r.p = PyBytes_AS_STRING(arg);
+    r.end = r.p + PyBytes_GET_SIZE(arg);
+    for (int i = 0; i < 5; i++) {
+        r.metrics[i] = PyUnicode_InternFromString(metric_names[i].name);
+        if (r.metrics[i] == NULL) {
+            while (i--) {
+                Py_DECREF(r.metrics[i]);
+            }
+            return NULL;
+        }
+    }
+    PyObject *document = NULL;
+    rd_space(&r);
+    if (r.p < r.end && *r.p == '{') {
+        document = rd_object(&r, 1);
+    }
+    for (int i = 0; i < 5; i++) {
+        Py_DECREF(r.metrics[i]);
+    }
+    if (document == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL; /* out of memory: not a reason to try json */
+        }
+        Py_RETURN_NONE;
+    }
+    rd_space(&r);
+    if (r.p != r.end) {
+        Py_DECREF(document);
+        Py_RETURN_NONE;
+    }
+    return document;
+}
+
 static PyMethodDef methods[] = {
     {"install", ext_install, METH_NOARGS, "Put the hooks in now (enable() does it anyway)."},
     {"is_installed", ext_is_installed, METH_NOARGS, "True if our hooks are the current ones."},
@@ -1933,6 +2119,8 @@ static PyMethodDef methods[] = {
     {"stats", ext_stats, METH_NOARGS, "Internal state, for tests and the report header."},
     {"present", (PyCFunction)(void (*)(void))ext_present, METH_FASTCALL,
      "present(names, values) -> [(name, value), ...] where value is not None."},
+    {"read_baseline", ext_read_baseline, METH_O,
+     "read_baseline(data) -> the document, or None where json must read it."},
 #ifdef __linux__
     {"kernel", ext_kernel, METH_VARARGS,
      "kernel(statm_fd, clear_refs_fd): (resident pages, shared pages, ru_maxrss KiB); resets "

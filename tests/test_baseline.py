@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_memguard import baseline as b
 from pytest_memguard.cli import main
@@ -54,6 +56,10 @@ def test_dumps_is_sorted_one_entry_per_line_and_round_trips(tmp_path: Path) -> N
         ('{"version": 1, "scopes": {"s": {"t": {"peak": 1.5}}}}', "must map metrics to ints"),
         ('{"version": 1, "scopes": {"s": {"a": {"peak": 1}, "t": [1]}}}', "entry 't' in 's'"),
         ('{"version": 1, "scopes": {"s": []}}', "scope 's' must be an object of tests"),
+        ('{"version": 1, "scopes": {"s": 3}}', "scope 's' must be an object of tests"),
+        ('{"version": 1, "scopes": {"s": {"t": 5}}}', "entry 't' in 's' must map"),
+        ('{"version": 1, "scopes": {"s": {"t": {"peak": {"x": 1}}}}}', "must map metrics"),
+        ('{"version": "1", "scopes": {}}', "schema version '1'"),
     ],
 )
 def test_bad_files_are_errors_naming_the_file(tmp_path: Path, content: str, fragment: str) -> None:
@@ -63,6 +69,14 @@ def test_bad_files_are_errors_naming_the_file(tmp_path: Path, content: str, frag
         b.load(str(path))
     assert str(path) in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"version": 1, "scopes": {"s\xff": {}}}')
+    with pytest.raises(b.BaselineError, match="not UTF-8") as info:
+        b.load(str(path))
+    assert str(path) in str(info.value)
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
@@ -197,3 +211,54 @@ def test_locks_live_in_one_directory_of_the_users_own(tmp_path: Path) -> None:
         assert os.path.basename(os.path.dirname(lock)) == f"memguard-locks-{os.getuid()}"
         assert os.stat(os.path.dirname(lock)).st_mode & 0o077 == 0
     assert not any(tmp_path.rglob("*.lock"))  # nothing beside the baseline file
+
+
+# The extension's reader of the store's JSON: the document json.loads gives, or None.
+keys = st.text(max_size=12)
+leaves = st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=5) | st.booleans()
+documents = st.recursive(
+    leaves, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=20
+)
+styles = st.sampled_from(
+    [{}, {"indent": 2}, {"separators": (",", ":")}, {"ensure_ascii": False}, {"indent": "\t"}]
+)
+
+
+@given(document=documents, style=styles)
+def test_the_extensions_reader_gives_what_json_gives_or_hands_over(
+    document: object, style: dict[str, object]
+) -> None:
+    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
+    data = json.dumps(document, **style).encode()  # type: ignore[arg-type]
+    found = read(data)
+    assert found is None or found == json.loads(data)
+    assert b.parse("f", data) == json.loads(data)
+
+
+ENTRY = st.fixed_dictionaries(
+    {"allocations": st.integers(0, 10**6), "heap_peak": st.integers(0, 2**40)},
+    optional={"retained": st.integers(0, 2**40), "private": st.integers(-(2**40), 2**40)},
+)
+ID = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'))
+
+
+@given(
+    scopes=st.dictionaries(
+        st.sampled_from(["cpython-3.11", "cpython-3.13"]), st.dictionaries(ID, ENTRY)
+    ),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
+)
+def test_the_extension_reads_what_the_store_writes_and_nothing_wrong_from_a_damaged_file(
+    scopes: dict[str, dict[str, b.Entry]], flips: list[tuple[int, int]]
+) -> None:
+    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
+    data = bytearray(b.dumps(scopes).encode())
+    assert read(bytes(data)) == json.loads(data)  # every file the store writes, in C
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    try:
+        expected: object = json.loads(bytes(data).decode("utf-8"))
+    except ValueError:
+        expected = None
+    found = read(bytes(data))
+    assert found is None or found == expected
