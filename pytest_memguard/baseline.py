@@ -52,7 +52,9 @@ def location(nodeid: str, rootdir: str) -> tuple[str, str]:
     return os.path.join(directory, DIRNAME, f"{stem}.json"), (rest if sep else module)
 
 
-def _validate(path: str, document: Any) -> dict[str, dict[str, Entry]]:
+def _validate(path: str, document: Any, deep: bool = True) -> dict[str, dict[str, Entry]]:
+    """The document's scopes, checked; ``deep=False`` where every figure is known to be an
+    int already (the extension's reader gives nothing else four deep)."""
     if not isinstance(document, dict) or "version" not in document:
         raise BaselineError(f"{path}: not a memguard baseline (no schema version)")
     if document["version"] != SCHEMA_VERSION:
@@ -69,9 +71,9 @@ def _validate(path: str, document: Any) -> dict[str, dict[str, Entry]]:
             raise BaselineError(f"{path}: scope {scope!r} must be an object of tests")
         # Every entry a dict of ints (bool is a type of its own): checked in C, without a
         # Python frame per entry (files are read at collection, a few thousand entries each).
-        if (
-            set(map(type, entries.values())) <= _DICT_ONLY
-            and set(map(type, chain.from_iterable(map(dict.values, entries.values())))) <= _INT_ONLY
+        if set(map(type, entries.values())) <= _DICT_ONLY and (
+            not deep
+            or set(map(type, chain.from_iterable(map(dict.values, entries.values())))) <= _INT_ONLY
         ):
             continue
         for key, entry in entries.items():  # which one is wrong
@@ -91,18 +93,17 @@ def load(path: str) -> dict[str, dict[str, Entry]]:
         return {}
     except OSError as exc:
         raise BaselineError(f"{path}: cannot read baseline: {exc}") from None
-    return _validate(path, parse(path, data))
+    # Read by the extension where the file is in the subset this module writes (every file it
+    # wrote, unless a test id needed escaping), else by json. A check reads every file at
+    # collection: json took ~4 M instructions for ten files of 50 tests, the extension ~1 M.
+    document = _read_baseline(data) if _read_baseline is not None else None
+    if document is not None:
+        return _validate(path, document, deep=False)
+    return _validate(path, _parse_json(path, data))
 
 
-def parse(path: str, data: bytes) -> Any:
-    """The JSON document in ``data``: read by the extension where the file is in the subset
-    this module writes (every file it wrote, unless a test id needed escaping), else by json.
-    A check reads every file at collection; json took ~4 M instructions for ten files of 50
-    tests, the extension a fifth of that."""
-    if _read_baseline is not None:
-        document = _read_baseline(data)
-        if document is not None:
-            return document
+def _parse_json(path: str, data: bytes) -> Any:
+    """The JSON document in ``data`` as json reads it; errors name the file."""
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

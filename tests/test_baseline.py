@@ -232,7 +232,17 @@ def test_the_extensions_reader_gives_what_json_gives_or_hands_over(
     data = json.dumps(document, **style).encode()  # type: ignore[arg-type]
     found = read(data)
     assert found is None or found == json.loads(data)
-    assert b.parse("f", data) == json.loads(data)
+    # What load() relies on to skip checking each figure: objects at most four deep, whose
+    # values are objects or ints (never bool, str or float).
+    assert found is None or _only_objects_and_ints(found, depth=1)
+
+
+def _only_objects_and_ints(value: object, depth: int) -> bool:
+    if type(value) is int:
+        return depth > 1
+    if type(value) is dict:
+        return depth <= 4 and all(_only_objects_and_ints(v, depth + 1) for v in value.values())
+    return False
 
 
 ENTRY = st.fixed_dictionaries(
