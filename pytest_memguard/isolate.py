@@ -54,8 +54,8 @@ _CACHE_FLAGS = frozenset(
 )
 # How the parent chose its tests: the child is given its one test by node id, and must start
 # from the same state however the parent was asked. A -k or -m expression is compiled in the
-# child before its test runs, and what that leaves behind (entries in re's cache) moved a
-# spawned child's count of the same test by 3 allocations on CPython 3.12.
+# child before its test runs, and what that leaves behind (not traced; re's cache is likely)
+# moved a spawned child's count of the same test by 3 allocations on CPython 3.12.
 _SELECTION_FLAGS = frozenset({"-k", "-m", "--deselect"})
 # Flags whose value is the next argument unless attached (``-kEXPR``, ``--deselect=ID``).
 _VALUE_FLAGS = frozenset({"-k", "-m", "--deselect", "--lfnf", "--last-failed-no-failures"})
