@@ -272,3 +272,14 @@ def test_the_extension_reads_what_the_store_writes_and_nothing_wrong_from_a_dama
         expected = None
     found = read(bytes(data))
     assert found is None or found == expected
+
+
+def test_the_extension_shares_every_stored_metric_name_between_entries() -> None:
+    """Its list of metric names mirrors ``STORED``: a name added to one and not the other
+    would be a new string in every entry of every file."""
+    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
+    entry = dict.fromkeys(b.STORED, 1)
+    scopes = read(b.dumps({"s": {"a": entry, "b": entry}}).encode())["scopes"]["s"]
+    first, second = scopes["a"], scopes["b"]
+    assert list(first) == sorted(b.STORED)
+    assert all(k1 is k2 for k1, k2 in zip(first, second))
