@@ -93,7 +93,7 @@ def _live_objects(skip: set[int]) -> Iterator[object]:
                 if candidate is not obj and gc.is_tracked(candidate):
                     continue
                 seen.add(ident)
-                if not type(candidate).__module__.startswith(_PACKAGE_NAME):
+                if not type_name(type(candidate)).startswith(_PACKAGE_NAME):
                     yield candidate
     finally:
         # Up to 3.10 this generator's own frame is a GC object and so in ``objects``: frame and
@@ -103,15 +103,28 @@ def _live_objects(skip: set[int]) -> Iterator[object]:
         seen.clear()
 
 
-def _type_name(obj: object) -> str:
-    kind = type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")
+def _dunder_str(kind: type, name: str, default: str) -> str:
+    # Read from the type itself, never trusting it to be a str: a metatype may define the name
+    # as a descriptor for its instances (Cython 3 metatypes, as in numpy.random, do this for
+    # ``__module__``), and then the lookup on the type returns the descriptor object.
+    try:
+        value = getattr(kind, name, default)
+    except Exception:
+        return default
+    return value if isinstance(value, str) else default
+
+
+def type_name(kind: type) -> str:
+    """``module.QualName`` of a type (builtins without a prefix), for any type at all."""
+    module = _dunder_str(kind, "__module__", "?")
+    qualname = _dunder_str(kind, "__qualname__", "") or _dunder_str(kind, "__name__", "?")
+    return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
 def _sizeof(obj: object) -> int:
     try:
         return sys.getsizeof(obj)
-    except TypeError:  # objects whose __sizeof__ is broken
+    except Exception:  # objects whose __sizeof__ is broken or raises
         return 0
 
 
@@ -121,7 +134,7 @@ def census_objects(block_size: Callable[[object], int], limit: int) -> list[Type
     for obj in _live_objects({id(counts)}):
         size = block_size(obj)
         if size >= 0:
-            entry = counts[_type_name(obj)]
+            entry = counts[type_name(type(obj))]
             entry[0] += 1
             # The object's own block may be a header whose buffer is a second block.
             entry[1] += max(size, _sizeof(obj))
@@ -149,7 +162,7 @@ def census_types(exclude: Sequence[object] = ()) -> dict[str, tuple[int, int]]:
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     skip = _reachable_ids(exclude) | {id(totals)}
     for obj in _live_objects(skip):
-        entry = totals[_type_name(obj)]
+        entry = totals[type_name(type(obj))]
         entry[0] += 1
         entry[1] += _sizeof(obj)
     return {name: (c, b) for name, (c, b) in totals.items()}

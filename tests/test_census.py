@@ -1,0 +1,110 @@
+"""Failure explanations describe any object: hostile types never replace a report by a crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_memguard.census import census_types, type_name
+
+from .conftest import Runner
+
+# Types a report meets in real processes: Cython 3 metatypes (numpy.random, memray) define
+# ``__module__`` as a descriptor for their instances, so on the metatype itself it reads as the
+# descriptor; proxies raise from attribute reads; some objects' ``__sizeof__`` raises.
+HOSTILE = """
+class DescriptorModuleMeta(type):
+    @property
+    def __module__(self):
+        return "described"
+
+
+class Described(metaclass=DescriptorModuleMeta):
+    pass
+
+
+class RaisingMeta(type):
+    def __getattribute__(cls, name):
+        if name in ("__module__", "__qualname__", "__name__"):
+            raise RuntimeError("no names here")
+        return super().__getattribute__(name)
+
+
+class Nameless(metaclass=RaisingMeta):
+    def __sizeof__(self):
+        raise RuntimeError("no size either")
+
+    def __repr__(self):
+        raise RuntimeError("no repr either")
+"""
+
+
+def _hostile() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "hostile"}
+    exec(HOSTILE, namespace)
+    return namespace
+
+
+def test_type_name_of_ordinary_and_hostile_types() -> None:
+    ns = _hostile()
+    assert type_name(int) == "int"
+    assert type_name(pytest.MonkeyPatch) == "_pytest.monkeypatch.MonkeyPatch"
+    # The metatype's own __module__ is a property object, not a str.
+    assert not isinstance(ns["DescriptorModuleMeta"].__module__, str)
+    assert type_name(ns["DescriptorModuleMeta"]) == "?.DescriptorModuleMeta"
+    assert type_name(ns["Described"]) == "described.Described"
+    assert type_name(ns["Nameless"]) == "?.?"
+
+
+def test_census_counts_hostile_objects() -> None:
+    ns = _hostile()
+    keep = [ns["Nameless"]() for _ in range(3)]
+    counts = census_types()
+    assert counts["?.?"][0] >= 3
+    assert keep
+
+
+HOSTILE_TESTS = (
+    HOSTILE
+    + """
+import pytest
+
+try:
+    import numpy.random  # noqa: F401  (Cython 3 metatypes, the case met in the wild)
+except ImportError:
+    pass
+
+KEEP = []
+
+
+@pytest.mark.mem_budget(retained="64KB")
+def test_budget_explained():
+    KEEP.append([Nameless() for _ in range(2000)])
+    KEEP.append(Described)
+
+
+@pytest.mark.mem_leak_check(iterations=12, warmup=2)
+def test_leak_explained():
+    KEEP.append(Nameless())
+"""
+)
+
+
+def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_hostile=HOSTILE_TESTS)
+    result = run()
+    result.assert_outcomes(failed=2)
+    text = result.stdout.str()
+    assert "AttributeError" not in text
+    assert "RuntimeError" not in text
+    result.stdout.fnmatch_lines(
+        [
+            "*retained * exceeds mem_budget 64.0 KiB by *",
+            "Object types allocated during the test and still alive:",
+            "*2,00? *?.?",
+            "*grew over 12 judged calls*",
+            "Object types that grew (per call):",
+            "*+1 *?.?",
+        ]
+    )
