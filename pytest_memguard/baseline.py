@@ -18,14 +18,13 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from itertools import chain
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from .measurement import format_metric
 from .report import atomic_write
 from .tolerance import Tolerance
-from .valueclass import field, valueclass
 
 SCHEMA_VERSION = 1
 DIRNAME = "__memguard__"
@@ -33,10 +32,6 @@ STORED = ("allocations", "heap_peak", "retained", "peak", "private")
 COUNTS = frozenset({"allocations"})
 
 Entry = dict[str, int]
-
-
-_DICT_ONLY = frozenset({dict})
-_INT_ONLY = frozenset({int})
 
 
 class BaselineError(Exception):
@@ -52,9 +47,8 @@ def location(nodeid: str, rootdir: str) -> tuple[str, str]:
     return os.path.join(directory, DIRNAME, f"{stem}.json"), (rest if sep else module)
 
 
-def _validate(path: str, document: Any, deep: bool = True) -> dict[str, dict[str, Entry]]:
-    """The document's scopes, checked; ``deep=False`` where every figure is known to be an
-    int already (the extension's reader gives nothing else four deep)."""
+def _validate(path: str, document: Any) -> dict[str, dict[str, Entry]]:
+    """The document's scopes, checked."""
     if not isinstance(document, dict) or "version" not in document:
         raise BaselineError(f"{path}: not a memguard baseline (no schema version)")
     if document["version"] != SCHEMA_VERSION:
@@ -69,14 +63,7 @@ def _validate(path: str, document: Any, deep: bool = True) -> dict[str, dict[str
     for scope, entries in scopes.items():
         if not isinstance(entries, dict):
             raise BaselineError(f"{path}: scope {scope!r} must be an object of tests")
-        # Every entry a dict of ints (bool is a type of its own): checked in C, without a
-        # Python frame per entry (files are read at collection, a few thousand entries each).
-        if set(map(type, entries.values())) <= _DICT_ONLY and (
-            not deep
-            or set(map(type, chain.from_iterable(map(dict.values, entries.values())))) <= _INT_ONLY
-        ):
-            continue
-        for key, entry in entries.items():  # which one is wrong
+        for key, entry in entries.items():
             if not isinstance(entry, dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in entry.values()
             ):
@@ -93,12 +80,6 @@ def load(path: str) -> dict[str, dict[str, Entry]]:
         return {}
     except OSError as exc:
         raise BaselineError(f"{path}: cannot read baseline: {exc}") from None
-    # Read by the extension where the file is in the subset this module writes (every file it
-    # wrote, unless a test id needed escaping), else by json. A check reads every file at
-    # collection: json took ~4 M instructions for ten files of 50 tests, the extension ~1 M.
-    document = _read_baseline(data) if _read_baseline is not None else None
-    if document is not None:
-        return _validate(path, document, deep=False)
     return _validate(path, _parse_json(path, data))
 
 
@@ -110,13 +91,6 @@ def _parse_json(path: str, data: bytes) -> Any:
         raise BaselineError(f"{path}: corrupt baseline (not UTF-8: {exc})") from None
     except json.JSONDecodeError as exc:
         raise BaselineError(f"{path}: corrupt baseline (invalid JSON: {exc})") from None
-
-
-_read_baseline: Callable[[bytes], Any] | None
-try:
-    from ._tracemalloc_ext import read_baseline as _read_baseline  # type: ignore[no-redef]
-except ImportError:  # not built, or a stale build: json reads every file
-    _read_baseline = None
 
 
 def dumps(scopes: Mapping[str, Mapping[str, Entry]]) -> str:
@@ -217,7 +191,7 @@ def update_file(
         return True
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Change:
     metric: str
     base: int
@@ -239,16 +213,10 @@ class Change:
         )
 
 
-@valueclass
+@dataclass
 class Comparison:
     regressions: list[Change] = field(default_factory=list)
     improvements: list[Change] = field(default_factory=list)
-
-    def __init__(  # written out: one is made per test with a baseline
-        self, regressions: list[Change] | None = None, improvements: list[Change] | None = None
-    ) -> None:
-        self.regressions = [] if regressions is None else regressions
-        self.improvements = [] if improvements is None else improvements
 
 
 def compare(
@@ -280,3 +248,139 @@ def render_regression(changes: Iterable[Change]) -> str:
         f"{DIRNAME} files)"
     )
     return "\n".join(lines)
+
+
+class Checked(NamedTuple):
+    """How one test's figures compare with its entry: ``status`` is ``ok``, ``new``,
+    ``regressed`` or ``improved`` (regressions win over improvements); ``moved`` the figures
+    beyond tolerance, ``regressions`` those of them that should fail the test."""
+
+    status: str
+    moved: list[Change]
+    regressions: list[Change]
+
+
+OUTCOME_KEYS = ("regressed", "improved", "new", "stale", "updated", "errors")
+
+
+class BaselineCheck:
+    """The baselines of one run: which tests are tracked, how each compares with its entry,
+    which entries are stale, and the update written at the end.
+
+    Files are read once per run, before an update writes them, so the JSON report finds the
+    entries the check used. ``mode``: ``check``, ``update``, ``off``, or ``auto`` (check where
+    a test module's baseline file exists).
+    """
+
+    def __init__(
+        self,
+        rootdir: str,
+        scope: str,
+        mode: str,
+        gated: Sequence[str],
+        tolerance: Tolerance,
+    ) -> None:
+        self.rootdir = rootdir
+        self.scope = scope
+        self.mode = mode
+        self.gated = tuple(gated)
+        self.tolerance = tolerance
+        self._files: dict[str, dict[str, dict[str, Entry]] | str] = {}
+        self._paths: dict[str, str] = {}  # test module (as in node ids) -> baseline file
+
+    @property
+    def judging(self) -> bool:
+        """A check fails regressed tests; an update records them instead."""
+        return self.mode != "update"
+
+    def locate(self, nodeid: str) -> tuple[str, str]:
+        """(baseline file, key in it) of a test."""
+        module, sep, rest = nodeid.partition("::")
+        path = self._paths.get(module)
+        if path is None:
+            path = self._paths[module] = location(module, self.rootdir)[0]
+        return path, (rest if sep else module)
+
+    def _read(self, path: str) -> dict[str, dict[str, Entry]] | str:
+        """A file's scopes, or why it cannot be used."""
+        found = self._files.get(path)
+        if found is None:
+            try:
+                found = load(path)
+            except BaselineError as exc:
+                found = str(exc)
+            self._files[path] = found
+        return found
+
+    def tracks(self, nodeid: str) -> bool:
+        if self.mode == "off":
+            return False
+        return self.mode != "auto" or os.path.exists(self.locate(nodeid)[0])
+
+    def problem(self, nodeid: str) -> str | None:
+        """Why a tracked test's baseline file cannot be used (it is never overwritten)."""
+        found = self._read(self.locate(nodeid)[0])
+        return found if isinstance(found, str) else None
+
+    def entry(self, nodeid: str) -> Entry | None:
+        path, key = self.locate(nodeid)
+        found = self._read(path)
+        return None if isinstance(found, str) else found.get(self.scope, {}).get(key)
+
+    def compare(
+        self, nodeid: str, metrics: Mapping[str, int | None], tolerance: Tolerance | None = None
+    ) -> Checked:
+        """``tolerance``: the test's own (a marker's), else the run's."""
+        base = self.entry(nodeid)
+        if base is None:
+            return Checked("new", [], [])
+        result = compare(base, metrics, self.gated, tolerance or self.tolerance)
+        moved = result.regressions or result.improvements
+        status = "regressed" if result.regressions else "improved" if moved else "ok"
+        return Checked(status, moved, result.regressions if self.judging else [])
+
+    def settle(
+        self,
+        statuses: Iterable[tuple[str, str]],
+        passed: Iterable[tuple[str, Mapping[str, Any]]],
+        collected: Iterable[str],
+        full_run: bool,
+    ) -> dict[str, list[str]]:
+        """The run's outcome by kind (``OUTCOME_KEYS``); an update writes each file once,
+        under its lock. ``statuses``: (node id, baseline status) of the tests compared;
+        ``passed``: (node id, metrics) of the tests that passed whole (what an update
+        records); ``collected``: every collected node id. Only a run that saw every test
+        (``full_run``) can tell a removed test from one not run this time: only it lists
+        stale entries, and only its update removes them."""
+        outcome: dict[str, list[str]] = {key: [] for key in OUTCOME_KEYS}
+        if self.mode == "off":
+            return outcome
+        for nodeid, status in statuses:
+            if status in ("regressed", "improved", "new"):
+                outcome[status].append(nodeid)
+        keys_by_file: dict[str, set[str]] = {}
+        for nodeid in collected:
+            path, key = self.locate(nodeid)
+            keys_by_file.setdefault(path, set()).add(key)
+        updates: dict[str, dict[str, Entry]] = {}
+        if self.mode == "update":
+            for nodeid, metrics in passed:
+                path, key = self.locate(nodeid)
+                updates.setdefault(path, {})[key] = entry_from(metrics)
+        for path in sorted(set(updates) | set(keys_by_file)):
+            if self.mode == "auto" and not os.path.exists(path):
+                continue
+            found = self._read(path)
+            if isinstance(found, str):
+                outcome["errors"].append(found)
+                continue
+            stored = found.get(self.scope, {})
+            stale = sorted(set(stored) - keys_by_file.get(path, set())) if full_run else []
+            where = os.path.relpath(path, self.rootdir)
+            outcome["stale"].extend(f"{where}: {key}" for key in stale)
+            entries = updates.get(path, {})
+            if self.mode != "update" or not (entries or stale):
+                continue
+            if update_file(path, self.scope, entries, stale, self.tolerance):
+                outcome["updated"].append(where)
+        return outcome

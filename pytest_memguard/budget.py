@@ -7,12 +7,12 @@ error names the test, the argument and the value, and says what was expected.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .measurement import Measurement, format_metric
 from .tolerance import Tolerance, ToleranceError
 from .units import SizeError, parse_size
-from .valueclass import field, replace, valueclass
 
 BUDGET_METRICS = ("peak", "retained", "private", "allocations")
 _KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance")
@@ -22,7 +22,7 @@ class BudgetError(ValueError):
     """A ``mem_budget`` that cannot mean anything; the message says where and why."""
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Budget:
     peak: int | None = None
     retained: int | None = None
@@ -51,7 +51,7 @@ class Budget:
         return replace(self, **values)
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Violation:
     metric: str
     limit: int
@@ -66,7 +66,7 @@ class Violation:
         )
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Verdict:
     violations: tuple[Violation, ...] = ()
     unmeasured: tuple[str, ...] = field(default=())

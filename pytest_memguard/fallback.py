@@ -7,14 +7,14 @@ switches it on only for tests that ask for heap figures. Loaded only where it is
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .census import PACKAGE_DIR, aggregate_sites, census_objects, per_call
 from .heap import DEFAULT_FRAMES, Frame, HeapReading, Site, TypeGrowth
-from .valueclass import valueclass
 
 
-@valueclass
+@dataclass
 class _TmToken:
     start: int
     high: int

@@ -12,16 +12,15 @@ keeps its own peak by saving the outer peak when it opens and folding its own in
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
-
-from .valueclass import valueclass
 
 DEFAULT_SAMPLE_INTERVAL = 512 * 1024
 DEFAULT_FRAMES = 4
 FORCE_FALLBACK_ENV = "MEMGUARD_FORCE_TRACEMALLOC"
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Frame:
     filename: str
     lineno: int
@@ -31,7 +30,7 @@ class Frame:
         return f"{self.filename}:{self.lineno}"
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Site:
     """Where memory was allocated: estimated bytes and count, and how much is still alive."""
 
@@ -42,7 +41,7 @@ class Site:
     stack: tuple[Frame, ...] = ()
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class TypeGrowth:
     """Objects of one type allocated in the window and still alive at its end."""
 
@@ -51,7 +50,7 @@ class TypeGrowth:
     bytes: int
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class HeapReading:
     allocations: int | None
     frees: int | None
@@ -186,7 +185,7 @@ def load_backend() -> HeapBackend:
     if os.environ.get(FORCE_FALLBACK_ENV):
         return _fallback(f"{FORCE_FALLBACK_ENV} is set")
     try:
-        from . import _tracemalloc_ext
+        import pytest_memguard._tracemalloc_ext as _tracemalloc_ext
     except ImportError as exc:
         return _fallback(f"extension unavailable: {exc}")
     missing = [name for name in _EXT_API if not hasattr(_tracemalloc_ext, name)]

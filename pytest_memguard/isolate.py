@@ -30,6 +30,7 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 from .leaks import InterpreterCleanup
+from .options import CHILD_OPTION
 
 # Forces the spawn path where fork exists, to test it (and to compare the two).
 SPAWN_ENV = "MEMGUARD_ISOLATE_SPAWN"
@@ -134,8 +135,6 @@ def child_command(config: pytest.Config, item: pytest.Item, reports: str) -> lis
     command = [sys.executable, "-m", "pytest", *args, target, "-p", "no:cacheprovider"]
     if config.pluginmanager.hasplugin("xdist"):
         command += ["-n", "0"]  # one test, in this child: no workers of its own
-    from .plugin import CHILD_OPTION
-
     return [*command, f"{CHILD_OPTION}={reports}"]
 
 

@@ -32,13 +32,13 @@ import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable, cast
 
 from .census import census_types
 from .heap import Site, TypeGrowth
 from .measurement import Engine
 from .process import IS_LINUX, open_fds
-from .valueclass import field, valueclass
 
 STAGES = (1, 2, 4, 8)
 # Measured calls of the screen that runs first when the number of calls was left at its default:
@@ -56,7 +56,7 @@ LOOSE_R2 = 0.8
 LOOSE_HALF_RATIO = 0.25
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class LeakSettings:
     iterations: int = 30
     warmup: int = 5
@@ -151,7 +151,7 @@ def r_squared(values: Sequence[float], slope: float) -> float:
     return max(0.0, 1.0 - error / total)
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Trend:
     slope: float
     r2: float
@@ -209,7 +209,7 @@ def trend(values: Sequence[float]) -> Trend:
     )
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class MetricFinding:
     metric: str
     per_call: float
@@ -481,7 +481,7 @@ def native_allocated() -> Callable[[], int] | None:
 # ---------------------------------------------------------------------------- the runner
 
 
-@valueclass
+@dataclass
 class LeakResult:
     leaked: bool
     calls: int

@@ -13,12 +13,12 @@ import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .garbage import Collector
 from .heap import ExtBackend, HeapBackend, Site, TypeGrowth, load_backend
 from .units import format_count, format_size
-from .valueclass import field, valueclass
 
 if TYPE_CHECKING:
     # Imported where used: a native window (Linux, extension built) needs none of it, so most
@@ -41,7 +41,7 @@ def format_metric(metric: str, value: int | None, signed: bool = False) -> str:
     return format_size(value, signed)
 
 
-@valueclass
+@dataclass
 class Measurement:
     """What one window measured. A metric nobody could measure is ``None``, never a guess."""
 
@@ -58,36 +58,6 @@ class Measurement:
     retained_blocks: int | None = None
     sites: list[Site] = field(default_factory=list)
     types: list[TypeGrowth] = field(default_factory=list)
-
-    def __init__(  # written out: one is made per test, and the generic one is slower
-        self,
-        peak: int | None = None,
-        heap_peak: int | None = None,
-        retained: int | None = None,
-        private: int | None = None,
-        rss: int | None = None,
-        allocations: int | None = None,
-        fds: int | None = None,
-        frees: int | None = None,
-        allocated_bytes: int | None = None,
-        kernel_peak: int | None = None,
-        retained_blocks: int | None = None,
-        sites: list[Site] | None = None,
-        types: list[TypeGrowth] | None = None,
-    ) -> None:
-        self.peak = peak
-        self.heap_peak = heap_peak
-        self.retained = retained
-        self.private = private
-        self.rss = rss
-        self.allocations = allocations
-        self.fds = fds
-        self.frees = frees
-        self.allocated_bytes = allocated_bytes
-        self.kernel_peak = kernel_peak
-        self.retained_blocks = retained_blocks
-        self.sites = [] if sites is None else sites
-        self.types = [] if types is None else types
 
     def fill(self, values: tuple[int | None, ...]) -> None:
         """From ``Meter.read()`` (the extension's window_read() tuple)."""
@@ -166,32 +136,6 @@ class Engine:
             resident, anon = self.native.resident_and_anon()
             return int(resident), int(anon)
         return self.probe.resident_and_anon()
-
-    def open_window(self, flags: int) -> int:
-        """A whole window in the extension, without a ``Meter``: what a test that only reports
-        its figures needs (the plugin's per-test windows without a budget, where ``native``).
-        The Meter's layers of Python calls were ~6k instructions a test. ``flags`` from
-        ``window_flags`` (private memory needs ``release_free_memory()`` first, as a Meter
-        does); the handle is for ``close_window``, or a Meter's read and close."""
-        self.collector.begin()
-        try:
-            handle: int = self.native.window(flags, *self.window_args)
-        except BaseException:
-            self.collector.end()
-            raise
-        return handle
-
-    def close_window(self, handle: int, retained: bool) -> tuple[int | None, ...]:
-        """The figures of an ``open_window`` window (as ``Meter.read()`` gives them), closed.
-        ``retained``: the window measures retained bytes (garbage is collected first)."""
-        try:
-            if retained:
-                self.collector.collect()
-            values: tuple[int | None, ...] = self.native.window_read(handle)
-            return values
-        finally:
-            self.native.window_close(handle)
-            self.collector.end()
 
     def describe(self) -> str:
         heap = self.heap
@@ -296,10 +240,12 @@ class Meter:
         engine = self.engine
         if engine.native is not None:
             # No local may outlive the window's start: its free would count in the window.
-            self._handle = engine.open_window(
-                window_flags(self.use_heap, self.want_retained, self.want_private, self.want_fds)
-            )
+            engine.collector.begin()
             self._collecting = True
+            self._handle = engine.native.window(
+                window_flags(self.use_heap, self.want_retained, self.want_private, self.want_fds),
+                *engine.window_args,
+            )
             return
         engine.collector.begin()
         self._collecting = True
@@ -396,6 +342,16 @@ class Meter:
         else:
             result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
 
+    def __enter__(self) -> Meter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self._collecting:
             self._collecting = False
@@ -433,7 +389,7 @@ def measure(
             meter.close()
 
 
-@valueclass
+@dataclass
 class AllocationCount:
     """Result of ``count_allocations()``: allocator calls and bytes in the block."""
 

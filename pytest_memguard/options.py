@@ -7,15 +7,17 @@ error (exit code 4) that names the option or ini key it came from.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .tolerance import Tolerance, ToleranceError
-from .valueclass import valueclass
 
 if TYPE_CHECKING:
     from .budget import Budget  # imported by resolve() when a default budget is set
 
 BASELINE_MODES = ("check", "update", "off")
+# Internal option of a spawned --mem-isolate child: where to write its reports.
+CHILD_OPTION = "--memguard-child-reports"
 SCOPES = ("call", "test")
 DEFAULT_TOLERANCE = "5%+64KiB"
 # Tolerance.parse(DEFAULT_TOLERANCE), written out so that no pattern is compiled at import (a
@@ -84,7 +86,7 @@ def _path(value: str) -> str:
     return str(value)
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Option:
     ini: str
     flag: str | None
@@ -193,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Settings:
     mem_baseline: str | None
     mem_tolerance: Tolerance

@@ -19,10 +19,10 @@ import os
 import resource
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .units import format_size
-from .valueclass import valueclass
 
 IS_LINUX = sys.platform.startswith("linux")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -30,7 +30,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class MemoryUsage:
     """A reading of the whole process; ``None`` where the platform cannot say.
 
@@ -147,7 +147,7 @@ def _native() -> Any:
     """The extension's kernel calls (Linux), or None: the bracket's system calls cost ~10 us a
     test less from C than through Python objects."""
     try:
-        from . import _tracemalloc_ext as ext
+        import pytest_memguard._tracemalloc_ext as ext
     except ImportError:
         return None
     return ext if hasattr(ext, "kernel") and hasattr(ext, "count_fds") else None
@@ -179,7 +179,7 @@ def open_fds(native: bool = True) -> int | None:
         return None
 
 
-@valueclass
+@dataclass
 class _Window:
     start_resident: int
     start_anon: int

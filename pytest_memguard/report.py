@@ -47,22 +47,6 @@ _PREFIX_LENGTH = len(PROPERTY_PREFIX)
 _PEAK = f"{PROPERTY_PREFIX}peak"
 
 
-def metric_properties(values: tuple[int | None, ...]) -> list[tuple[str, Any]]:
-    """The ``memguard.<metric>`` properties of values in the order of ``METRICS`` (extra values
-    after them are ignored: ``Meter.read()`` works), made once per test: by the extension where
-    it was built (a comprehension cost more than reading the window)."""
-    if _present is not None:
-        return _present(_METRIC_PROPERTIES, values)
-    return [(k, v) for k, v in zip(_METRIC_PROPERTIES, values) if v is not None]
-
-
-_present: Callable[[tuple[str, ...], tuple[Any, ...]], list[tuple[str, Any]]] | None
-try:
-    from ._tracemalloc_ext import present as _present  # type: ignore[no-redef]
-except ImportError:  # not built, or a stale build: the comprehension
-    _present = None
-
-
 def to_properties(
     metrics: Mapping[str, int | None],
     extra: Mapping[str, Any] = (),  # type: ignore[assignment]

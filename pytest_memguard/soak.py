@@ -19,12 +19,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .heap import Site
 from .leaks import theil_sen
 from .measurement import Engine
-from .valueclass import field, valueclass
 
 DEFAULT_SAMPLES = 50
 MIN_SAMPLES = 8
@@ -39,7 +39,7 @@ def _median(values: list[int] | list[float]) -> float:
     return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class SoakVerdict:
     growing: bool
     per_iteration: float
@@ -91,7 +91,7 @@ def judge_curve(
     return SoakVerdict(growing, per_iteration, medians, reason)
 
 
-@valueclass
+@dataclass
 class SoakResult:
     iterations: int
     positions: list[int] = field(default_factory=list)

@@ -8,9 +8,9 @@ test.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .units import SizeError, format_size, parse_size
-from .valueclass import valueclass
 
 
 class ToleranceError(ValueError):
@@ -20,7 +20,7 @@ class ToleranceError(ValueError):
 _PERCENT = r"^(?P<pct>\d+(?:\.\d+)?)\s*%$"  # compiled on first use (see units)
 
 
-@valueclass(frozen=True)
+@dataclass(frozen=True)
 class Tolerance:
     relative: float = 0.0
     absolute: int = 0

@@ -9,8 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pytest_memguard import baseline as b
 from pytest_memguard.cli import main
@@ -211,75 +209,3 @@ def test_locks_live_in_one_directory_of_the_users_own(tmp_path: Path) -> None:
         assert os.path.basename(os.path.dirname(lock)) == f"memguard-locks-{os.getuid()}"
         assert os.stat(os.path.dirname(lock)).st_mode & 0o077 == 0
     assert not any(tmp_path.rglob("*.lock"))  # nothing beside the baseline file
-
-
-# The extension's reader of the store's JSON: the document json.loads gives, or None.
-keys = st.text(max_size=12)
-leaves = st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=5) | st.booleans()
-documents = st.recursive(
-    leaves, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=20
-)
-styles = st.sampled_from(
-    [{}, {"indent": 2}, {"separators": (",", ":")}, {"ensure_ascii": False}, {"indent": "\t"}]
-)
-
-
-@given(document=documents, style=styles)
-def test_the_extensions_reader_gives_what_json_gives_or_hands_over(
-    document: object, style: dict[str, object]
-) -> None:
-    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
-    data = json.dumps(document, **style).encode()  # type: ignore[arg-type]
-    found = read(data)
-    assert found is None or found == json.loads(data)
-    # What load() relies on to skip checking each figure: objects at most four deep, whose
-    # values are objects or ints (never bool, str or float).
-    assert found is None or _only_objects_and_ints(found, depth=1)
-
-
-def _only_objects_and_ints(value: object, depth: int) -> bool:
-    if type(value) is int:
-        return depth > 1
-    if type(value) is dict:
-        return depth <= 4 and all(_only_objects_and_ints(v, depth + 1) for v in value.values())
-    return False
-
-
-ENTRY = st.fixed_dictionaries(
-    {"allocations": st.integers(0, 10**6), "heap_peak": st.integers(0, 2**40)},
-    optional={"retained": st.integers(0, 2**40), "private": st.integers(-(2**40), 2**40)},
-)
-ID = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'))
-
-
-@given(
-    scopes=st.dictionaries(
-        st.sampled_from(["cpython-3.11", "cpython-3.13"]), st.dictionaries(ID, ENTRY)
-    ),
-    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
-)
-def test_the_extension_reads_what_the_store_writes_and_nothing_wrong_from_a_damaged_file(
-    scopes: dict[str, dict[str, b.Entry]], flips: list[tuple[int, int]]
-) -> None:
-    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
-    data = bytearray(b.dumps(scopes).encode())
-    assert read(bytes(data)) == json.loads(data)  # every file the store writes, in C
-    for at, byte in flips:
-        data[at % len(data)] = byte
-    try:
-        expected: object = json.loads(bytes(data).decode("utf-8"))
-    except ValueError:
-        expected = None
-    found = read(bytes(data))
-    assert found is None or found == expected
-
-
-def test_the_extension_shares_every_stored_metric_name_between_entries() -> None:
-    """Its list of metric names mirrors ``STORED``: a name added to one and not the other
-    would be a new string in every entry of every file."""
-    read = pytest.importorskip("pytest_memguard._tracemalloc_ext").read_baseline
-    entry = dict.fromkeys(b.STORED, 1)
-    scopes = read(b.dumps({"s": {"a": entry, "b": entry}}).encode())["scopes"]["s"]
-    first, second = scopes["a"], scopes["b"]
-    assert list(first) == sorted(b.STORED)
-    assert all(k1 is k2 for k1, k2 in zip(first, second))

@@ -67,7 +67,7 @@ def test_small_blocks_in_page_records_match_the_pointer_table() -> None:
     and the peak must come out the same either way, and all of it must go when freed."""
     import gc
 
-    from pytest_memguard import _tracemalloc_ext as ext
+    import pytest_memguard._tracemalloc_ext as ext
 
     def work() -> list[object]:
         kept: list[object] = []
@@ -108,7 +108,7 @@ def test_blocks_of_an_earlier_window_are_forgotten() -> None:
     count. (The page records are emptied by a new epoch, not a wipe.)"""
     import gc
 
-    from pytest_memguard import _tracemalloc_ext as ext
+    import pytest_memguard._tracemalloc_ext as ext
 
     gc.disable()
     try:

@@ -150,58 +150,6 @@ def test_retained_counts_what_stays_and_not_what_goes() -> None:
     assert retained.retained >= 0.99 * 8 * MiB
 
 
-@pytest.mark.parametrize("retained", [False, True])
-def test_a_window_without_a_meter_gives_the_meters_figures(retained: bool) -> None:
-    """The plugin's per-test window without a Meter (Engine.open_window / close_window)
-    measures what a Meter measures: same counts and heap bytes for the same work, retained
-    only when asked for, and a cycle made in the window collected before it is read."""
-    engine = get_engine()
-    if engine.native is None:
-        pytest.skip("no native windows here")
-
-    def work() -> list[object]:
-        cycle: list[object] = [bytearray(64 * 1024)]
-        cycle.append(cycle)  # garbage only a collection frees
-        return [str(i) * 3 for i in range(200)]
-
-    def by_meter() -> tuple[int | None, ...]:
-        meter = measurement.Meter(engine, heap=True, retained=retained)
-        meter.start()
-        kept = work()
-        values = meter.read()
-        meter.close()
-        del kept
-        return values
-
-    def bare() -> tuple[int | None, ...]:
-        handle = engine.open_window(measurement.window_flags(True, retained, False))
-        kept = work()
-        values = engine.close_window(handle, retained)
-        del kept
-        return values
-
-    depth = engine.collector.depth  # this test runs in the plugin's own window
-    for _ in range(2):  # warm both paths
-        by_meter()
-        bare()
-    meter_values, bare_values = by_meter(), bare()
-    assert engine.collector.depth == depth  # every begin had its end
-    allocations, heap_peak, kept_bytes = (measurement.METRICS.index(m) for m in STABLE)
-    for index in (allocations, heap_peak):
-        assert bare_values[index] == meter_values[index]
-        assert bare_values[index]
-    if retained:
-        kept = bare_values[kept_bytes]
-        assert kept == meter_values[kept_bytes]
-        assert kept is not None
-        assert 200 * 40 < kept < 64 * 1024  # the strings, not the cycle
-    else:
-        assert bare_values[kept_bytes] is None
-
-
-STABLE = ("allocations", "heap_peak", "retained")
-
-
 @pytest.mark.usefixtures("engine_kind")
 def test_retained_is_only_read_when_asked_for() -> None:
     """A window that does not collect garbage at its end cannot say what was retained: both

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from pytest_memguard import report
 from pytest_memguard.report import TestRecord, report_json, summary_table
 
 MEASURED = [
@@ -106,22 +105,3 @@ def test_report_json_splits_budget_baseline_and_other_details() -> None:
     assert test["budget"] == {"peak": 8192}
     assert test["baseline"] == {"status": "ok"}
     assert test["details"] == {"leak.calls": 3}
-
-
-def test_metric_properties_are_the_same_from_the_extension_and_the_fallback(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    values = (4096, None, 0, None, 8192, 17, 0, 12, 999, 4096, None)  # as Meter.read() gives
-    expected = [
-        ("memguard.peak", 4096),
-        ("memguard.retained", 0),
-        ("memguard.rss", 8192),
-        ("memguard.allocations", 17),
-        ("memguard.fds", 0),
-    ]
-    assert report.metric_properties(values) == expected
-    if report._present is not None:
-        with pytest.raises(TypeError, match="two tuples"):
-            report._present(list(report._METRIC_PROPERTIES), values)  # type: ignore[arg-type]
-    monkeypatch.setattr(report, "_present", None)
-    assert report.metric_properties(values) == expected

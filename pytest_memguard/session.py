@@ -1,0 +1,331 @@
+"""The run's state: what each test measures (its plan), the window around it, the records made
+from its reports, and the baselines. ``plugin`` turns pytest's hooks into calls on this.
+
+A test's figures travel one way: its window (a ``Meter``) gives them, ``finish`` compares them
+with the test's budget and baseline and attaches them to the item as ``memguard.*`` user
+properties, pytest puts those on the test's reports (which xdist carries to its controller),
+and ``absorb`` makes the test's record from the reports. The session's end reads only records.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .baseline import BaselineCheck, Change, render_regression
+from .measurement import Engine, Meter, interpreter_scope
+from .options import Settings
+from .report import (
+    PROPERTY_PREFIX,
+    TestRecord,
+    atomic_write,
+    render_baseline_summary,
+    report_json,
+    summary_table,
+    to_properties,
+)
+
+if TYPE_CHECKING:
+    # Imported where used: a run without budgets or leak checks never loads them.
+    from .budget import Budget, Verdict
+    from .leaks import LeakResult, LeakSettings
+
+OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
+BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
+BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
+
+
+class MemguardWarning(pytest.PytestWarning):
+    """A memory figure a test asked for could not be measured here."""
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    """What to measure for one test, decided once at collection."""
+
+    __test__ = False  # not a test class, whatever pytest makes of the name
+
+    budget: Budget | None = None
+    leak: LeakSettings | None = None
+    error: str | None = None  # a bad marker or baseline file: the test fails at setup
+    heap: bool = True
+    retained: bool = False
+    private: bool = False
+    baseline: bool = False
+    isolate: bool = False
+
+
+PLAN_KEY = pytest.StashKey[TestPlan]()
+METER_KEY = pytest.StashKey[Meter]()
+
+
+class MemguardSession:
+    """One per pytest run (per xdist worker, and the controller), kept in ``config.stash``."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, engine: Engine) -> None:
+        self.config = config
+        self.settings = settings
+        self.engine = engine
+        self.is_worker = hasattr(config, "workerinput")  # its controller reports and writes
+        self.is_child = False  # a spawned --mem-isolate child: never isolates again
+        self.rootdir = str(config.rootpath)
+        self.scope = interpreter_scope()
+        self.scope_test = settings.mem_scope == "test"
+        self.baselines = BaselineCheck(
+            self.rootdir,
+            self.scope,
+            settings.mem_baseline or "auto",
+            settings.mem_baseline_metrics,
+            settings.mem_tolerance,
+        )
+        self.records: dict[str, TestRecord] = {}
+        self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
+        self.deselected = False
+        self.baseline_outcome: dict[str, list[str]] = {}
+        self.repeating = False  # inside a leak check's repeated calls: no per-call windows
+        self._warmed = False
+        self._leak_defaults: LeakSettings | None = None
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, item: pytest.Item) -> TestPlan:
+        names = {m.name for m in item.iter_markers() if m.name in OUR_MARKERS}
+        where = item.nodeid
+        try:
+            budget = self._budget(item) if "mem_budget" in names else None
+            if budget is None:
+                budget = self.settings.mem_default_budget
+            leak = self._leak(item, names)
+        except ValueError as exc:  # BudgetError, LeakSettingsError
+            return TestPlan(error=str(exc))
+        tracked = self.baselines.tracks(where)
+        if tracked:
+            problem = self.baselines.problem(where)
+            if problem is not None:
+                return TestPlan(error=problem)
+        isolate = not self.is_child and (self.settings.mem_isolate or "mem_isolate" in names)
+        retained = tracked or (budget is not None and budget.retained is not None)
+        needs_heap = budget is not None and (
+            budget.retained is not None or budget.allocations is not None
+        )
+        return TestPlan(
+            budget=budget,
+            leak=leak,
+            heap=self.engine.heap.cheap or needs_heap or retained,
+            retained=retained,
+            private=budget is not None and budget.private is not None,
+            baseline=tracked,
+            isolate=isolate,
+        )
+
+    def _budget(self, item: pytest.Item) -> Budget | None:
+        from .budget import merge_markers, parse_budget
+
+        budgets = [
+            parse_budget(tuple(mark.args), mark.kwargs, item.nodeid)
+            for mark in item.iter_markers("mem_budget")
+        ]
+        return merge_markers(budgets) if budgets else None
+
+    @property
+    def leak_defaults(self) -> LeakSettings:
+        """The settings of ``--mem-leak-check`` and of markers' missing arguments."""
+        if self._leak_defaults is None:
+            from .leaks import LeakSettings
+
+            iterations = self.settings.mem_leak_iterations
+            warmup = self.settings.mem_leak_warmup
+            self._leak_defaults = (
+                LeakSettings(warmup=warmup)
+                if iterations is None
+                else LeakSettings(iterations=iterations, warmup=warmup, screen=None)
+            )
+        return self._leak_defaults
+
+    def _leak(self, item: pytest.Item, names: AbstractSet[str]) -> LeakSettings | None:
+        if "mem_leak_check" in names:
+            from .leaks import parse_leak_marker
+
+            mark = item.get_closest_marker("mem_leak_check")
+            assert mark is not None
+            return parse_leak_marker(
+                tuple(mark.args), dict(mark.kwargs), item.nodeid, self.leak_defaults
+            )
+        if self.settings.mem_leak_check and "no_mem_leak_check" not in names:
+            return self.leak_defaults
+        return None
+
+    # ------------------------------------------------------------------ a test's window
+    def start(self, plan: TestPlan) -> Meter:
+        if not self._warmed:
+            # One empty window first: our own code paths allocate once when first run, and the
+            # first test of a process must not carry that.
+            self._warmed = True
+            with Meter(self.engine, heap=plan.heap, retained=plan.retained):
+                pass
+        meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
+        meter.start()
+        return meter
+
+    def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
+        """Close the window, attach the figures to the item and, where ``judge`` (the test
+        itself passed), fail it on a budget it exceeded or a baseline regression."""
+        try:
+            measurement = meter.stop()
+            budget = plan.budget
+            verdict = None
+            if budget is not None:
+                from .budget import check
+
+                verdict = check(budget, measurement)
+            if verdict is None or not (judge and verdict.failed):
+                meter.close()  # the tracking stays on only to explain a failed budget
+            metrics = measurement.metrics()
+            properties = to_properties(metrics)
+            if budget is not None:
+                properties.extend(
+                    to_properties({}, {f"budget.{k}": v for k, v in budget.limit_items()})
+                )
+            regressions: list[Change] = []
+            if plan.baseline:
+                tolerance = budget.tolerance if budget is not None else None
+                checked = self.baselines.compare(item.nodeid, metrics, tolerance)
+                properties.append((BASELINE_STATUS, checked.status))
+                if checked.moved:
+                    text = "; ".join(c.describe() for c in checked.moved)
+                    properties.append((BASELINE_CHANGES, text))
+                regressions = checked.regressions
+            item.user_properties.extend(properties)
+            if judge:
+                self._judge(item, meter, regressions, verdict)
+        finally:
+            meter.close()
+
+    def _judge(
+        self, item: pytest.Item, meter: Meter, regressions: list[Change], verdict: Verdict | None
+    ) -> None:
+        """Fail the test on a baseline regression or a budget it exceeded (explained: the top
+        allocation sites and the types that grew); warn of limits that cannot be checked."""
+        if regressions:
+            pytest.fail(render_regression(regressions), pytrace=False)
+        if verdict is None:
+            return
+        for metric in verdict.unmeasured:
+            warnings.warn(
+                MemguardWarning(
+                    f"mem_budget {metric} on {item.nodeid} cannot be checked: "
+                    f"{self._why_unmeasured(metric)}"
+                ),
+                stacklevel=1,
+            )
+        if verdict.failed:
+            measurement = meter.result
+            assert measurement is not None  # made by meter.stop()
+            alive = all(v.metric in ("retained", "private") for v in verdict.violations)
+            sizes = [v.value for v in verdict.violations if v.metric != "allocations"]
+            # An allocation-count failure is about where calls happen, not what is left.
+            meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes)
+            scale = min(sizes) if sizes else 0
+            from .messages import render_failure
+
+            message = render_failure(
+                (v.message() for v in verdict.violations), measurement, alive, scale
+            )
+            pytest.fail(message, pytrace=False)
+
+    def _why_unmeasured(self, metric: str) -> str:
+        if metric == "allocations":
+            return f"allocation counts need the allocator hook; {self.engine.describe()}"
+        return f"this platform cannot measure {metric}"
+
+    def check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
+        """Call the test function again and again (the official run above passed) and fail
+        when memory grows from call to call."""
+        from .leaks import LeakRunner
+
+        self.repeating = True
+        try:
+            result = LeakRunner(self.engine, settings).run(item.runtest)
+        finally:
+            self.repeating = False
+        item.user_properties.extend(to_properties({}, _leak_properties(result)))
+        if result.threads > 1:
+            warnings.warn(
+                MemguardWarning(
+                    f"mem_leak_check on {item.nodeid}: {result.threads - 1} other thread(s) "
+                    "were alive; memory readings are process-wide, so their allocations count"
+                ),
+                stacklevel=1,
+            )
+        if result.leaked:
+            pytest.fail(result.message(), pytrace=False)
+
+    # ------------------------------------------------------------------ records
+    def absorb(self, report: pytest.TestReport) -> None:
+        """A test's record, from its reports (its own process's, a worker's or a child's)."""
+        record = self.records.get(report.nodeid)
+        if record is None:
+            record = self.records[report.nodeid] = TestRecord(report.nodeid)
+        teardown = report.when == "teardown"
+        record.absorb(report.when, report.outcome, report.user_properties if teardown else ())
+
+    # ------------------------------------------------------------------ the run's end
+    def unfiltered(self) -> bool:
+        """A run that saw every test: only then may stale baseline entries be removed."""
+        option = self.config.option
+        if self.deselected or option.keyword or option.markexpr:
+            return False
+        if getattr(option, "lf", False) or getattr(option, "deselect", None):
+            return False
+        if getattr(option, "stepwise", False):
+            return False
+        return not any("::" in str(arg) for arg in self.config.args)
+
+    def settle(self, items: Iterable[pytest.Item]) -> None:
+        """List new, regressed, improved and stale entries; on update, write the files."""
+        records = self.records.values()
+        self.baseline_outcome = self.baselines.settle(
+            statuses=(
+                (r.nodeid, status)
+                for r in records
+                if (status := r.properties.get(BASELINE_STATUS)) is not None
+            ),
+            passed=((r.nodeid, r.metrics) for r in records if r.measured and r.fully_passed),
+            collected=self.collected.union(item.nodeid for item in items) or self.records,
+            full_run=self.unfiltered(),
+        )
+
+    def write_reports(self) -> None:
+        records = self.records.values()
+        if self.settings.mem_report is not None:
+            text = report_json(self.scope, self.engine.describe(), records, self.baselines.entry)
+            atomic_write(self.settings.mem_report, text)
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path:
+            from .github import append_step_summary
+
+            append_step_summary(summary_path, records, self.baseline_outcome, self.settings.mem_top)
+
+    def summary_lines(self) -> list[tuple[str, list[str]]]:
+        """(title, lines) of the sections of the terminal summary."""
+        sections = []
+        lines = summary_table(
+            ((r.nodeid, r.properties) for r in self.records.values()), self.settings.mem_top
+        )
+        if lines:
+            sections.append((f"memguard: top {len(lines) - 1} tests by peak memory", lines))
+        baseline_lines = render_baseline_summary(self.baseline_outcome, self.baselines.mode)
+        if baseline_lines:
+            sections.append(("memguard: baselines", baseline_lines))
+        return sections
+
+
+def _leak_properties(result: LeakResult) -> dict[str, Any]:
+    props: dict[str, Any] = {"leak.calls": result.calls, "leak.leaked": result.leaked}
+    props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})
+    return props
