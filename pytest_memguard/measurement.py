@@ -207,6 +207,7 @@ class Meter:
         "_handle",
         "_closed",
         "_collecting",
+        "_stopped",
     )
 
     def __init__(
@@ -230,9 +231,11 @@ class Meter:
         self._handle: int | None = None
         self._closed = True
         self._collecting = False
+        self._stopped = False
 
     def start(self) -> None:
         self._closed = False
+        self._stopped = False
         if self.want_private:
             from .process import release_free_memory
 
@@ -262,7 +265,11 @@ class Meter:
 
     def stop(self, values: tuple[int | None, ...] | None = None) -> Measurement:
         """The figures as a ``Measurement`` (``values``: what ``read()`` returned, if it was
-        called already; reading twice would collect garbage twice)."""
+        called already; reading twice would collect garbage twice). Once stopped, the
+        result is kept: a second ``stop`` returns it."""
+        if self._stopped and self.result is not None:
+            return self.result
+        self._stopped = True
         if values is None:
             values = self.read()
         result = self.result

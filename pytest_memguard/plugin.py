@@ -21,7 +21,7 @@ from .baseline import DIRNAME
 from .measurement import Engine, Measurement, get_engine, measure
 from .options import CHILD_OPTION, OPTIONS, OptionError, cli_type, resolve
 from .report import to_properties
-from .session import METER_KEY, PLAN_KEY, MemguardSession, MemguardWarning
+from .session import METER_KEY, PLAN_KEY, MemguardSession, MemguardWarning, TestPlan
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -152,26 +152,37 @@ class MemguardHooks:
         if self.session.scope_test:
             item.stash[METER_KEY] = self.session.start(plan)
 
+    def _window_plan(self, item: pytest.Item, window: str) -> TestPlan | None:
+        """The plan of a test whose window this hook opens (see ``TestPlan.window``)."""
+        plan = item.stash.get(PLAN_KEY, None)
+        if plan is None or plan.window != window or self.session.scope_test:
+            return None
+        return None if self.session.repeating else plan
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+        """A test function's window: the innermost wrapper of the hook that calls it, so that
+        it holds the test and not other plugins' work of the call phase (pytest-randomly
+        reseeds its generators there: ~600 allocations a test)."""
+        plan = self._window_plan(pyfuncitem, "function")
+        if plan is None:
+            return (yield)
+        return (yield from self.session.measured(pyfuncitem, plan))
+
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        """The window around the test's call, innermost of the wrappers so that it holds the
-        test and not other plugins' per-test work; every kind of item (functions, unittest
-        cases, doctests, plugins' items) is measured alike. A leak check follows the call."""
+        """The window of other items (innermost wrapper of the call phase; a unittest case's
+        from its ``startTest`` to its ``stopTest``), then a leak check where planned."""
         session = self.session
-        plan = item.stash.get(PLAN_KEY, None)
-        if plan is None or session.repeating:
-            return (yield)
-        if not session.scope_test:
-            meter = session.start(plan)
-            try:
-                result = yield
-            except BaseException:
-                session.finish(item, plan, meter, judge=False)
-                raise
-            session.finish(item, plan, meter, judge=True)
+        plan = self._window_plan(item, "unittest")
+        if plan is not None:
+            result = yield from session.measured_unittest(item, plan)
+        elif (plan := self._window_plan(item, "call")) is not None:
+            result = yield from session.measured(item, plan)
         else:
             result = yield
-        if plan.leak is not None:
+        plan = item.stash.get(PLAN_KEY, None)
+        if plan is not None and plan.leak is not None and not session.repeating:
             session.check_leaks(item, plan.leak)
         return result
 

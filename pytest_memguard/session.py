@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,21 @@ class TestPlan:
     private: bool = False
     baseline: bool = False
     isolate: bool = False
+    # Where the window opens (``window_kind``): "function", "unittest" or "call".
+    window: str = "call"
+
+
+def window_kind(item: pytest.Item) -> str:
+    """Which hook opens an item's window: a test function's is the call of the function
+    (``pytest_pyfunc_call``); a unittest case reports to the item as its result, from
+    ``startTest`` (before ``setUp``) to ``stopTest`` (after ``tearDown`` and cleanups); any other
+    item's is its ``runtest`` (the call phase)."""
+    kind = type(item)
+    if isinstance(item, pytest.Function) and kind.runtest is pytest.Function.runtest:
+        return "function"
+    if callable(getattr(kind, "startTest", None)) and callable(getattr(kind, "stopTest", None)):
+        return "unittest"
+    return "call"
 
 
 PLAN_KEY = pytest.StashKey[TestPlan]()
@@ -121,6 +136,7 @@ class MemguardSession:
             private=budget is not None and budget.private is not None,
             baseline=tracked,
             isolate=isolate,
+            window=window_kind(item),
         )
 
     def _budget(self, item: pytest.Item) -> Budget | None:
@@ -171,6 +187,44 @@ class MemguardSession:
         meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
         meter.start()
         return meter
+
+    def measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, object, object]:
+        """The body of a hook wrapper whose window holds what it wraps."""
+        meter = self.start(plan)
+        try:
+            result = yield
+        except BaseException:
+            self.finish(item, plan, meter, judge=False)
+            raise
+        self.finish(item, plan, meter, judge=True)
+        return result
+
+    def measured_unittest(
+        self, item: pytest.Item, plan: TestPlan
+    ) -> Generator[None, object, object]:
+        """A unittest case's window, from its result's ``startTest`` to its ``stopTest``: the
+        item is the result unittest reports to. The case's failures are kept on the item and
+        raised after the call phase, so a failed case is not judged."""
+        meters: list[Meter] = []
+
+        def start_test(testcase: object) -> None:
+            meters.append(self.start(plan))
+
+        def stop_test(testcase: object) -> None:
+            if meters:
+                meters[-1].stop()
+
+        item.startTest = start_test  # type: ignore[attr-defined]
+        item.stopTest = stop_test  # type: ignore[attr-defined]
+        failed = True
+        try:
+            result = yield
+            failed = bool(getattr(item, "_excinfo", None))  # pytest's store of the failures
+        finally:
+            del item.startTest, item.stopTest  # type: ignore[attr-defined]
+            for meter in meters:
+                self.finish(item, plan, meter, judge=not failed)
+        return result
 
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         """Close the window, attach the figures to the item and, where ``judge`` (the test

@@ -1,0 +1,103 @@
+"""Every kind of test item is measured: functions, unittest cases (setUp and tearDown in the
+window, subTest), doctests; and other plugins' work in the call phase stays out of the window."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from .conftest import MiB, Runner
+
+UNITTEST = """
+import unittest
+
+KEEP = []
+
+
+class Cases(unittest.TestCase):
+    def setUp(self):
+        self.buffer = bytearray(3 * 2**20)  # in the window: setUp runs inside the case
+
+    def tearDown(self):
+        del self.buffer
+
+    def test_small(self):
+        sum(range(10))
+
+    def test_keeps_two_mib(self):
+        KEEP.append(bytearray(2 * 2**20))
+
+    def test_subtests(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertLess(i, 3)
+
+    def test_fails(self):
+        self.fail("on purpose")
+
+
+def add(a, b):
+    '''
+    >>> add(2, 3)
+    5
+    '''
+    return a + b
+"""
+
+CONFTEST = """
+import pytest
+
+KEEP = []
+
+
+@pytest.hookimpl
+def pytest_runtest_call(item):
+    # Another plugin's work in the call phase (pytest-randomly reseeds there): not the test's.
+    KEEP.append([object() for _ in range(500)])
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.name == "test_keeps_two_mib":
+            item.add_marker(pytest.mark.mem_budget(retained="1MB"))
+"""
+
+FUNCTIONS = """
+def test_function():
+    sum(range(10))
+"""
+
+
+def test_every_kind_of_item_is_measured(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_cases=UNITTEST, test_functions=FUNCTIONS)
+    pytester.makeconftest(CONFTEST)
+    result = run("--doctest-modules", "--mem-report=r.json", "-rA", *plugin_args)
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        ["*retained 2.0 MiB exceeds mem_budget 1.0 MiB*", "*test_keeps_two_mib*"]
+    )
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    by_name = {t["nodeid"].rpartition("::")[2].rpartition(".")[2]: t for t in tests}
+    assert set(by_name) == {
+        "test_small",
+        "test_keeps_two_mib",
+        "test_subtests",
+        "test_fails",
+        "add",
+        "test_function",
+    }
+    # setUp's 3 MiB are in the case's window; the conftest's 500 objects are in no window.
+    small = by_name["test_small"]["metrics"]
+    assert 3 * MiB <= small["peak"] < 4 * MiB
+    assert 3 * MiB <= small["heap_peak"] < 3.2 * MiB
+    for name in ("test_small", "test_function"):  # > 500 if the conftest's work counted
+        assert 0 < by_name[name]["metrics"]["allocations"] < 400, name
+    # A doctest's window is its whole call phase: the doctest runner's work, and other
+    # plugins' implementations of the call hook.
+    assert 500 < by_name["add"]["metrics"]["allocations"] < 5000
+    assert by_name["test_fails"]["outcome"] == "failed"
+    assert by_name["test_keeps_two_mib"]["outcome"] == "failed"
