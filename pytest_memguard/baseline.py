@@ -204,8 +204,9 @@ class Change:
 
     def describe(self) -> str:
         pct = "new" if self.percent is None else f"{self.percent:+.1f}%"
+        tol = self.tolerance
         slack = (
-            f"{self.tolerance.relative * 100:g}%" if self.metric in COUNTS else str(self.tolerance)
+            f"{tol.relative * 100:g}%+{tol.count_absolute}" if self.metric in COUNTS else str(tol)
         )
         return (
             f"{self.metric}: baseline {format_metric(self.metric, self.base)}, now "

@@ -56,6 +56,9 @@ class Measurement:
     allocated_bytes: int | None = None
     kernel_peak: int | None = None
     retained_blocks: int | None = None
+    # Modules first imported in the window: the test paid a first-use cost that whichever
+    # test comes first pays (see the plugin's warm re-measure for baselines).
+    imports: int = 0
     sites: list[Site] = field(default_factory=list)
     types: list[TypeGrowth] = field(default_factory=list)
 
@@ -208,6 +211,7 @@ class Meter:
         "_closed",
         "_collecting",
         "_stopped",
+        "_modules",
     )
 
     def __init__(
@@ -232,10 +236,12 @@ class Meter:
         self._closed = True
         self._collecting = False
         self._stopped = False
+        self._modules = 0
 
     def start(self) -> None:
         self._closed = False
         self._stopped = False
+        self._modules = len(sys.modules)
         if self.want_private:
             from .process import release_free_memory
 
@@ -276,6 +282,7 @@ class Meter:
         if result is None:
             result = self.result = Measurement()
         result.fill(values)
+        result.imports = max(0, len(sys.modules) - self._modules)
         return result
 
     def read(self) -> tuple[int | None, ...]:
@@ -348,6 +355,10 @@ class Meter:
             result.sites = heap.sites_since(first, limit, alive_only, by_count)
         else:
             result.sites = heap.sites(self._heap_token, limit, alive_only, by_count)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> Meter:
         self.start()

@@ -2,7 +2,8 @@
 
 A regression is ``now > base + absolute + relative * base``. Both parts matter: relative slack
 alone fails tiny tests on a few bytes of noise, absolute slack alone hides a doubling of a big
-test.
+test. Counts (allocator calls) have an absolute slack of their own: on real suites a test's count
+moves by a few calls with what ran before it (13 -> 14 would be "+7.7%").
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ class ToleranceError(ValueError):
 
 
 _PERCENT = r"^(?P<pct>\d+(?:\.\d+)?)\s*%$"  # compiled on first use (see units)
+_CALLS = r"^(?P<calls>\d+)\s*(?:allocations|calls)$"
+DEFAULT_COUNT_SLACK = 64
 
 
 @dataclass(frozen=True)
 class Tolerance:
     relative: float = 0.0
     absolute: int = 0
+    count_absolute: int = DEFAULT_COUNT_SLACK
 
     @classmethod
     def parse(cls, value: object, what: str = "tolerance") -> Tolerance:
-        """``10%``, ``64KiB``, ``10%+64KiB`` (either order), or a ``Tolerance``."""
+        """``10%``, ``64KiB``, ``10%+64KiB`` (any order), each part at most once, and an
+        absolute slack for counts, ``100 allocations`` (default 64); or a ``Tolerance``."""
         if isinstance(value, Tolerance):
             return value
         if not isinstance(value, str) or not value.strip():
@@ -36,12 +41,18 @@ class Tolerance:
             )
         relative = 0.0
         absolute = 0
-        seen_pct = seen_abs = False
+        calls = DEFAULT_COUNT_SLACK
+        seen_pct = seen_abs = seen_calls = False
         for part in (p.strip() for p in value.split("+")):
             match = re.match(_PERCENT, part)
             if match and not seen_pct:
                 relative = float(match.group("pct")) / 100.0
                 seen_pct = True
+                continue
+            match = re.match(_CALLS, part)
+            if match and not seen_calls:
+                calls = int(match.group("calls"))
+                seen_calls = True
                 continue
             try:
                 if seen_abs:
@@ -52,12 +63,11 @@ class Tolerance:
                 raise ToleranceError(
                     f"invalid {what} {value!r}: expected a spec such as '10%+64KiB', '5%' or '1MiB'"
                 ) from None
-        return cls(relative, absolute)
+        return cls(relative, absolute, calls)
 
     def allowance(self, base: int, count: bool = False) -> float:
-        """Slack around ``base``. The absolute part is bytes, so a count (allocator calls)
-        gets only the relative part."""
-        return self.relative * base + (0 if count else self.absolute)
+        """Slack around ``base``: the absolute part is bytes, or calls for a count."""
+        return self.relative * base + (self.count_absolute if count else self.absolute)
 
     def side(self, base: int, now: int, count: bool = False) -> int:
         """1 above the slack around ``base`` (a regression), -1 below it (an improvement), 0
@@ -71,4 +81,6 @@ class Tolerance:
             parts.append(f"{self.relative * 100:g}%")
         if self.absolute or not parts:
             parts.append(format_size(self.absolute))
+        if self.count_absolute != DEFAULT_COUNT_SLACK:
+            parts.append(f"{self.count_absolute} allocations")
         return "+".join(parts)

@@ -135,15 +135,30 @@ def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
 def test_compare_boundaries_and_count_tolerance() -> None:
     base = {"allocations": 1000, "heap_peak": 10_000, "retained": 0}
     tol = Tolerance(relative=0.10, absolute=1000)
-    ok = b.compare(base, {"allocations": 1100, "heap_peak": 12_000, "retained": 1000}, base, tol)
+    # Counts: 10% and 64 calls (the default absolute slack of counts); bytes: 10% and 1000 B.
+    ok = b.compare(base, {"allocations": 1164, "heap_peak": 12_000, "retained": 1000}, base, tol)
     assert not ok.regressions
     assert not ok.improvements
-    bad = b.compare(base, {"allocations": 1101, "heap_peak": 12_001, "retained": 1001}, base, tol)
+    bad = b.compare(base, {"allocations": 1165, "heap_peak": 12_001, "retained": 1001}, base, tol)
     assert [c.metric for c in bad.regressions] == ["allocations", "heap_peak", "retained"]
-    assert "+10.1%" in bad.regressions[0].describe()
-    assert "tolerance 10%" in bad.regressions[0].describe()
-    better = b.compare(base, {"allocations": 899, "heap_peak": 7999, "retained": None}, base, tol)
+    assert "+16.5%" in bad.regressions[0].describe()
+    assert "tolerance 10%+64" in bad.regressions[0].describe()
+    better = b.compare(base, {"allocations": 835, "heap_peak": 7999, "retained": None}, base, tol)
     assert [c.metric for c in better.improvements] == ["allocations", "heap_peak"]
+
+
+def test_count_slack_is_part_of_the_spec() -> None:
+    assert Tolerance.parse("5%").count_absolute == 64
+    spec = Tolerance.parse("5%+1KiB+10 allocations")
+    assert (spec.relative, spec.absolute, spec.count_absolute) == (0.05, 1024, 10)
+    assert str(spec) == "5%+1.0 KiB+10 allocations"
+    base = {"allocations": 100}
+    assert b.compare(base, {"allocations": 115}, base, spec).regressions == []
+    assert [c.metric for c in b.compare(base, {"allocations": 116}, base, spec).regressions] == [
+        "allocations"
+    ]
+    with pytest.raises(ValueError, match="expected a spec"):
+        Tolerance.parse("5%+10 allocations+20 allocations")
 
 
 def _baseline_tree(root: Path) -> Path:
