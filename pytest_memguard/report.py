@@ -61,10 +61,8 @@ def to_properties(
 
 
 class TestRecord:
-    """Everything the controller knows about one test, rebuilt from its reports, or made
-    straight from the test's window where a run needs no more than the figures (no outcome,
-    no property added after the window: see ``MemguardPlugin._register_per_test_hooks``);
-    such a record keeps the default outcome.
+    """Everything the process that runs the session knows about one test, made from its
+    reports (its own, an xdist worker's or an isolated child's).
 
     Only reports that say something are absorbed: a failed or skipped one (the outcome), and
     the teardown report, the last of a test, whose ``user_properties`` are the item's final list
