@@ -53,6 +53,9 @@ class TracemallocBackend:
         self._open.append(token)
         return token
 
+    def pause(self, flag: bool) -> bool:
+        return False  # tracemalloc traces every thread, always
+
     def read(self, token: _TmToken) -> HeapReading:
         current, peak = _tracemalloc().get_traced_memory()
         high = max(token.high, peak)

@@ -76,6 +76,10 @@ class HeapBackend(Protocol):
     ) -> list[Site]: ...
     def census(self, token: Any, limit: int) -> list[TypeGrowth]: ...
     def own_bytes(self) -> int: ...
+    def pause(self, flag: bool) -> bool:
+        """Leave this thread's allocations out of every figure while ``flag``; returns the
+        previous flag. A backend that cannot (tracemalloc) returns False and counts them."""
+
     def growth_sites(
         self,
         token: Any,
@@ -119,6 +123,9 @@ class ExtBackend:
 
     def end(self, token: _ExtToken) -> None:
         self._ext.close_window(token[0], token[1])
+
+    def pause(self, flag: bool) -> bool:
+        return bool(self._ext.pause(flag))
 
     @property
     def module(self) -> Any:
@@ -215,4 +222,5 @@ _EXT_API = (
     "own_bytes",
     "open_window",
     "close_window",
+    "pause",
 )

@@ -420,3 +420,31 @@ def test_a_figure_belongs_to_the_test_not_to_what_ran_before(
     grown = run(*args, env={"MEMGUARD_TEST_GROW": "3000"})
     assert outcomes(grown).get("test_b_uses_it") == "FAILED"
     grown.stdout.fnmatch_lines(["*memory regressed beyond the baseline:*"])
+
+
+HYPOTHESIS = """
+from hypothesis import given, strategies as st
+
+
+@given(st.lists(st.text(), max_size=30))
+def test_property(values):
+    assert len("".join(values)) >= 0
+"""
+
+
+def test_hypothesis_examples_are_fixed_while_baselines_are_gated(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Random examples would change a property test's figures from run to run."""
+    pytest.importorskip("hypothesis")
+    pytester.makepyfile(test_prop=HYPOTHESIS)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    for _ in range(3):
+        run("--mem-baseline=check").assert_outcomes(passed=1)
+    # Without baselines nothing is fixed: the figures move from run to run.
+    counts = set()
+    for _ in range(3):
+        run("--mem-baseline=off", "--mem-report=r.json").assert_outcomes(passed=1)
+        report = json.loads(pytester.path.joinpath("r.json").read_text())
+        counts.add(report["tests"][0]["metrics"]["allocations"])
+    assert len(counts) > 1

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import MiB, Runner
+from .conftest import HAS_XDIST, MiB, Runner
 
 UNITTEST = """
 import unittest
@@ -101,3 +101,42 @@ def test_every_kind_of_item_is_measured(
     assert 500 < by_name["add"]["metrics"]["allocations"] < 5000
     assert by_name["test_fails"]["outcome"] == "failed"
     assert by_name["test_keeps_two_mib"]["outcome"] == "failed"
+
+
+SUBTESTS = """
+import unittest
+
+
+class Cases(unittest.TestCase):
+    def test_many_subtests(self):
+        for i in range(20):
+            with self.subTest(i=i):
+                self.assertEqual(str(i), f"{i}")
+
+
+def test_pytest_subtests(subtests):
+    for i in range(20):
+        with subtests.test(i=i):
+            assert str(i) == f"{i}"
+"""
+
+
+@pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist not installed")
+@pytest.mark.skipif(int(pytest.__version__.split(".")[0]) < 9, reason="subtests: pytest 9")
+def test_subtest_reporting_is_not_the_tests(pytester: pytest.Pytester, run: Runner) -> None:
+    """Subtests are reported from inside the test's call; what that costs depends on who
+    listens (the terminal, or xdist's serialisation), so it is left out of the figures: a
+    baseline recorded serially holds under xdist and the reverse."""
+    pytester.makepyfile(test_subs=SUBTESTS)
+    counts: dict[str, list[int]] = {}
+    for args in (("-p", "no:xdist"), ("-n", "2")):
+        run(*args, "--mem-report=r.json").assert_outcomes(passed=2)
+        for test in json.loads(pytester.path.joinpath("r.json").read_text())["tests"]:
+            counts.setdefault(test["nodeid"], []).append(test["metrics"]["allocations"])
+    for nodeid, (serial, xdist) in counts.items():  # reported: ~1,000 and ~5,000 apart
+        assert abs(serial - xdist) <= 0.03 * serial, (nodeid, serial, xdist)
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    checked = run("-n", "2", "--mem-report=r.json")
+    checked.assert_outcomes(passed=2)
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    assert [t["baseline"]["status"] for t in tests] == ["ok", "ok"]
