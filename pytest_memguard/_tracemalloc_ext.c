@@ -1394,6 +1394,9 @@ static PyObject *ext_close_window(PyObject *self, PyObject *args)
 #define W_FDS 4
 #define W_PRIVATE 8
 #define W_RETAINED 16
+/* Trim malloc before the window: freed heap pages that stay resident would hide a native
+   spike from the kernel peak (it counts pages made resident, not bytes in use). */
+#define W_TRIM 32
 #define MAX_WINDOWS 64
 /* ru_maxrss also folds in signal->maxrss, which the kernel raises when a thread exits and
    clear_refs never resets: once it stands this far above a window's start, only VmHWM (a
@@ -1512,7 +1515,8 @@ static void trim(void)
 static PyObject *ext_window(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     /* window(flags, sample_interval, frames) -> handle (a small int). flags: 1 heap, 2 kernel,
-       4 fds, 8 private (trim malloc first; the caller has collected garbage), 16 retained.
+       4 fds, 8 private (trim malloc first; the caller has collected garbage), 16 retained,
+       32 trim malloc first (for an exact kernel peak).
        Called once per test: the arguments are read without building a tuple. */
     if (nargs < 1 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError, "window(flags, sample_interval=0, frames=4)");
@@ -1524,7 +1528,7 @@ static PyObject *ext_window(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (flags < 0 || flags > 31 || frames < 1 || frames > MAX_FRAMES) {
+    if (flags < 0 || flags > 63 || frames < 1 || frames > MAX_FRAMES) {
         PyErr_Format(PyExc_ValueError, "flags in 0..31 and frames in 1..%d", MAX_FRAMES);
         return NULL;
     }
@@ -1547,7 +1551,7 @@ static PyObject *ext_window(PyObject *self, PyObject *const *args, Py_ssize_t na
     memset(w, 0, sizeof(*w));
     w->flags = flags;
     w->mark = -1;
-    if (flags & W_PRIVATE) {
+    if (flags & (W_PRIVATE | W_TRIM)) {
         trim();
     }
     if (flags & W_FDS) {

@@ -171,12 +171,14 @@ def get_engine() -> Engine:
 
 
 # Flags of the extension's window(): what a whole window measures.
-_HEAP, _KERNEL, _FDS, _PRIVATE, _RETAINED = 1, 2, 4, 8, 16
+_HEAP, _KERNEL, _FDS, _PRIVATE, _RETAINED, _TRIM = 1, 2, 4, 8, 16, 32
 
 
-def window_flags(heap: bool, retained: bool, private: bool, fds: bool = True) -> int:
+def window_flags(
+    heap: bool, retained: bool, private: bool, fds: bool = True, trim: bool = False
+) -> int:
     """The extension's flags for a window measuring these (retained bytes need the heap)."""
-    flags = _KERNEL
+    flags = _KERNEL | (_TRIM if trim else 0)
     if heap:
         flags |= _HEAP
         if retained:
@@ -212,6 +214,7 @@ class Meter:
         "_collecting",
         "_stopped",
         "_modules",
+        "want_trim",
     )
 
     def __init__(
@@ -222,12 +225,16 @@ class Meter:
         private: bool = False,
         fds: bool = True,
         result: Measurement | None = None,
+        trim: bool = False,
     ) -> None:
         self.engine = engine
         self.use_heap = heap
         self.want_retained = retained
         self.want_private = private
         self.want_fds = fds
+        # Hand free malloc memory back first: pages freed by earlier code but still resident
+        # would take a native spike without the kernel peak moving (what a peak budget needs).
+        self.want_trim = trim
         self.result = result
         self._heap_token: Any = None
         self._window: Any = None
@@ -247,12 +254,22 @@ class Meter:
 
             release_free_memory()
         engine = self.engine
+        if self.want_trim and engine.native is None:  # the extension trims in its window
+            from .process import trim_malloc
+
+            trim_malloc()
         if engine.native is not None:
             # No local may outlive the window's start: its free would count in the window.
             engine.collector.begin()
             self._collecting = True
             self._handle = engine.native.window(
-                window_flags(self.use_heap, self.want_retained, self.want_private, self.want_fds),
+                window_flags(
+                    self.use_heap,
+                    self.want_retained,
+                    self.want_private,
+                    self.want_fds,
+                    self.want_trim,
+                ),
                 *engine.window_args,
             )
             return

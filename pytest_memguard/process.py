@@ -137,6 +137,11 @@ def _malloc_trim_function() -> Callable[[int], int] | None:
 def release_free_memory() -> None:
     """Collect garbage and hand free allocator memory back to the OS before a reading."""
     gc.collect()
+    trim_malloc()
+
+
+def trim_malloc() -> None:
+    """Hand free malloc memory back to the OS (glibc; nothing elsewhere)."""
     trim = _malloc_trim_function()
     if trim is not None:
         trim(0)

@@ -60,6 +60,7 @@ class TestPlan:
     private: bool = False
     baseline: bool = False
     isolate: bool = False
+    trim: bool = False  # a peak budget: trim malloc first (see Meter)
     # Where the window opens (``window_kind``): "function", "unittest" or "call".
     window: str = "call"
 
@@ -79,6 +80,9 @@ def window_kind(item: pytest.Item) -> str:
 
 PLAN_KEY = pytest.StashKey[TestPlan]()
 METER_KEY = pytest.StashKey[Meter]()
+
+
+_OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception)
 
 
 def _least(first: int | None, second: int | None) -> int | None:
@@ -139,6 +143,7 @@ class MemguardSession:
             heap=self.engine.heap.cheap or needs_heap or retained,
             retained=retained,
             private=budget is not None and budget.private is not None,
+            trim=budget is not None and budget.peak is not None,
             baseline=tracked,
             isolate=isolate,
             window=window_kind(item),
@@ -200,7 +205,7 @@ class MemguardSession:
             self._warmed = True
             with Meter(self.engine, heap=plan.heap, retained=plan.retained):
                 pass
-        meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
+        meter = Meter(self.engine, plan.heap, plan.retained, plan.private, trim=plan.trim)
         meter.start()
         return meter
 
@@ -302,7 +307,7 @@ class MemguardSession:
             meter.start()
             try:
                 item.runtest()
-            except Exception:
+            except (Exception, *_OUTCOMES):  # pytest.fail/skip/xfail are BaseExceptions
                 return None
             measurement = meter.stop()
             if len(item.__dict__.get("_excinfo") or ()) != len(kept or ()):

@@ -448,3 +448,38 @@ def test_hypothesis_examples_are_fixed_while_baselines_are_gated(
         report = json.loads(pytester.path.joinpath("r.json").read_text())
         counts.add(report["tests"][0]["metrics"]["allocations"])
     assert len(counts) > 1
+
+
+ONCE_ONLY = """
+import sys
+
+import pytest
+
+CALLS = []
+
+
+def test_passes_once_only():
+    sys.modules.pop("once_helper", None)
+    import once_helper  # noqa: F401  (an import in the window: it is measured again)
+    CALLS.append(1)
+    if CALLS.count(1) > 1:
+        pytest.fail("a second call of this test fails")
+
+
+def test_skips_the_second_time():
+    sys.modules.pop("once_helper", None)
+    import once_helper  # noqa: F401
+    CALLS.append(2)
+    if CALLS.count(2) > 1:
+        pytest.skip("a second call skips")
+"""
+
+
+def test_a_body_that_cannot_run_twice_keeps_its_first_figures(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The warm second call is the plugin's, never the test's: a failure or skip there (a
+    BaseException in pytest) leaves the test's outcome and first figures as they were."""
+    pytester.makepyfile(test_once=ONCE_ONLY, once_helper="TABLE = list(range(100))\n")
+    run("--mem-baseline=update", "-p", "no:randomly").assert_outcomes(passed=2)
+    run("--mem-baseline=check", "-p", "no:randomly").assert_outcomes(passed=2)
