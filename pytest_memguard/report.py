@@ -144,8 +144,6 @@ def report_json(
     (and changes) as properties; the entry's figures are joined here from the file."""
     tests = []
     for record in sorted(records, key=lambda r: r.nodeid):
-        if not record.measured:
-            continue
         extra = record.extra  # worked out from the properties on each access: once here
         baseline = _section(extra, "baseline.")
         if stored is not None and baseline.get("status") not in (None, "new"):
@@ -157,12 +155,20 @@ def report_json(
             "budget": _section(extra, "budget."),
             "baseline": baseline,
         }
+        if not record.measured:
+            entry["unmeasured"] = _why_unmeasured(record)
         others = {k: v for k, v in extra.items() if not k.startswith(("budget.", "baseline."))}
         if others:
             entry["details"] = others
         tests.append(entry)
     document = {"version": REPORT_VERSION, "scope": scope, "measured": header, "tests": tests}
     return json.dumps(document, indent=1, sort_keys=False) + "\n"
+
+
+def _why_unmeasured(record: TestRecord) -> str:
+    if record.outcome in ("skipped", "error"):
+        return f"its call did not run ({record.outcome} before it)"
+    return "no measurement reached the report (an isolated child that died, or --setup-only)"
 
 
 def _section(extra: Mapping[str, Any], prefix: str) -> dict[str, Any]:

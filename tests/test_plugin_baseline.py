@@ -493,3 +493,39 @@ def test_a_body_that_cannot_run_twice_keeps_its_first_figures(
     pytester.makepyfile(test_once=ONCE_ONLY, once_helper="TABLE = list(range(100))\n")
     run("--mem-baseline=update", "-p", "no:randomly").assert_outcomes(passed=2)
     run("--mem-baseline=check", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+LINECACHE = """
+import linecache
+
+SERIAL = [0]
+
+
+def generate():
+    # What code generators (attrs, dataclasses) do: register the source of generated code
+    # under a name, counting up past the names already taken.
+    SERIAL[0] += 1
+    entry = (1, None, [f"x = {SERIAL[0]}\\n"], "<generated C>")
+    name, count = "<generated C>", 0
+    while linecache.cache.setdefault(name, entry) != entry:
+        count += 1
+        name = f"<generated C-{count}>"
+
+
+def test_fill():
+    for _ in range(200):
+        generate()
+
+
+def test_generates_one():
+    generate()
+"""
+
+
+def test_interpreter_caches_that_only_grow_do_not_move_a_figure(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_gen=LINECACHE)
+    run("--mem-baseline=update", "-k", "generates_one").assert_outcomes(passed=1)
+    result = run("--mem-baseline=check", "--mem-report=r.json")
+    result.assert_outcomes(passed=2)

@@ -140,3 +140,39 @@ def test_subtest_reporting_is_not_the_tests(pytester: pytest.Pytester, run: Runn
     checked.assert_outcomes(passed=2)
     tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
     assert [t["baseline"]["status"] for t in tests] == ["ok", "ok"]
+
+
+NOT_RUN = """
+import pytest
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup fails")
+
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+
+def test_setup_error(broken):
+    pass
+
+
+def test_runs():
+    pass
+"""
+
+
+def test_every_test_that_ran_has_a_report_row(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_not_run=NOT_RUN)
+    run("--mem-report=r.json").assert_outcomes(passed=1, skipped=1, errors=1)
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    rows = {t["nodeid"].rpartition("::")[2]: t for t in tests}
+    assert set(rows) == {"test_skipped", "test_setup_error", "test_runs"}
+    assert rows["test_skipped"]["unmeasured"] == "its call did not run (skipped before it)"
+    assert rows["test_setup_error"]["unmeasured"] == "its call did not run (error before it)"
+    assert set(rows["test_skipped"]["metrics"].values()) == {None}
+    assert "unmeasured" not in rows["test_runs"]
+    assert rows["test_runs"]["metrics"]["allocations"] > 0
