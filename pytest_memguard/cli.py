@@ -113,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     diff_cmd.add_argument("old")
     diff_cmd.add_argument("new")
     diff_cmd.add_argument(
-        "--tolerance", default=DEFAULT_TOLERANCE, help=f"default {DEFAULT_TOLERANCE}"
+        "--tolerance",
+        default=DEFAULT_TOLERANCE,
+        help=f"default {DEFAULT_TOLERANCE}".replace("%", "%%"),  # argparse %-formats help
     )
     diff_cmd.add_argument(
         "--metrics",

@@ -308,10 +308,13 @@ class InterpreterCleanup:
         self._modules = -1
         self._ctypes_sizes = (-1, -1)
         self._namespaces: list[dict[str, Any]] = []
-        self._mutated: Callable[[], None] | None = getattr(warnings, "_filters_mutated", None)
-        # 3.13+ clears the type cache and the JIT's caches together.
-        self._clear_type_cache: Callable[[], None] = getattr(
-            sys, "_clear_internal_caches", sys._clear_type_cache
+        self._mutated = _filters_mutated()
+        # 3.13+ clears the type cache and the JIT's caches together (the older name is
+        # deprecated for removal: looked up only where the newer one is missing).
+        self._clear_type_cache: Callable[[], None] = (
+            getattr(sys, "_clear_internal_caches", None)
+            or getattr(sys, "_clear_type_cache", None)
+            or _nothing
         )
 
     @staticmethod
@@ -373,9 +376,11 @@ class InterpreterCleanup:
             return
 
         def sizes() -> tuple[int, int]:
+            # 3.14's pointer-type cache is an object without a length (pointer types are
+            # kept on their target type): it does not grow per call, so it counts as empty.
             return (
-                len(getattr(ctypes_module, "_pointer_type_cache", ())),
-                len(getattr(ctypes_module, "_c_functype_cache", ())),
+                _length(getattr(ctypes_module, "_pointer_type_cache", ())),
+                _length(getattr(ctypes_module, "_c_functype_cache", ())),
             )
 
         if sizes() != self._ctypes_sizes:
@@ -406,6 +411,36 @@ class InterpreterCleanup:
         _clear_module_caches()
         self._reset_ctypes()
         self._clear_type_cache()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _length(container: object) -> int:
+    try:
+        return len(container)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+def _filters_mutated() -> Callable[[], None] | None:
+    """What bumps the warning filters' version (emptying every ``__warningregistry__`` the
+    next warning finds stale): ``warnings._filters_mutated`` up to 3.13; 3.14 renamed it
+    ``_filters_mutated_lock_held``, to be called under ``warnings._lock``."""
+    mutated: Callable[[], None] | None = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        return mutated
+    held: Callable[[], None] | None = getattr(warnings, "_filters_mutated_lock_held", None)
+    lock = getattr(warnings, "_lock", None)
+    if held is None or lock is None:
+        return None
+
+    def bump() -> None:
+        with lock:
+            held()
+
+    return bump
 
 
 def _clear_module_caches() -> None:

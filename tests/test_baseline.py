@@ -224,3 +224,12 @@ def test_locks_live_in_one_directory_of_the_users_own(tmp_path: Path) -> None:
         assert os.path.basename(os.path.dirname(lock)) == f"memguard-locks-{os.getuid()}"
         assert os.stat(os.path.dirname(lock)).st_mode & 0o077 == 0
     assert not any(tmp_path.rglob("*.lock"))  # nothing beside the baseline file
+
+
+def test_cli_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse %-formats help texts (and 3.14 validates them at parser creation)."""
+    for command in (["--help"], ["diff", "--help"], ["show", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 0
+    assert "default 5%+64KiB" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -232,3 +233,36 @@ def test_runner_lets_a_bounded_cache_fill() -> None:
     result = LeakRunner(get_engine(), LeakSettings()).run(fill)
     assert not result.leaked
     assert result.calls > 35  # it was suspect while filling, then escalated and passed
+
+
+def test_interpreter_hooks_are_feature_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3.14 renamed warnings' version bump and made ctypes' pointer cache unsized; 3.13
+    deprecated sys._clear_type_cache for _clear_internal_caches. Both branches of each."""
+    import threading
+    import warnings
+
+    from pytest_memguard import leaks
+
+    bumped: list[str] = []
+    monkeypatch.delattr(warnings, "_filters_mutated", raising=False)
+    monkeypatch.setattr(
+        warnings, "_filters_mutated_lock_held", lambda: bumped.append("held"), raising=False
+    )
+    monkeypatch.setattr(warnings, "_lock", threading.RLock(), raising=False)
+    bump = leaks._filters_mutated()
+    assert bump is not None
+    bump()
+    assert bumped == ["held"]
+    monkeypatch.setattr(warnings, "_filters_mutated", lambda: bumped.append("old"), raising=False)
+    leaks._filters_mutated()()  # type: ignore[misc]
+    assert bumped == ["held", "old"]
+
+    class Unsized:
+        pass
+
+    assert leaks._length(Unsized()) == 0
+    assert leaks._length({1: 2}) == 1
+    monkeypatch.delattr(sys, "_clear_internal_caches", raising=False)
+    assert leaks.InterpreterCleanup()._clear_type_cache is sys._clear_type_cache
+    monkeypatch.setattr(sys, "_clear_internal_caches", lambda: None, raising=False)
+    assert leaks.InterpreterCleanup()._clear_type_cache is sys._clear_internal_caches  # type: ignore[attr-defined]
