@@ -20,7 +20,7 @@ from . import __version__
 from .baseline import DIRNAME
 from .measurement import Engine, Measurement, get_engine, measure
 from .options import CHILD_OPTION, OPTIONS, OptionError, cli_type, resolve
-from .report import to_properties
+from .report import report_path_problem, to_properties
 from .session import METER_KEY, PLAN_KEY, MemguardSession, MemguardWarning, TestPlan
 from .units import parse_size
 
@@ -81,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini)
     except OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if settings.mem_report is not None and not hasattr(config, "workerinput"):
+        problem = report_path_problem(settings.mem_report)
+        if problem is not None:
+            raise pytest.UsageError(f"--mem-report {settings.mem_report!r}: {problem}")
     session = MemguardSession(config, settings, get_engine())
     config.stash[SESSION_KEY] = session
     manager = config.pluginmanager

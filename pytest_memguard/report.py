@@ -40,6 +40,18 @@ def atomic_write(path: str, text: str) -> None:
         raise
 
 
+def report_path_problem(path: str) -> str | None:
+    """Why a report cannot be written to ``path`` (checked before any test runs), or None."""
+    if os.path.isdir(path):
+        return "is a directory; expected a file name such as memguard.json"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"its directory {directory} does not exist"
+    if not os.access(directory, os.W_OK):
+        return f"its directory {directory} is not writable"
+    return None
+
+
 _METRIC_PROPERTIES = tuple(f"{PROPERTY_PREFIX}{name}" for name in METRICS)
 _METRIC_OF_PROPERTY = dict(zip(_METRIC_PROPERTIES, METRICS))
 _METRIC_KEYS = frozenset(_METRIC_PROPERTIES)

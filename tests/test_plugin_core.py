@@ -396,3 +396,20 @@ def test_handled():
     if other is not None:
         handled = result.stdout.str().split("HANDLED ")[1].split("\n")[0].split(",")
         assert sorted(handled) == ["test_counted", "test_handled"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (".", "is a directory; expected a file name such as memguard.json"),
+        ("missing/r.json", "its directory * does not exist"),
+    ],
+)
+def test_a_report_path_that_cannot_be_written_is_a_usage_error(
+    pytester: pytest.Pytester, run: Runner, target: str, message: str
+) -> None:
+    pytester.makepyfile(SIMPLE)
+    result = run(f"--mem-report={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--mem-report '{target}': {message}"])
+    assert "passed" not in result.stdout.str()

@@ -105,3 +105,23 @@ def test_report_json_splits_budget_baseline_and_other_details() -> None:
     assert test["budget"] == {"peak": 8192}
     assert test["baseline"] == {"status": "ok"}
     assert test["details"] == {"leak.calls": 3}
+
+
+def test_github_output_is_escaped() -> None:
+    """Node ids carry ``::``, ``,``, ``|`` and backticks: none may cut an annotation's
+    properties or a summary table's cells."""
+    from pytest_memguard.github import github_annotations, step_summary_markdown
+
+    nodeid = "tests/t.py::test_x[a,b|`c`]"
+    record = TestRecord(
+        nodeid,
+        {"memguard.baseline.status": "regressed", "memguard.baseline.changes": "50%\nmore"},
+    )
+    [line] = github_annotations([record])
+    command, _, message = line.partition("::")[2].partition("::")
+    assert command == (
+        "error file=tests/t.py,title=memory regression tests/t.py%3A%3Atest_x[a%2Cb|`c`]"
+    )
+    assert message == "50%25%0Amore"
+    table_rows = [r for r in step_summary_markdown([record], {}, 0).splitlines() if "test_x" in r]
+    assert table_rows == ["| ``tests/t.py::test_x[a,b\\|`c`]`` | 50% more |"]
