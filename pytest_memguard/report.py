@@ -41,14 +41,17 @@ def atomic_write(path: str, text: str) -> None:
 
 
 def report_path_problem(path: str) -> str | None:
-    """Why a report cannot be written to ``path`` (checked before any test runs), or None."""
+    """Why a report cannot be written to ``path`` (checked before any test runs), or None.
+    Missing directories are made when the report is written, where their parent allows."""
     if os.path.isdir(path):
         return "is a directory; expected a file name such as memguard.json"
     directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(directory):
+        directory = os.path.dirname(directory)
     if not os.path.isdir(directory):
-        return f"its directory {directory} does not exist"
+        return f"{directory} is not a directory"
     if not os.access(directory, os.W_OK):
-        return f"its directory {directory} is not writable"
+        return f"the directory {directory} is not writable"
     return None
 
 

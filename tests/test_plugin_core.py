@@ -402,13 +402,14 @@ def test_handled():
     ("target", "message"),
     [
         (".", "is a directory; expected a file name such as memguard.json"),
-        ("missing/r.json", "its directory * does not exist"),
+        ("a_file/r.json", "*a_file is not a directory"),
     ],
 )
 def test_a_report_path_that_cannot_be_written_is_a_usage_error(
     pytester: pytest.Pytester, run: Runner, target: str, message: str
 ) -> None:
     pytester.makepyfile(SIMPLE)
+    pytester.path.joinpath("a_file").write_text("")
     result = run(f"--mem-report={target}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--mem-report '{target}': {message}"])
