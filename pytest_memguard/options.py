@@ -111,7 +111,8 @@ OPTIONS: tuple[Option, ...] = (
         "mem_tolerance",
         "--mem-tolerance",
         f"slack before a baseline regression fails, relative and absolute, e.g. 10%+64KiB "
-        f"(default {DEFAULT_TOLERANCE}; the absolute part applies to byte metrics).",
+        f"(default {DEFAULT_TOLERANCE}; the absolute part applies to byte metrics, counts "
+        "get 64 calls unless the spec adds e.g. '+100 allocations').",
         _tolerance,
         DEFAULT_TOLERANCE_VALUE,
         "SPEC",

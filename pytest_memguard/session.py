@@ -116,7 +116,7 @@ class MemguardSession:
         self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
         self.deselected = False
         self.baseline_outcome: dict[str, list[str]] = {}
-        self.repeating = False  # inside a leak check's repeated calls: no per-call windows
+        self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
 
