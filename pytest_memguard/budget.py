@@ -85,6 +85,11 @@ def _parse_count(value: object, what: str) -> int:
     return int(text)
 
 
+def lifts_budgets(args: tuple[object, ...], kwargs: Mapping[str, object]) -> bool:
+    """``mem_budget(None)``: no budget for this test, the default and outer markers included."""
+    return (args == (None,) and not kwargs) or (not args and dict(kwargs) == {"limit": None})
+
+
 def parse_budget(
     args: tuple[object, ...], kwargs: Mapping[str, object], where: str, source: str = "mem_budget"
 ) -> Budget:

@@ -125,9 +125,9 @@ class MemguardSession:
         names = {m.name for m in item.iter_markers() if m.name in OUR_MARKERS}
         where = item.nodeid
         try:
-            budget = self._budget(item) if "mem_budget" in names else None
-            if budget is None:
-                budget = self.settings.mem_default_budget
+            budget = self.settings.mem_default_budget
+            if "mem_budget" in names:
+                budget = self._budget(item)
             leak = self._leak(item, names)
         except ValueError as exc:  # BudgetError, LeakSettingsError
             return TestPlan(error=str(exc))
@@ -177,13 +177,15 @@ class MemguardSession:
             core.global_force_seed = 0
 
     def _budget(self, item: pytest.Item) -> Budget | None:
-        from .budget import merge_markers, parse_budget
+        """The item's markers merged, closest first; None where the closest is
+        ``mem_budget(None)``, which lifts every budget (``mem_default_budget`` too)."""
+        from .budget import lifts_budgets, merge_markers, parse_budget
 
-        budgets = [
-            parse_budget(tuple(mark.args), mark.kwargs, item.nodeid)
-            for mark in item.iter_markers("mem_budget")
-        ]
-        return merge_markers(budgets) if budgets else None
+        marks = list(item.iter_markers("mem_budget"))
+        if marks and lifts_budgets(tuple(marks[0].args), marks[0].kwargs):
+            return None
+        budgets = [parse_budget(tuple(mark.args), mark.kwargs, item.nodeid) for mark in marks]
+        return merge_markers(budgets)
 
     @property
     def leak_defaults(self) -> LeakSettings:

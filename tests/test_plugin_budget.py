@@ -400,3 +400,31 @@ def test_native_spike_is_seen_whatever_ran_before(
     # The kernel's resident-page counters are per CPU and folded in batches: they lag by a
     # few dozen pages a CPU (seen here: 1.7 to 2.0 MiB read for 2 MiB).
     assert 1.4 * MiB <= peak <= 2.4 * MiB
+
+
+def test_mem_budget_none_lifts_the_default_budget(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makeini("[pytest]\nmem_default_budget = retained=100KB\n")
+    pytester.makepyfile(
+        test_lift="""
+        import pytest
+
+        KEEP = []
+
+        def test_fail_default():
+            KEEP.append(bytearray(2**20))
+
+        @pytest.mark.mem_budget(None)
+        def test_pass_lifted():
+            KEEP.append(bytearray(2**20))
+
+        @pytest.mark.mem_budget(retained="10KB")
+        class TestOuter:
+            @pytest.mark.mem_budget(None)
+            def test_pass_lifted_inside(self):
+                KEEP.append(bytearray(2**20))
+
+            def test_fail_outer(self):
+                KEEP.append(bytearray(2**20))
+        """
+    )
+    assert_sides(run("-rA"))
