@@ -427,10 +427,13 @@ class MemguardSession:
         """List new, regressed, improved and stale entries; on update, write the files."""
         records = self.records.values()
         self.baseline_outcome = self.baselines.settle(
+            # A test skipped or failed at run time has no entry, nor will an update make one:
+            # it is not "new" on every check.
             statuses=(
                 (r.nodeid, status)
                 for r in records
                 if (status := r.properties.get(BASELINE_STATUS)) is not None
+                and (status != "new" or r.fully_passed)
             ),
             passed=((r.nodeid, r.metrics) for r in records if r.measured and r.fully_passed),
             collected=self.collected.union(item.nodeid for item in items) or self.records,

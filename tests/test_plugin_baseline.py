@@ -529,3 +529,23 @@ def test_interpreter_caches_that_only_grow_do_not_move_a_figure(
     run("--mem-baseline=update", "-k", "generates_one").assert_outcomes(passed=1)
     result = run("--mem-baseline=check", "--mem-report=r.json")
     result.assert_outcomes(passed=2)
+
+
+def test_a_test_skipped_at_run_time_is_not_new_on_every_check(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_skips="""
+        import pytest
+
+        def test_runs():
+            pass
+
+        def test_skips_inside():
+            pytest.skip("not on this machine")
+        """
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=1, skipped=1)
+    result = run("--mem-baseline=check")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "new, not in the baseline yet" not in result.stdout.str()
