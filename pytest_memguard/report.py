@@ -29,6 +29,9 @@ def atomic_write(path: str, text: str) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".memguard-", suffix=".tmp", dir=directory)
     try:
+        # mkstemp makes the file 0600: give it the mode the file had, or the one the user's
+        # umask gives a new file, as any other writer of the repository would.
+        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
@@ -38,6 +41,15 @@ def atomic_write(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)  # read it (there is no other way), then put it back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def report_path_problem(path: str) -> str | None:

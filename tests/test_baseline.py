@@ -233,3 +233,23 @@ def test_cli_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
             main(command)
         assert exit_info.value.code == 0
     assert "default 5%+64KiB" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name == "nt", reason="POSIX modes")
+def test_files_keep_the_users_umask_and_an_existing_mode(tmp_path: Path) -> None:
+    from pytest_memguard.report import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        new_file = tmp_path / "new.json"
+        atomic_write(str(new_file), "{}\n")
+        assert new_file.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write(str(tmp_path / "private.json"), "{}\n")
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+        new_file.chmod(0o664)
+        atomic_write(str(new_file), "[]\n")
+        assert new_file.stat().st_mode & 0o777 == 0o664
+        assert new_file.read_text() == "[]\n"
+    finally:
+        os.umask(old)
