@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -119,12 +121,45 @@ def lock_path(path: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"memguard-locks-{owner}", f"{digest}.lock")
 
 
-def _lock_for(path: str) -> Any:
-    from filelock import FileLock  # imported when a baseline is written, not at startup
+LOCK_TIMEOUT = 120.0
+
+
+def _private_directory(directory: str) -> None:
+    """Make ``directory`` for this user alone, or check that it is one: a directory (not a
+    symlink) owned by this user that nobody else can write. Anyone can create a name in the
+    temporary directory first; a lock there must not be another user's to hold or redirect."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BaselineError(f"cannot make the lock directory {directory}: {exc}") from None
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise BaselineError(
+            f"lock directory {directory} is not a directory (a symlink or a file): remove it"
+        )
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise BaselineError(
+            f"lock directory {directory} belongs to another user or others can write it "
+            f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): remove it"
+        )
+
+
+@contextmanager
+def _locked(path: str) -> Iterator[None]:
+    from filelock import FileLock, Timeout  # imported when a baseline is written
 
     lock = lock_path(path)
-    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
-    return FileLock(lock, timeout=120)
+    _private_directory(os.path.dirname(lock))
+    try:
+        with FileLock(lock, timeout=LOCK_TIMEOUT):
+            yield
+    except Timeout:
+        raise BaselineError(
+            f"{path}: another run held the lock {lock} for {LOCK_TIMEOUT:g} s; "
+            "the baseline was not written"
+        ) from None
 
 
 def same_within(old: Entry, new: Entry, tolerance: Tolerance) -> bool:
@@ -178,7 +213,7 @@ def update_file(
     remove = set(remove)
     if not _merge(load(path), scope, entries, remove, tolerance)[1]:
         return False
-    with _lock_for(path):
+    with _locked(path):
         scopes, changed = _merge(load(path), scope, entries, remove, tolerance)
         if not changed:
             return False
@@ -382,6 +417,11 @@ class BaselineCheck:
             entries = updates.get(path, {})
             if self.mode != "update" or not (entries or stale):
                 continue
-            if update_file(path, self.scope, entries, stale, self.tolerance):
-                outcome["updated"].append(where)
+            try:
+                if update_file(path, self.scope, entries, stale, self.tolerance):
+                    outcome["updated"].append(where)
+            except BaselineError as exc:
+                outcome["errors"].append(str(exc))
+            except OSError as exc:  # a read-only directory, a full disk
+                outcome["errors"].append(f"{path}: cannot write the baseline: {exc}")
         return outcome

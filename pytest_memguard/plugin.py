@@ -230,6 +230,8 @@ class MemguardHooks:
             return
         ours.settle(getattr(session, "items", ()))
         ours.write_reports()
+        if ours.baseline_outcome.get("errors") and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the baselines were not all kept
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         session = self.session

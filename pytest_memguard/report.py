@@ -234,7 +234,7 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
         return []
     lines = []
     labels = (
-        ("errors", "unreadable baseline files (never overwritten)"),
+        ("errors", "baseline files that could not be read or written (never half-written)"),
         ("regressed", "regressed beyond tolerance (failed)"),
         ("improved", "improved beyond tolerance (lower the baseline: --mem-baseline=update)"),
         (

@@ -253,3 +253,25 @@ def test_files_keep_the_users_umask_and_an_existing_mode(tmp_path: Path) -> None
         assert new_file.read_text() == "[]\n"
     finally:
         os.umask(old)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and symlinks")
+def test_a_lock_directory_that_is_not_the_users_own_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    target = str(tmp_path / "__memguard__" / "t.json")
+    lock_dir = os.path.dirname(b.lock_path(target))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, lock_dir)  # planted before the first update
+    with pytest.raises(b.BaselineError, match="is not a directory .a symlink or a file.: remove"):
+        b.update_file(target, "s", {"a": {"heap_peak": 1}}, (), TOL)
+    os.unlink(lock_dir)
+    os.mkdir(lock_dir, 0o777)
+    os.chmod(lock_dir, 0o777)  # others may write: another user could hold or swap the lock
+    with pytest.raises(b.BaselineError, match="others can write it .* mode 777"):
+        b.update_file(target, "s", {"a": {"heap_peak": 1}}, (), TOL)
+    os.chmod(lock_dir, 0o700)
+    assert b.update_file(target, "s", {"a": {"heap_peak": 1}}, (), TOL)
+    assert list(elsewhere.iterdir()) == []

@@ -549,3 +549,35 @@ def test_a_test_skipped_at_run_time_is_not_new_on_every_check(
     result = run("--mem-baseline=check")
     result.assert_outcomes(passed=1, skipped=1)
     assert "new, not in the baseline yet" not in result.stdout.str()
+
+
+def test_a_baseline_that_cannot_be_written_is_reported_not_raised(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A full disk (simulated: os.replace fails with ENOSPC) leaves the old file as it was,
+    says which file, keeps pytest's summary line and fails the run."""
+    pytester.makeconftest(
+        """
+        import errno
+        import os
+
+        import pytest_memguard.report as report
+
+
+        def pytest_configure(config):
+            def no_space(*args):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            report.os.replace = no_space
+        """
+    )
+    pytester.makepyfile(test_mod=MODULE)
+    result = run("--mem-baseline=update")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*1 baseline files that could not be read or written (never half-written):",
+            "*test_mod.json: cannot write the baseline: *",
+            "*3 passed*",
+        ]
+    )
