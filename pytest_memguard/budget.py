@@ -80,7 +80,7 @@ def _parse_count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise BudgetError(f"invalid {what} {value!r}: expected a whole number of allocations")
     text = str(value).replace("_", "").replace(",", "").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit to str.isdigit
         raise BudgetError(f"invalid {what} {value!r}: expected a whole number of allocations")
     return int(text)
 

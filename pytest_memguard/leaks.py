@@ -71,6 +71,10 @@ class LeakSettingsError(ValueError):
     pass
 
 
+# More repetitions than anyone waits for: the series arrays are preallocated per call.
+MAX_REPETITIONS = 100_000
+
+
 def parse_leak_marker(
     args: tuple[object, ...], kwargs: dict[str, object], where: str, defaults: LeakSettings
 ) -> LeakSettings:
@@ -98,10 +102,14 @@ def parse_leak_marker(
         value = values.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not minimum <= value <= MAX_REPETITIONS
+        ):
             raise LeakSettingsError(
                 f"invalid mem_leak_check {key} on {where}: {value!r}; expected a whole number "
-                f">= {minimum}"
+                f"from {minimum} to {MAX_REPETITIONS:,}"
             )
         result[key] = value
     if values.get("tolerance") is not None:

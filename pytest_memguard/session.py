@@ -131,6 +131,13 @@ class MemguardSession:
             leak = self._leak(item, names)
         except ValueError as exc:  # BudgetError, LeakSettingsError
             return TestPlan(error=str(exc))
+        for name in ("mem_isolate", "no_mem_leak_check"):
+            for mark in item.iter_markers(name) if name in names else ():
+                if mark.args or mark.kwargs:
+                    given = ", ".join([*map(repr, mark.args), *map(str, mark.kwargs)])
+                    return TestPlan(
+                        error=f"invalid {name} on {where}: takes no arguments, got {given}"
+                    )
         tracked = self.baselines.tracks(where)
         if tracked:
             problem = self.baselines.problem(where)

@@ -21,6 +21,7 @@ class ToleranceError(ValueError):
 _PERCENT = r"^(?P<pct>\d+(?:\.\d+)?)\s*%$"  # compiled on first use (see units)
 _CALLS = r"^(?P<calls>\d+)\s*(?:allocations|calls)$"
 DEFAULT_COUNT_SLACK = 64
+MAX_PERCENT = 10_000.0  # 100x the baseline: more is no gate at all (and "1"*400 is no number)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Tolerance:
         seen_pct = seen_abs = seen_calls = False
         for part in (p.strip() for p in value.split("+")):
             match = re.match(_PERCENT, part)
-            if match and not seen_pct:
+            if match and not seen_pct and float(match.group("pct")) <= MAX_PERCENT:
                 relative = float(match.group("pct")) / 100.0
                 seen_pct = True
                 continue

@@ -428,3 +428,31 @@ def test_mem_budget_none_lifts_the_default_budget(pytester: pytest.Pytester, run
         """
     )
     assert_sides(run("-rA"))
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("mem_budget(allocations='²')", "invalid mem_budget allocations on *'²'*whole number*"),
+        ("mem_leak_check(10**12)", "invalid mem_leak_check iterations on *from 1 to 100,000"),
+        ("mem_budget('1MB', tolerance='1' * 400 + '%')", "invalid mem_budget tolerance on *"),
+        ("mem_isolate(True)", "invalid mem_isolate on *: takes no arguments, got True"),
+        ("no_mem_leak_check(reason='x')", "invalid no_mem_leak_check on *: takes no *, got reason"),
+    ],
+)
+def test_marker_edge_cases_are_one_line_errors_naming_the_test(
+    pytester: pytest.Pytester, run: Runner, marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        test_edge=f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_marked():
+            pass
+        """
+    )
+    result = run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*{message}*"])
+    assert "Traceback" not in result.stdout.str()
