@@ -103,7 +103,7 @@ def test_an_update_that_changes_nothing_takes_no_lock(
     def no_lock(path: str) -> None:
         raise AssertionError("locked although nothing changed")
 
-    monkeypatch.setattr(b, "_lock_for", no_lock)
+    monkeypatch.setattr(b, "_locked", no_lock)
     assert not b.update_file(path, "s", {"a": {"heap_peak": 1000}}, (), TOL)
     with pytest.raises(AssertionError, match="locked"):
         b.update_file(path, "s", {"a": {"heap_peak": 9_000_000}}, (), TOL)
