@@ -258,13 +258,16 @@ class MemguardSession:
         item is the result unittest reports to. The case's failures are kept on the item and
         raised after the call phase, so a failed case is not judged."""
         meters: list[Meter] = []
+        kind: Any = type(item)  # pytest's own startTest/stopTest still run, outside the window
 
         def start_test(testcase: object) -> None:
+            kind.startTest(item, testcase)
             meters.append(self.start(plan))
 
         def stop_test(testcase: object) -> None:
             if meters:
                 meters[-1].stop()
+            kind.stopTest(item, testcase)
 
         item.startTest = start_test  # type: ignore[attr-defined]
         item.stopTest = stop_test  # type: ignore[attr-defined]
