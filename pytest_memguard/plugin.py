@@ -131,11 +131,12 @@ class MemguardHooks:
         if config.getoption("setuponly", False):
             return
         session = self.session
-        isolate = False
+        isolate = gated = False
         for item in items:
             plan = item.stash[PLAN_KEY] = session.plan(item)
             isolate = isolate or plan.isolate
-        if any(item.stash[PLAN_KEY].baseline for item in items):
+            gated = gated or plan.baseline
+        if gated:
             session.fix_random_inputs()
         manager = config.pluginmanager
         if isolate and manager.get_plugin("memguard-isolate") is None:

@@ -336,9 +336,8 @@ class MemguardSession:
         failures = item.__dict__.get("_excinfo")
         kept = list(failures) if failures is not None else None
         self.repeating = True
-        meter = Meter(self.engine, plan.heap, plan.retained, plan.private)
+        meter = self.start(plan)  # as the first window opened: the same clears and trim
         try:
-            meter.start()
             try:
                 item.runtest()
             except (Exception, *_OUTCOMES):  # pytest.fail/skip/xfail are BaseExceptions
