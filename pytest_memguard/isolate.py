@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -71,16 +71,22 @@ def method() -> str:
     return "fork" if can_fork() and not os.environ.get(SPAWN_ENV) else "spawn"
 
 
-def _child(item: pytest.Item, write_fd: int) -> None:
-    """In the child: run the whole protocol (setup, call, teardown of every fixture it set up)
-    and write the serialised reports to the pipe. Never returns."""
+def _child(
+    item: pytest.Item, write_fd: int, protocol: Callable[[], list[pytest.TestReport]] | None
+) -> None:
+    """In the child: run the whole protocol (setup, call, teardown of every fixture it set up;
+    ``protocol`` where it is not pytest's, a leak check's) and write the serialised reports to
+    the pipe. Never returns."""
     status = 0
     try:
         # The parent's caches (re, typing, linecache, the type cache) hold whatever the session
         # did so far; start every child from the same clean slate.
         InterpreterCleanup()()
         gc.collect()
-        reports = runtestprotocol(item, log=False, nextitem=None)
+        if protocol is not None:
+            reports = protocol()
+        else:
+            reports = runtestprotocol(item, log=False, nextitem=None)
         hook = item.config.hook
         data = [hook.pytest_report_to_serializable(config=item.config, report=r) for r in reports]
         payload = json.dumps(data).encode()
@@ -103,14 +109,16 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def run_isolated(item: pytest.Item) -> list[pytest.TestReport]:
+def run_isolated(
+    item: pytest.Item, protocol: Callable[[], list[pytest.TestReport]] | None = None
+) -> list[pytest.TestReport]:
     read_fd, write_fd = os.pipe()
     gc.collect()
     gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which reports through the pipe
         os.close(read_fd)
-        _child(item, write_fd)
+        _child(item, write_fd, protocol)
     gc.unfreeze()
     os.close(write_fd)
     try:

@@ -30,6 +30,7 @@ import gc
 import importlib
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +42,23 @@ from .measurement import Engine
 from .process import IS_LINUX, open_fds
 
 STAGES = (1, 2, 4, 8)
-# Measured calls of the screen that runs first when the number of calls was left at its default:
-# a leak that shows once in up to 4 calls (the rarest the trend rule below can judge: slope
-# >= 0.2 needs one block per 5 calls, and the field notes needed 12 calls to catch one every
-# 4th) moves the readings within 12 calls, and anything that moves goes on to the full run.
-SCREEN = 12
+# The screen that runs first when the number of calls was left at its default: it passes a test
+# as soon as QUIET calls in a row moved no reading, and gives up after SCREEN calls. QUIET is
+# what the rules below can judge: a trend needs a slope of 0.2 blocks a call, one block in 5
+# calls, so growth they would catch moves at least one reading in any 5 calls in a row. Growth
+# that stops (a cache filled, a first-use cost paid late: whole repetitions of a pytest test
+# step once or twice around the sixth run) and then stays still for QUIET calls is not a leak.
+QUIET = 6
+SCREEN = 20
+# The time a screened check of one test may take: TIME_RUNS more runs of the test (timed by its
+# first repeated run), or a floor where that is longer: SCREEN_FLOOR seconds for the screen, and
+# SUSPECT_FLOOR for a test whose readings moved in it, which may need the whole escalation (a
+# leak in a test of 1 ms is reported after ~280 runs) to be told from a cache that fills. Most
+# of a suite's time is a few slow tests: checked ~4 more times each, the suite costs about 5x a
+# plain run.
+TIME_RUNS = 4.0
+SCREEN_FLOOR = 0.05
+SUSPECT_FLOOR = 1.0
 BLOCK_SLOPE = 0.2
 BYTE_SLOPE = 1.0
 NATIVE_SLOPE = 16.0
@@ -59,12 +72,15 @@ LOOSE_HALF_RATIO = 0.25
 @dataclass(frozen=True)
 class LeakSettings:
     iterations: int = 30
-    warmup: int = 5
+    warmup: int = 3
     tolerance: int = 0  # bytes per call that may grow before a byte trend counts
     stages: tuple[int, ...] = STAGES
-    # Calls after warm-up that end the check early when not one reading moved; None runs
-    # ``iterations`` in full (what a user who chose the number of calls gets).
+    # The most calls after warm-up that the screen runs (see QUIET); None runs ``iterations``
+    # in full (what a user who chose the number of calls gets), with no time budget.
     screen: int | None = SCREEN
+    time_runs: float = TIME_RUNS
+    screen_floor: float = SCREEN_FLOOR
+    suspect_floor: float = SUSPECT_FLOOR
 
 
 class LeakSettingsError(ValueError):
@@ -537,11 +553,15 @@ class LeakResult:
     explained_calls: int = 0
     threads: int = 1
     screened: bool = False  # passed at the screen, before the full run
+    # Memory grew, but the time budget ended the check before growth that stops (a cache
+    # filling) could be told from a leak: not failed, and said.
+    inconclusive: bool = False
+    budget: float | None = None  # seconds, where the check had a time budget
 
-    def message(self, what: str = "memory") -> str:
+    def message(self, what: str = "memory", unit: str = "call") -> str:
         from .messages import render_leak
 
-        return render_leak(self, what)
+        return render_leak(self, what, unit)
 
 
 class LeakRunner:
@@ -602,47 +622,86 @@ class LeakRunner:
                     collector.collect()
                     read(calls)
 
+            def window(first: int) -> dict[str, list[int]]:
+                return self._window(first, calls, blocks, nbytes, fds, native)
+
+            clock = time.perf_counter
+            began = clock()
+            budget: float | None = None
+
+            def affords(more: int) -> bool:
+                """``more`` calls fit in the time budget, at the mean time of a call so far."""
+                if budget is None:
+                    return True
+                spent = clock() - began
+                return spent + more * spent / max(1, calls) <= budget
+
             read(0)
             columns = (blocks, nbytes, fds, native) if use_native else (blocks, nbytes, fds)
             screen = settings.screen
+            warmup = settings.warmup
+            out_of_time = False
             if screen is not None and screen < settings.iterations:
-                run_to(settings.warmup + screen)
-                first = settings.warmup
-                if all(col[i] == col[first] for col in columns for i in range(first, calls + 1)):
-                    series = self._window(first, calls, blocks, nbytes, fds, native)
-                    # Not one reading moved: nothing for a rule to judge, and no leak in this
-                    # code shows less often than the screen is long (see SCREEN).
+                run_to(1)
+                first = clock() - began
+                budget = max(settings.screen_floor, settings.time_runs * first)
+                if not affords(warmup + QUIET - calls):
+                    warmup = 1  # a slow test: its first run is its warm-up
+                run_to(warmup)
+                quiet = 0  # calls in a row that moved no reading
+                resized = False  # a block grew in place: see below
+                while quiet < QUIET and calls < warmup + screen and affords(1):
+                    run_to(calls + 1)
+                    still = all(col[calls] == col[calls - 1] for col in columns)
+                    quiet = quiet + 1 if still else 0
+                    resized = resized or (
+                        nbytes[calls] > nbytes[calls - 1] and blocks[calls] == blocks[calls - 1]
+                    )
+                # Bytes up with no new block is a container's array growing, which a list that
+                # gains a slot per call does ever more rarely (every ~n/8 calls): quiet spells
+                # do not clear it; the full run's staircase rule judges it.
+                if not resized and (quiet >= QUIET or (quiet == calls - warmup and calls > warmup)):
+                    series = window(calls - quiet)
                     return LeakResult(
                         leaked=False,
                         calls=calls,
-                        judged=screen,
+                        judged=calls - warmup,
                         growth=dict.fromkeys(series, 0.0),
                         series=series,
                         threads=threading.active_count(),
                         screened=True,
+                        budget=budget,
                     )
-            for total in totals:
+                budget = max(settings.suspect_floor, settings.time_runs * first)
+            judged_from = warmup
+            staged = False
+            for total in totals if not out_of_time else ():
+                if not affords(total - calls):
+                    out_of_time = True
+                    break
                 run_to(total)
-                findings = judge(
-                    self._window(calls - settings.iterations, calls, blocks, nbytes, fds, native),
-                    settings.tolerance,
-                    self._window(settings.warmup, calls, blocks, nbytes, fds, native),
-                )
+                staged = True
+                judged_from = calls - settings.iterations
+                findings = judge(window(judged_from), settings.tolerance, window(warmup))
                 if not findings:
                     break
-            judged = self._window(calls - settings.iterations, calls, blocks, nbytes, fds, native)
+            if not staged:  # out of time before a stage ended: judge what there is
+                findings = judge(window(warmup), settings.tolerance)
+            judged = window(judged_from)
             growth = {
                 name: (values[-1] - values[0]) / max(1, len(values) - 1)
                 for name, values in judged.items()
             }
             result = LeakResult(
-                leaked=bool(findings),
+                leaked=bool(findings) and not out_of_time,
                 calls=calls,
-                judged=settings.iterations,
+                judged=calls - judged_from,
                 findings=findings,
                 growth=growth,
                 series=judged,
                 threads=threading.active_count(),
+                inconclusive=bool(findings) and out_of_time,
+                budget=budget,
             )
             if result.leaked and explain:
                 self._explain(call, cleanup, token, result)

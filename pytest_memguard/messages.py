@@ -101,27 +101,30 @@ def sparkline(values: Sequence[float], width: int = 50) -> str:
     return "".join(_SPARKS[int((v - low) * scale)] for v in values)
 
 
-def _per_call(metric: str, value: float) -> str:
+def _per_call(metric: str, value: float, unit: str = "call") -> str:
     if metric in ("bytes", "native"):
-        return f"{format_size(int(round(value)), signed=True)}/call"
-    return f"{value:+.2f}/call"
+        return f"{format_size(int(round(value)), signed=True)}/{unit}"
+    return f"{value:+.2f}/{unit}"
 
 
-def render_leak(result: Any, what: str = "memory") -> str:
-    """The failure of a leak check: growth per call, the judged series, sites and types."""
+def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
+    """The failure of a leak check: growth per call (``unit``: a test's whole repetition is a
+    "run"), the judged series, sites and types."""
     names = ", ".join(f.metric for f in result.findings)
     lines = [
-        f"{what} leaks: {names} grew over {result.judged} judged calls "
-        f"({result.calls} calls in all, after warm-up and escalation)"
+        f"{what} leaks: {names} grew over {result.judged} judged {unit}s "
+        f"({result.calls} {unit}s in all, after warm-up and escalation)"
     ]
     for finding in result.findings:
-        per_call = _per_call(finding.metric, finding.per_call)
-        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason}")
+        per_call = _per_call(finding.metric, finding.per_call, unit)
+        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason.replace('call', unit)}")
     growth = ", ".join(
-        f"{metric} {_per_call(metric, value)}" for metric, value in result.growth.items() if value
+        f"{metric} {_per_call(metric, value, unit)}"
+        for metric, value in result.growth.items()
+        if value
     )
     if growth:
-        lines.append(f"  net growth over the judged calls: {growth}")
+        lines.append(f"  net growth over the judged {unit}s: {growth}")
     for metric in ("blocks", "bytes"):
         series = result.series.get(metric)
         if series:
@@ -129,7 +132,7 @@ def render_leak(result: Any, what: str = "memory") -> str:
     if result.sites:
         lines.append(
             f"Where the growing memory is allocated (every allocation traced over "
-            f"{result.explained_calls} more calls; per call):"
+            f"{result.explained_calls} more {unit}s; per {unit}):"
         )
         for site in result.sites:
             caller = f"  <- {_frame(site.stack[1])}" if len(site.stack) > 1 else ""
@@ -139,7 +142,7 @@ def render_leak(result: Any, what: str = "memory") -> str:
                 f"{_frame(site.frame)}{name}{caller}"
             )
     if result.types:
-        lines.append("Object types that grew (per call):")
+        lines.append(f"Object types that grew (per {unit}):")
         for row in result.types:
             lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
     if "native" in {f.metric for f in result.findings} and not result.sites:

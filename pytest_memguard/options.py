@@ -139,9 +139,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "mem_leak_warmup",
         "--mem-leak-warmup",
-        "unjudged calls before a leak check measures (default 5).",
+        "unjudged runs before a leak check measures (default 3).",
         _int_at_least(0),
-        5,
+        3,
         "N",
     ),
     Option(

@@ -12,6 +12,7 @@ import os
 from argparse import SUPPRESS
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pytest
@@ -131,12 +132,12 @@ class MemguardHooks:
         if config.getoption("setuponly", False):
             return
         session = self.session
-        isolate = gated = False
+        isolate = repeatable = False
         for item in items:
             plan = item.stash[PLAN_KEY] = session.plan(item)
             isolate = isolate or plan.isolate
-            gated = gated or plan.baseline
-        if gated:
+            repeatable = repeatable or plan.baseline or plan.leak is not None
+        if repeatable:
             session.fix_random_inputs()
         manager = config.pluginmanager
         if isolate and manager.get_plugin("memguard-isolate") is None:
@@ -156,7 +157,7 @@ class MemguardHooks:
             return
         if plan.error is not None:
             pytest.fail(plan.error, pytrace=False)
-        if self.session.scope_test:
+        if self.session.scope_test and not self.session.repeating:
             item.stash[METER_KEY] = self.session.start(plan)
 
     def _window_plan(self, item: pytest.Item, window: str) -> TestPlan | None:
@@ -179,7 +180,7 @@ class MemguardHooks:
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         """The window of other items (innermost wrapper of the call phase; a unittest case's
-        from its ``startTest`` to its ``stopTest``), then a leak check where planned."""
+        from its ``startTest`` to its ``stopTest``)."""
         session = self.session
         plan = self._window_plan(item, "unittest")
         if plan is not None:
@@ -188,10 +189,24 @@ class MemguardHooks:
             result = yield from session.measured(item, plan)
         else:
             result = yield
-        plan = item.stash.get(PLAN_KEY, None)
-        if plan is not None and plan.leak is not None and not session.repeating:
-            session.check_leaks(item, plan.leak)
         return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        """A test with a leak check: its official run, then its repetitions, then its reports
+        (an isolated test's check runs in its child, see ``IsolateHooks``)."""
+        plan = item.stash.get(PLAN_KEY, None)
+        leak = None if plan is None or plan.error is not None or plan.isolate else plan.leak
+        if leak is None or item.config.getoption("setupshow", False):
+            return None
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in self.session.leak_checked_run(item, nextitem, leak):
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(
@@ -265,7 +280,14 @@ class IsolateHooks:
         from .isolate import method, run_isolated, run_spawned
 
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        reports = run_isolated(item) if method() == "fork" else run_spawned(item)
+        if method() == "fork":
+            session = item.config.stash[SESSION_KEY]
+            leak = plan.leak if plan.error is None else None
+            reports = run_isolated(
+                item, None if leak is None else partial(session.leak_checked_run, item, None, leak)
+            )
+        else:
+            reports = run_spawned(item)
         for report in reports:
             item.ihook.pytest_runtest_logreport(report=report)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Generator, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # Imported where used: a run without budgets or leak checks never loads them.
     from .budget import Budget, Verdict
     from .leaks import LeakResult, LeakSettings
+    from .repetition import CannotRepeat, Repetition
 
 HYPOTHESIS_SLACK = 0.25
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
@@ -173,10 +174,11 @@ class MemguardSession:
         return replace(base, relative=max(base.relative, HYPOTHESIS_SLACK))
 
     def fix_random_inputs(self) -> None:
-        """Tests whose baselines are checked or recorded draw the same examples every run:
-        hypothesis draws new random examples each run otherwise (attrs' property tests moved
-        by 5-16% from run to run). Done as hypothesis' own ``--hypothesis-seed`` does it, and
-        only where the user gave no seed."""
+        """Tests whose baselines are checked or recorded, or that are checked for leaks, draw
+        the same examples every run: hypothesis draws new random examples each run otherwise
+        (attrs' property tests moved by 5-16% from run to run, and a leak check's repeated runs
+        would each fill hypothesis' caches with new examples). Done as hypothesis' own
+        ``--hypothesis-seed`` does it, and only where the user gave no seed."""
         core: Any = sys.modules.get("hypothesis.core")
         if core is None or self.config.getoption("hypothesis_seed", None) is not None:
             return
@@ -389,27 +391,71 @@ class MemguardSession:
             return f"allocation counts need the allocator hook; {self.engine.describe()}"
         return f"this platform cannot measure {metric}"
 
-    def check_leaks(self, item: pytest.Item, settings: LeakSettings) -> None:
-        """Call the test function again and again (the official run above passed) and fail
-        when memory grows from call to call."""
+    def leak_checked_run(
+        self, item: pytest.Item, nextitem: pytest.Item | None, settings: LeakSettings
+    ) -> list[pytest.TestReport]:
+        """The test's protocol with a leak check, its reports not yet logged: the official run
+        (measured, judged and reported as any other), then, if it passed, the whole test again
+        and again (setup, call and teardown, see ``repetition``), and the verdict written into
+        the official call's report. The official run comes first so that a test that cannot
+        run twice still passes or fails as itself; fixtures broader than the test's are torn
+        down (as far as ``nextitem`` needs) only after the repetitions."""
+        from _pytest.runner import runtestprotocol
+
+        from .repetition import Repetition, teardown_rest
+
+        repetition = Repetition(item)  # before the official run: a doctest's globals
+        reports = runtestprotocol(item, log=False, nextitem=cast("pytest.Item", item.parent))
+        if all(report.passed for report in reports):
+            self._judge_leaks(item, repetition, settings, reports)
+        rest = teardown_rest(item, nextitem)
+        if rest.failed:  # a broader fixture's teardown: the test's teardown error, as always
+            rest.user_properties = reports[-1].user_properties
+            reports[-1] = rest
+        return reports
+
+    def _judge_leaks(
+        self,
+        item: pytest.Item,
+        repetition: Repetition,
+        settings: LeakSettings,
+        reports: list[pytest.TestReport],
+    ) -> None:
         from .leaks import LeakRunner
+        from .repetition import CannotRepeat
 
         self.repeating = True
+        result: LeakResult | CannotRepeat
         try:
-            result = LeakRunner(self.engine, settings).run(item.runtest)
+            with warnings.catch_warnings():
+                # The official run showed the test's warnings; the repetitions' are dropped
+                # (kept, they would be growth the check itself made).
+                warnings.showwarning = _drop_warning
+                result = LeakRunner(self.engine, settings).run(repetition)
+        except CannotRepeat as exc:
+            result = exc
         finally:
             self.repeating = False
-        item.user_properties.extend(to_properties({}, _leak_properties(result)))
-        if result.threads > 1:
-            warnings.warn(
-                MemguardWarning(
-                    f"mem_leak_check on {item.nodeid}: {result.threads - 1} other thread(s) "
-                    "were alive; memory readings are process-wide, so their allocations count"
-                ),
-                stacklevel=1,
-            )
-        if result.leaked:
-            pytest.fail(result.message(), pytrace=False)
+            repetition.restore()
+        call = next(report for report in reports if report.when == "call")
+        if isinstance(result, CannotRepeat):
+            # The official run was the first: a repetition's run number is one more.
+            reason = f"its run {result.run + 1} {result.reason}"
+            properties = {"leak.cannot_repeat": reason}
+            if item.get_closest_marker("mem_leak_check") is not None:
+                call.outcome = "failed"
+                call.longrepr = (
+                    f"mem_leak_check on {item.nodeid}: the test cannot repeat, so it was not "
+                    f"checked for leaks: {reason} (mark it no_mem_leak_check if it cannot run "
+                    "twice by design)"
+                )
+        else:
+            properties = _leak_properties(result)
+            if result.leaked:
+                call.outcome = "failed"
+                call.longrepr = result.message(unit="run")
+        # Records read their properties from the teardown report.
+        reports[-1].user_properties.extend(to_properties({}, properties))
 
     # ------------------------------------------------------------------ records
     def absorb(self, report: pytest.TestReport) -> None:
@@ -468,13 +514,58 @@ class MemguardSession:
         )
         if lines:
             sections.append((f"memguard: top {len(lines) - 1} tests by peak memory", lines))
+        cut_short = [r for r in self.records.values() if r.get("leak.inconclusive")]
+        if cut_short:
+            # A summary, not a warning a test: hypothesis tests, whose own caches fill over
+            # ~1,000 runs, all end here, and one line each is what the user needs.
+            sections.append(
+                (
+                    "memguard: leak checks cut short by their time budget (not failed)",
+                    [
+                        "memory grew over the runs the budget allowed, too few to tell a leak "
+                        "from a cache that fills and stops; to decide, give a test its own "
+                        "number of runs: @pytest.mark.mem_leak_check(iterations=30)",
+                        *(_cut_short_line(r) for r in cut_short),
+                    ],
+                )
+            )
+        unrepeatable = [r for r in self.records.values() if r.get("leak.cannot_repeat")]
+        if unrepeatable:
+            sections.append(
+                (
+                    "memguard: tests that cannot repeat, not checked for leaks",
+                    [f"  {r.nodeid}: {r.get('leak.cannot_repeat')}" for r in unrepeatable],
+                )
+            )
         baseline_lines = render_baseline_summary(self.baseline_outcome, self.baselines.mode)
         if baseline_lines:
             sections.append(("memguard: baselines", baseline_lines))
         return sections
 
 
+def _cut_short_line(record: TestRecord) -> str:
+    from .units import format_size
+
+    growth = []
+    for metric in ("blocks", "bytes", "native", "fds"):
+        value = record.get(f"leak.{metric}_per_call")
+        if value:
+            shown = format_size(value) if metric in ("bytes", "native") else f"{value:.2f}"
+            growth.append(f"{metric} +{shown}")
+    return (
+        f"  {record.nodeid}: {', '.join(growth) or 'moved'} a run, {record.get('leak.calls')} runs"
+    )
+
+
+def _drop_warning(*args: object, **kwargs: object) -> None:
+    pass
+
+
 def _leak_properties(result: LeakResult) -> dict[str, Any]:
     props: dict[str, Any] = {"leak.calls": result.calls, "leak.leaked": result.leaked}
+    if result.inconclusive:
+        props["leak.inconclusive"] = True
+    if result.threads > 1:
+        props["leak.threads"] = result.threads - 1  # others than the test's: readings count them
     props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})
     return props

@@ -103,8 +103,8 @@ def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -
             "*retained * exceeds mem_budget 64.0 KiB by *",
             "Object types allocated during the test and still alive:",
             "*2,00? *?.?",
-            "*grew over 12 judged calls*",
-            "Object types that grew (per call):",
+            "*grew over 12 judged runs*",
+            "Object types that grew (per run):",
             "*+1 *?.?",
         ]
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import collections
 import functools
 import sys
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from pytest_memguard.leaks import (
+    QUIET,
     SCREEN,
     LeakRunner,
     LeakSettings,
@@ -168,7 +170,8 @@ def test_runner_passes_clean_code_at_the_screen() -> None:
     result = LeakRunner(get_engine(), LeakSettings()).run(clean)
     assert not result.leaked
     assert result.screened
-    assert result.calls == 5 + SCREEN
+    # Quiet from the first measured call: warm-up, then QUIET calls that moved nothing.
+    assert result.calls == 3 + QUIET
 
 
 def test_runner_without_screen_runs_every_call_the_user_asked_for() -> None:
@@ -179,7 +182,8 @@ def test_runner_without_screen_runs_every_call_the_user_asked_for() -> None:
     result = LeakRunner(get_engine(), LeakSettings(screen=None)).run(clean)
     assert not result.leaked
     assert not result.screened
-    assert result.calls == 35
+    assert result.budget is None
+    assert result.calls == 3 + 30
 
 
 def test_the_harness_allocates_nothing_that_stays_even_past_256_calls() -> None:
@@ -266,3 +270,46 @@ def test_interpreter_hooks_are_feature_detected(monkeypatch: pytest.MonkeyPatch)
     assert leaks.InterpreterCleanup()._clear_type_cache is sys._clear_type_cache
     monkeypatch.setattr(sys, "_clear_internal_caches", lambda: None, raising=False)
     assert leaks.InterpreterCleanup()._clear_type_cache is sys._clear_internal_caches  # type: ignore[attr-defined]
+
+
+def test_a_slow_clean_test_runs_within_its_time_budget() -> None:
+    def slow() -> None:
+        time.sleep(0.02)
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(slow)
+    assert not result.leaked
+    assert not result.inconclusive
+    assert result.budget is not None
+    assert result.budget >= 4 * 0.02
+    # Quiet, it passes after ~4 more runs; moved (first-use effects), it may go on to the
+    # suspect's budget: never past what its budget holds of 0.02 s runs.
+    assert 2 <= result.calls <= result.budget / 0.02 + 1
+
+
+def test_a_slow_growing_test_out_of_time_is_inconclusive_not_failed() -> None:
+    sink: list[object] = []
+
+    def slow_and_growing() -> None:
+        time.sleep(0.02)
+        sink.append(object())
+
+    settings = LeakSettings(suspect_floor=0.3)
+    result = LeakRunner(get_engine(), settings).run(slow_and_growing)
+    assert not result.leaked
+    assert result.inconclusive
+    assert [f.metric for f in result.findings][:1] == ["blocks"]
+    assert 3 <= result.calls <= 25  # 0.3 s of 0.02 s runs, and never the 280 of the schedule
+
+
+def test_a_number_of_runs_the_user_chose_has_no_time_budget() -> None:
+    sink: list[object] = []
+
+    def slow_and_growing() -> None:
+        time.sleep(0.002)
+        sink.append(object())
+
+    settings = LeakSettings(iterations=5, warmup=1, screen=None, suspect_floor=0.0, time_runs=0)
+    result = LeakRunner(get_engine(), settings).run(slow_and_growing)
+    assert result.leaked
+    assert result.budget is None
+    assert result.calls == 6 * 8  # every stage of the escalation ran

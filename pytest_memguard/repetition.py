@@ -1,0 +1,164 @@
+"""Running a whole test again for the leak check, the way CPython's ``-R`` re-runs a test case:
+each run is the test's setup, call and teardown, so its function-scoped fixtures are fresh every
+time (a new ``TestCase`` instance, ``monkeypatch``, ``tmp_path``, ``capsys``, doctest globals),
+while fixtures of broader scope stay set up and are shared.
+
+A repeated run reports nothing: pytest's reports are not logged (a subtest reports from inside
+the call, so those are dropped too), and what a run leaves on the item for the official run to
+report (captured output, user properties) is put back as it was. Memory the framework keeps
+for its reports is not the user's leak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Any, cast
+
+import pytest
+from _pytest.runner import CallInfo, runtestprotocol
+
+
+class CannotRepeat(Exception):
+    """A run of the test did not pass: ``run`` is its number, counted from 1."""
+
+    def __init__(self, run: int, reason: str) -> None:
+        super().__init__(reason)
+        self.run = run
+        self.reason = reason
+
+
+class _QuietHooks:
+    """The hook relay a repeated run sees: pytest's own, except that reports are not logged.
+    A failed report (a subtest's) is remembered: the run did not pass."""
+
+    def __init__(self, relay: Any) -> None:
+        self._relay = relay
+        self.failed: pytest.TestReport | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._relay, name)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> list[object]:
+        if report.failed and self.failed is None:
+            self.failed = report
+        return []
+
+
+def _broader_fixtures(item: pytest.Item) -> list[Any]:
+    """The item's fixture definitions of a scope broader than the function (pytest's private
+    structures, read defensively)."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = getattr(info, "name2fixturedefs", None) or {}
+    return [
+        fixture
+        for fixtures in definitions.values()
+        for fixture in fixtures
+        if getattr(fixture, "scope", "function") != "function"
+        and isinstance(getattr(fixture, "_finalizers", None), list)
+        and hasattr(fixture, "cached_result")
+    ]
+
+
+def _spent(finalizer: object) -> bool:
+    """A function-scoped fixture's teardown that has run (its value is gone)."""
+    if not isinstance(finalizer, functools.partial):
+        return False
+    owner = getattr(finalizer.func, "__self__", None)
+    return (
+        getattr(finalizer.func, "__name__", "") == "finish"
+        and getattr(owner, "scope", None) == "function"
+        and getattr(owner, "cached_result", True) is None
+    )
+
+
+def describe(report: pytest.TestReport) -> str:
+    """The first line that says why a report failed: the exception line where there is one."""
+    text = report.longreprtext.strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    what = errors[0] if errors else (lines[-1] if lines else report.outcome)
+    where = "" if report.when == "call" else f" in {report.when}"
+    return f"{report.outcome}{where}: {what}"
+
+
+class Repetition:
+    """One more run of ``item`` each call; raises ``CannotRepeat`` when a run does not pass.
+    Made before the official run (a doctest's globals are taken then); ``restore()`` puts back
+    what the official run left on the item."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+        self.runs = 0
+        # What the official run left for its reports, as the first repetition finds it.
+        self._properties: list[tuple[str, object]] | None = None
+        self._sections: list[tuple[str, str, str]] = []
+        # Collected doctests hold their module's globals, which a run empties when it ends.
+        dtest = getattr(item, "dtest", None)
+        globs = getattr(dtest, "globs", None)
+        self._globs = dict(globs) if isinstance(globs, dict) else None
+        self._broader = _broader_fixtures(item)
+        # A parent stands in for the next item: teardown then ends the item's own fixtures
+        # and keeps every broader one (SetupState.teardown_exact stops at the shared chain).
+        self._next = cast("pytest.Item", item.parent)
+
+    def __call__(self) -> None:
+        item = self.item
+        if self._properties is None:
+            self._properties = list(item.user_properties)
+            self._sections = list(item._report_sections)
+        self.restore()
+        session: Any = item.session
+        quiet: list[_QuietHooks] = []
+
+        def gethookproxy(fspath: os.PathLike[str]) -> Any:
+            hooks = _QuietHooks(type(session).gethookproxy(session, fspath))
+            quiet.append(hooks)
+            return hooks
+
+        self.runs += 1
+        active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
+        session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
+        try:
+            reports = runtestprotocol(item, log=False, nextitem=self._next)
+        finally:
+            del session.gethookproxy
+            # Each setup of a function-scoped fixture adds its teardown to the finalizers of
+            # the broader fixtures it uses (pytest's bookkeeping: a session fixture's list grows
+            # by one per test until the session ends). Spent ones go, or they read as a leak.
+            for fixture, count in active:
+                added = fixture._finalizers[count:]
+                fixture._finalizers[count:] = [f for f in added if not _spent(f)]
+        failed = [r for r in reports if not r.passed]
+        failed += [hooks.failed for hooks in quiet if hooks.failed is not None]
+        if failed:
+            raise CannotRepeat(self.runs, describe(failed[0]))
+
+    def restore(self) -> None:
+        item = self.item
+        if self._properties is not None:
+            item._report_sections = list(self._sections)  # captured output
+            item.user_properties[:] = self._properties
+        dtest = getattr(item, "dtest", None)
+        if self._globs is not None and dtest is not None:
+            dtest.globs.clear()
+            dtest.globs.update(self._globs)
+
+
+def teardown_rest(item: pytest.Item, nextitem: pytest.Item | None) -> pytest.TestReport:
+    """After a test whose own teardown ended its function-scoped fixtures: end the broader ones
+    ``nextitem`` does not share (SetupState, as pytest's teardown phase does), with output
+    captured, as a teardown report. Not through the teardown hooks: they already ran for this
+    test, and some undo what only its setup did (the logging plugin's stash keys)."""
+    session = item.session
+    if session.shouldfail or session.shouldstop:
+        nextitem = None
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+
+    def teardown() -> None:
+        with capture.item_capture("teardown", item) if capture else contextlib.nullcontext():
+            session._setupstate.teardown_exact(nextitem)
+
+    call = CallInfo.from_call(teardown, when="teardown", reraise=(KeyboardInterrupt,))
+    return cast("pytest.TestReport", item.ihook.pytest_runtest_makereport(item=item, call=call))

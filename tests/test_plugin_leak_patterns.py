@@ -1,0 +1,286 @@
+"""mem_leak_check on what real suites are made of: each repetition is a whole setup, call and
+teardown (fresh function-scoped fixtures), the framework's own bookkeeping is not a leak, and
+the official run reports exactly what a plain run reports."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from .conftest import Runner
+from .test_plugin_budget import outcomes
+
+PATTERNS = '''
+import json
+import logging
+import sys
+import unittest
+import warnings
+
+import pytest
+from hypothesis import given, strategies as st
+
+CONSTANT = 41
+
+
+class CaseWithSubtests(unittest.TestCase):
+    def setUp(self):
+        self.data = list(range(10))
+
+    def tearDown(self):
+        del self.data  # a reused instance would fail here on its second run
+
+    def test_subtests(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertIn(i, self.data)
+
+    def test_cleanup(self):
+        self.addCleanup(self.data.clear)
+
+
+def test_pytest_subtests(subtests):
+    for i in range(3):
+        with subtests.test(i=i):
+            assert i < 3
+
+
+def test_monkeypatch_setattr(monkeypatch):
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: "x")
+    assert json.dumps(1) == "x"
+
+
+def test_monkeypatch_delattr(monkeypatch):
+    monkeypatch.delattr(sys, "_getframe")  # a second delattr on one monkeypatch would fail
+    assert not hasattr(sys, "_getframe")
+
+
+def test_capsys(capsys):
+    print("hello")
+    assert capsys.readouterr().out == "hello\\n"
+
+
+def test_caplog(caplog):
+    logging.getLogger("x").warning("logged once")
+    assert "logged once" in caplog.text
+
+
+def test_warns():
+    with pytest.warns(UserWarning):
+        warnings.warn("expected", UserWarning)
+
+
+def test_warning_shown_once():
+    warnings.warn("shown once", UserWarning)
+
+
+def test_tmp_path(tmp_path):
+    (tmp_path / "f").mkdir()  # the same directory twice would raise FileExistsError
+
+
+def test_record_property(record_property):
+    record_property("key", "value")
+
+
+@given(st.integers())
+def test_hypothesis(x):
+    assert x + 1 > x
+
+
+def answer():
+    """
+    >>> answer() == CONSTANT + 1
+    True
+    """
+    return 42
+'''
+
+
+def test_real_suite_patterns_are_each_checked_and_pass(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    pytester.makepyfile(test_patterns=PATTERNS)
+    report = pytester.path / "report.json"
+    args = ("-rA", "-v", "-p", "no:randomly", "--doctest-modules")
+    # Every warning an error but the test's own: the plugin adds none of its own.
+    strict = ("-W", "error", "-W", "default::UserWarning")
+    result = run(*plugin_args, *args, *strict, "--mem-leak-check", f"--mem-report={report}")
+    plain = run(*plugin_args, *args, "-p", "no:memguard")
+    seen = outcomes(result)
+    assert len(seen) == 13
+    assert set(seen.values()) == {"PASSED"}, result.stdout.str()
+    text = result.stdout.str()
+    # Subtests report from inside the call: the repeated runs' reports are not shown.
+    assert re.search(r"\b6 subtests passed", text), text
+    assert re.search(r"\b6 subtests passed", plain.stdout.str())
+    assert text.count("logged once") == plain.stdout.str().count("logged once") == 1
+    assert text.count("UserWarning: shown once") == 1
+    assert "cannot repeat" not in text
+    rows = {row["nodeid"].split("::")[-1]: row for row in json.loads(report.read_text())["tests"]}
+    for name, row in rows.items():
+        details = row["details"]
+        assert 2 <= details["leak.calls"] <= 300, name
+        assert details["leak.leaked"] is False, name
+
+
+def test_a_fixture_that_leaks_is_the_leak_reported(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        REGISTRY = []
+
+        @pytest.fixture
+        def session_like():
+            REGISTRY.append(object())  # conftest.py:7
+            yield
+        """
+    )
+    pytester.makepyfile(
+        test_fixture="""
+        import pytest
+
+        @pytest.mark.mem_leak_check
+        def test_uses_it(session_like):
+            pass
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*blocks*grew*", "*conftest.py:7 in session_like*"])
+
+
+def test_a_test_that_cannot_repeat_passes_as_itself_and_is_said_so(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The official run comes first: a test that cannot run twice (dateutil's import-star test
+    pops module globals) passes as it does plainly; the summary says it was not checked, and
+    a test whose marker asks for the check fails saying why."""
+    pytester.makepyfile(
+        test_once="""
+        import pytest
+
+        RUNS = []
+
+        def test_only_once():
+            RUNS.append(1)
+            assert RUNS.count(1) == 1, "ran twice"
+
+        @pytest.mark.mem_leak_check
+        def test_marked_only_once():
+            RUNS.append(2)
+            assert RUNS.count(2) == 1, "ran twice"
+        """
+    )
+    option = run("-rA", "-p", "no:randomly", "--mem-leak-check", "-k", "not marked")
+    assert outcomes(option) == {"test_only_once": "PASSED"}
+    option.stdout.fnmatch_lines(
+        [
+            "*memguard: tests that cannot repeat, not checked for leaks*",
+            "*test_only_once: its run 2 failed: AssertionError: ran twice*",
+        ]
+    )
+    marked = run("-rA", "-p", "no:randomly", "-k", "marked")
+    assert outcomes(marked) == {"test_marked_only_once": "FAILED"}
+    marked.stdout.fnmatch_lines(
+        [
+            "*mem_leak_check on *test_marked_only_once: the test cannot repeat, so it was not "
+            "checked for leaks: its run 2 failed: AssertionError: ran twice*"
+        ]
+    )
+
+
+def test_a_failing_test_fails_once_as_itself(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_fails="""
+        def test_broken():
+            print("printed by the test")
+            assert 1 == 2
+        """
+    )
+    result = run("--mem-leak-check")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert result.stdout.lines.count("printed by the test") == 1  # captured once
+    assert "assert 1 == 2" in text
+    assert "cannot repeat" not in text
+
+
+def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The time budget: 4 more runs of the test (the floor is 0.05 s for a quiet test)."""
+    pytester.makepyfile(
+        test_slow="""
+        import time
+
+        def test_slow():
+            time.sleep(0.05)
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("--mem-leak-check", f"--mem-report={report}")
+    result.assert_outcomes(passed=1)
+    (row,) = json.loads(report.read_text())["tests"]
+    assert 2 <= row["details"]["leak.calls"] <= 6
+
+
+def test_an_isolated_test_is_repeated_in_its_child(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(
+        test_iso="""
+        import pytest
+
+        SINK = []
+
+        @pytest.mark.mem_isolate
+        @pytest.mark.mem_leak_check
+        def test_leaky():
+            SINK.append(object())
+
+        @pytest.mark.mem_isolate
+        @pytest.mark.mem_leak_check
+        def test_clean():
+            sum(range(10))
+        """
+    )
+    result = run("-rA", "-p", "no:randomly")
+    assert outcomes(result) == {"test_leaky": "FAILED", "test_clean": "PASSED"}
+    result.stdout.fnmatch_lines(["memory leaks: blocks* grew over 30 judged runs*"])
+
+
+def test_broader_fixtures_are_set_up_once_and_their_teardown_is_reported(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_scopes="""
+        import pytest
+
+        SETUPS = []
+
+        @pytest.fixture(scope="module")
+        def shared():
+            SETUPS.append(1)
+            yield
+            print("module teardown")
+            raise RuntimeError("module teardown failed")
+
+        def test_first(shared):
+            assert len(SETUPS) == 1
+
+        def test_second(shared):
+            assert len(SETUPS) == 1
+        """
+    )
+    result = run("-rA", "-p", "no:randomly", "--mem-leak-check")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_second*",
+            "*RuntimeError: module teardown failed*",
+            "*Captured stdout teardown*",
+            "module teardown",
+        ]
+    )
