@@ -120,8 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "mem_leak_check",
         "--mem-leak-check",
-        "check every test for memory that grows from iteration to iteration (as if marked "
-        "mem_leak_check).",
+        "check every test for memory that grows from run to run (as if marked mem_leak_check): "
+        "after its own run, the whole test runs again and again.",
         _bool,
         False,
         is_flag=True,
@@ -129,9 +129,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "mem_leak_iterations",
         "--mem-leak-iterations",
-        "measured calls per leak check (default 30, after a 12-call screen that passes code whose "
-        "memory did not move at all; a number given here is always run in full; escalates when "
-        "growth is suspected).",
+        "measured runs per leak check (default 30, after a screen that passes a test whose memory "
+        "stays still for 5 runs, within a time budget; a number given here is always run in full, "
+        "without screen or budget; escalates when growth is suspected).",
         _int_at_least(1),
         None,
         "N",
@@ -139,9 +139,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "mem_leak_warmup",
         "--mem-leak-warmup",
-        "unjudged runs before a leak check measures (default 3).",
+        "unjudged runs before a leak check measures, after the test's own run (default 2).",
         _int_at_least(0),
-        3,
+        2,
         "N",
     ),
     Option(

@@ -36,9 +36,9 @@ MARKERS = (
     "mem_budget(limit=None, *, peak=None, retained=None, private=None, allocations=None, "
     "tolerance=None): fail the test when its memory exceeds a limit (limit is peak). Sizes "
     "like '50MB'; allocations is a count of allocator calls.",
-    "mem_leak_check(iterations=None, warmup=None, *, tolerance=None): run the test function "
-    "warmup times unjudged, then iterations times measured, and fail when memory grows from "
-    "call to call.",
+    "mem_leak_check(iterations=None, warmup=None, *, tolerance=None): after its own run, run "
+    "the whole test (setup, call, teardown) warmup times unjudged, then iterations times "
+    "measured, and fail when memory grows from run to run.",
     "no_mem_leak_check: exempt a test whose body cannot run twice from --mem-leak-check.",
     "mem_isolate: run this test in a fresh child process for clean numbers.",
 )

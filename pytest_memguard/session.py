@@ -406,8 +406,9 @@ class MemguardSession:
 
         repetition = Repetition(item)  # before the official run: a doctest's globals
         reports = runtestprotocol(item, log=False, nextitem=cast("pytest.Item", item.parent))
-        if all(report.passed for report in reports):
-            self._judge_leaks(item, repetition, settings, reports)
+        call = next((report for report in reports if report.when == "call"), None)
+        if call is not None and all(report.passed for report in reports):
+            self._judge_leaks(item, repetition, settings, call, reports[-1])
         rest = teardown_rest(item, nextitem)
         if rest.failed:  # a broader fixture's teardown: the test's teardown error, as always
             rest.user_properties = reports[-1].user_properties
@@ -419,8 +420,11 @@ class MemguardSession:
         item: pytest.Item,
         repetition: Repetition,
         settings: LeakSettings,
-        reports: list[pytest.TestReport],
+        call: pytest.TestReport,
+        teardown: pytest.TestReport,
     ) -> None:
+        """Repeat the test and write the verdict into the official call's report, and the
+        figures into its teardown report (where records read properties from)."""
         from .leaks import LeakRunner
         from .repetition import CannotRepeat
 
@@ -437,7 +441,6 @@ class MemguardSession:
         finally:
             self.repeating = False
             repetition.restore()
-        call = next(report for report in reports if report.when == "call")
         if isinstance(result, CannotRepeat):
             # The official run was the first: a repetition's run number is one more.
             reason = f"its run {result.run + 1} {result.reason}"
@@ -454,8 +457,7 @@ class MemguardSession:
             if result.leaked:
                 call.outcome = "failed"
                 call.longrepr = result.message(unit="run")
-        # Records read their properties from the teardown report.
-        reports[-1].user_properties.extend(to_properties({}, properties))
+        teardown.user_properties.extend(to_properties({}, properties))
 
     # ------------------------------------------------------------------ records
     def absorb(self, report: pytest.TestReport) -> None:
