@@ -139,10 +139,12 @@ static size_t n_alloc_raw, n_free_raw, bytes_raw;
 /* Tracked (allocated-while-enabled) bytes and blocks still alive; reset by enable(). */
 static size_t live_gil, live_raw;
 static Py_ssize_t blocks_gil, blocks_raw;
-/* Frees of blocks the tables do not know: allocated before tracing began. A container made
-   before a leak check and reallocated in it shows as one more live block (its new block) and
-   one foreign free (its old one): the leak check nets the two. */
-static Py_ssize_t foreign_gil, foreign_raw;
+/* Reallocations of blocks the tables do not know (allocated before tracing began), and the
+   sizes of their new blocks: a container made before a leak check and reallocated in it
+   shows as one more live block of its whole new size, while its old block was never counted.
+   The leak check takes these out. */
+static Py_ssize_t old_reallocs_gil, old_reallocs_raw;
+static size_t old_realloc_bytes_gil, old_realloc_bytes_raw;
 static size_t peak;
 
 static table_t tables[N_DOMAINS];
@@ -734,26 +736,25 @@ HOT void note_alloc(int domain, void *ptr, size_t size)
     bump_peak();
 }
 
-COLD void note_free_raw(void *ptr)
+COLD int note_free_raw(void *ptr)
 {
     size_t size;
     int32_t sample;
     PyThread_acquire_lock(raw_lock, WAIT_LOCK);
-    if (table_remove(&tables[D_RAW], (uintptr_t)ptr, &size, &sample)) {
+    int found = table_remove(&tables[D_RAW], (uintptr_t)ptr, &size, &sample);
+    if (found) {
         STORE(live_raw, LOAD(live_raw) - size);
         STORE(blocks_raw, LOAD(blocks_raw) - 1);
         if (sample >= 0 && (size_t)sample < n_samples) {
             samples[sample].alive = 0;
         }
     }
-    else {
-        STORE(foreign_raw, LOAD(foreign_raw) + 1);
-    }
     PyThread_release_lock(raw_lock);
+    return found;
 }
 
 /* A GIL-domain block that is not in its domain's page map. */
-COLD void note_free_elsewhere(int domain, void *ptr)
+COLD int note_free_elsewhere(int domain, void *ptr)
 {
     size_t size;
     int32_t sample = -1;
@@ -774,24 +775,22 @@ COLD void note_free_elsewhere(int domain, void *ptr)
             samples[sample].alive = 0;
         }
     }
-    else {
-        foreign_gil++;
-    }
+    return found;
 }
 
-HOT void note_free(int domain, void *ptr)
+/* Forget a freed block; 0 where it was never traced (allocated before tracing began). */
+HOT int note_free(int domain, void *ptr)
 {
     if (domain == D_RAW) {
-        note_free_raw(ptr);
-        return;
+        return note_free_raw(ptr);
     }
     size_t size = pagemap_remove(&pagemaps[domain], (uintptr_t)ptr, 1);
     if (size == 0) {
-        note_free_elsewhere(domain, ptr);
-        return;
+        return note_free_elsewhere(domain, ptr);
     }
     STORE(live_gil, LOAD(live_gil) - size);
     blocks_gil--;
+    return 1;
 }
 
 HOT void count_call(int domain, int is_alloc, size_t size)
@@ -865,11 +864,17 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
     }
     if (ptr != NULL) {
         /* The old block is gone (or reused in place): forget it, then trace the new one. */
-        if (old != NULL) {
-            note_free(DOMAIN(ctx), old);
-        }
+        int untraced = old != NULL && !note_free(DOMAIN(ctx), old);
         if (!foreign) {
             note_alloc(DOMAIN(ctx), ptr, size);
+            if (untraced && DOMAIN(ctx) == D_RAW) {
+                ADD(old_reallocs_raw, 1);
+                ADD(old_realloc_bytes_raw, size);
+            }
+            else if (untraced) {
+                old_reallocs_gil++;
+                old_realloc_bytes_gil += size;
+            }
         }
     }
     in_hook = 0;
@@ -1220,7 +1225,8 @@ static PyObject *ext_counters(PyObject *self, PyObject *unused)
 typedef struct {
     int used;
     size_t allocs, frees, bytes, live;
-    Py_ssize_t blocks, foreign;
+    Py_ssize_t blocks, old_reallocs;
+    size_t old_realloc_bytes;
 } mark_t;
 static mark_t marks[MAX_MARKS];
 
@@ -1230,7 +1236,8 @@ static PyObject *ext_mark(PyObject *self, PyObject *unused)
         if (!marks[i].used) {
             marks[i].used = 1;
             marks[i].blocks = blocks_gil + LOAD(blocks_raw);
-            marks[i].foreign = foreign_gil + LOAD(foreign_raw);
+            marks[i].old_reallocs = old_reallocs_gil + LOAD(old_reallocs_raw);
+            marks[i].old_realloc_bytes = old_realloc_bytes_gil + LOAD(old_realloc_bytes_raw);
             marks[i].live = LOAD(live_gil) + LOAD(live_raw);
             marks[i].bytes = bytes_gil + LOAD(bytes_raw);
             marks[i].frees = n_free_gil + LOAD(n_free_raw);
@@ -1245,14 +1252,15 @@ static PyObject *ext_mark(PyObject *self, PyObject *unused)
 static PyObject *ext_since(PyObject *self, PyObject *arg)
 {
     /* (allocations, frees, bytes, live change, live-block change, peak above the mark's live,
-       frees of blocks allocated before tracing),
+       reallocations of blocks allocated before tracing, the new sizes of those),
        all read before the result tuple is allocated. */
     size_t allocs = n_alloc_gil + LOAD(n_alloc_raw);
     size_t frees = n_free_gil + LOAD(n_free_raw);
     size_t bytes = bytes_gil + LOAD(bytes_raw);
     size_t live = LOAD(live_gil) + LOAD(live_raw);
     Py_ssize_t blocks = blocks_gil + LOAD(blocks_raw);
-    Py_ssize_t foreign = foreign_gil + LOAD(foreign_raw);
+    Py_ssize_t old_reallocs = old_reallocs_gil + LOAD(old_reallocs_raw);
+    size_t old_realloc_bytes = old_realloc_bytes_gil + LOAD(old_realloc_bytes_raw);
     size_t pk = LOAD(peak);
     long i = PyLong_AsLong(arg);
     if (i < 0 || i >= MAX_MARKS || !marks[i].used) {
@@ -1262,11 +1270,12 @@ static PyObject *ext_since(PyObject *self, PyObject *arg)
         return NULL;
     }
     mark_t *m = &marks[i];
-    return Py_BuildValue("(nnnnnnn)", (Py_ssize_t)(allocs - m->allocs),
+    return Py_BuildValue("(nnnnnnnn)", (Py_ssize_t)(allocs - m->allocs),
                          (Py_ssize_t)(frees - m->frees), (Py_ssize_t)(bytes - m->bytes),
                          (Py_ssize_t)live - (Py_ssize_t)m->live, blocks - m->blocks,
                          pk > m->live ? (Py_ssize_t)(pk - m->live) : (Py_ssize_t)0,
-                         foreign - m->foreign);
+                         old_reallocs - m->old_reallocs,
+                         (Py_ssize_t)(old_realloc_bytes - m->old_realloc_bytes));
 }
 
 /* ---------------------------------------------------------------- windows
@@ -1908,8 +1917,8 @@ static PyMethodDef methods[] = {
     {"counters", ext_counters, METH_NOARGS,
      "(allocations, frees, bytes, live_bytes, live_blocks, peak_bytes)."},
     {"since", ext_since, METH_O,
-     "(allocations, frees, bytes, live change, block change, peak above the mark, frees of "
-     "blocks allocated before tracing) since a mark."},
+     "(allocations, frees, bytes, live change, block change, peak above the mark, "
+     "reallocations of blocks allocated before tracing, their new bytes) since a mark."},
     {"samples", ext_samples, METH_VARARGS,
      "samples(first=0): [(size, weight, domain, alive, ((filename, line, name), ...)), ...]"},
     {"sample_count", ext_sample_count, METH_NOARGS, "Samples taken since enable()."},

@@ -61,9 +61,11 @@ class HeapReading:
     # Peak growth of the tracer's own bookkeeping: resident memory the kernel peak counts but
     # that belongs to us, not to the code under test.
     own_peak: int = 0
-    # Blocks freed that were allocated before the window (None where the backend cannot
-    # tell): a container reallocated in the window is one live block more and one of these.
-    foreign_frees: int | None = None
+    # Reallocations of blocks allocated before the window, and their new sizes (None where
+    # the backend cannot tell): each counts as a new live block of its whole new size, while
+    # the old block was never counted.
+    old_reallocs: int | None = None
+    old_realloc_bytes: int | None = None
 
 
 class HeapBackend(Protocol):
@@ -120,9 +122,13 @@ class ExtBackend:
         return token
 
     def read(self, token: _ExtToken) -> HeapReading:
-        allocations, frees, nbytes, live, blocks, peak, foreign = self._ext.since(token[0])
+        allocations, frees, nbytes, live, blocks, peak, reallocs, realloc_bytes = self._ext.since(
+            token[0]
+        )
         own = max(0, self._ext.own_bytes()[1] - token[3])
-        return HeapReading(allocations, frees, nbytes, peak, live, blocks, own, foreign)
+        return HeapReading(
+            allocations, frees, nbytes, peak, live, blocks, own, reallocs, realloc_bytes
+        )
 
     def end(self, token: _ExtToken) -> None:
         self._ext.close_window(token[0], token[1])

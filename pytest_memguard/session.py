@@ -180,7 +180,18 @@ class MemguardSession:
         would each fill hypothesis' caches with new examples). Done as hypothesis' own
         ``--hypothesis-seed`` does it, and only where the user gave no seed."""
         core: Any = sys.modules.get("hypothesis.core")
-        if core is None or self.config.getoption("hypothesis_seed", None) is not None:
+        if core is None:
+            return
+        # Hypothesis makes its global Random on first use and checks, with gc.get_referrers,
+        # that something keeps it; on 3.14 that search skips objects frozen by gc.freeze(),
+        # as every window's are, and hypothesis warns (an error where warnings are). Made
+        # here, before any window, the check finds its owner.
+        entropy: Any = sys.modules.get("hypothesis.internal.entropy")
+        prng = getattr(entropy, "deterministic_PRNG", None)
+        if prng is not None:
+            with prng():
+                pass
+        if self.config.getoption("hypothesis_seed", None) is not None:
             return
         if getattr(core, "global_force_seed", 0) is None:  # feature-detected: not public
             core.global_force_seed = 0

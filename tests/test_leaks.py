@@ -174,8 +174,9 @@ def test_runner_passes_clean_code_at_the_screen() -> None:
     result = LeakRunner(get_engine(), LeakSettings()).run(clean)
     assert not result.leaked
     assert result.screened
-    # Quiet from the first measured call: warm-up, then QUIET calls that moved nothing.
-    assert result.calls == 2 + QUIET
+    # Warm-up, then QUIET calls that moved nothing (a few more where the interpreter's own
+    # first-use costs land late: 3.14 under -n 2).
+    assert 2 + QUIET <= result.calls <= 2 + QUIET + 4
 
 
 def test_runner_without_screen_runs_every_call_the_user_asked_for() -> None:

@@ -83,7 +83,9 @@ _libc.malloc.argtypes = [ctypes.c_size_t]
 
 
 def test_leak_c_malloc():
-    _libc.malloc(112)
+    # Above glibc's per-thread cache (chunks up to 1 KiB): one that pytest's own run frees and
+    # mallocs again each time can hide a small leak from mallinfo (seen on 3.14, see Limits).
+    _libc.malloc(2048)
 
 
 class Resurrect:
