@@ -293,7 +293,13 @@ def judge(
         t = trend(values)
         if t.growing(threshold) if full is None else t.still_growing(threshold):
             findings.append(MetricFinding(metric, t.slope, "steady upward trend"))
-        elif metric == "bytes" and full is not None and staircase(values, threshold):
+        elif (
+            metric == "bytes"
+            and full is not None
+            and window is not None
+            and window[-1] > window[0]  # still stepping in the judged calls
+            and staircase(values, threshold)
+        ):
             per_call = (values[-1] - values[0]) / (len(values) - 1)
             findings.append(MetricFinding(metric, per_call, "grows in steps (amortised)"))
     fds = series.get("fds")

@@ -90,6 +90,17 @@ def test_bytes_staircase_over_the_whole_run() -> None:
     assert metrics(found) == {"bytes"}
 
 
+def test_a_staircase_that_stopped_before_the_judged_calls_is_not_a_leak() -> None:
+    """attrs, whole suite: bytes that stepped up now and then through the first ~220 runs
+    and not in the last 30 (something of the session's that fills in steps and stopped)."""
+    full = [1000] * 10 + [1100] * 60 + [1300] * 80 + [1600] * 107
+    window = full[-31:]
+    assert judge({"bytes": window}, full={"bytes": full}) == []
+    # The same steps, one of them in the judged calls: still growing, a leak.
+    stepping = full[:-10] + [1900] * 10
+    assert metrics(judge({"bytes": stepping[-31:]}, full={"bytes": stepping})) == {"bytes"}
+
+
 def test_native_growth_with_one_unrelated_jump() -> None:
     native = [1000 + 128 * i for i in range(31)]
     native[7:] = [v + 33_000 for v in native[7:]]
