@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from typing import Any, cast
 
 import pytest
@@ -44,6 +45,35 @@ class _QuietHooks:
         if report.failed and self.failed is None:
             self.failed = report
         return []
+
+
+class _Scratch:
+    """tmp_path's numbered directories made by one repetition: removed after it, and the
+    factory's counters put back, so that the next run gets the same names (pytest's private
+    structures, read defensively; where they are missing, nothing is done)."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        factory = getattr(item.config, "_tmp_path_factory", None)
+        self.base = getattr(factory, "_basetemp", None)
+        counters = getattr(factory, "_next_number", None)
+        self.counters = counters if isinstance(counters, dict) else None
+        self.saved = dict(self.counters or {})
+        try:
+            self.before = set(os.listdir(self.base)) if self.base is not None else set()
+        except OSError:
+            self.base = None
+
+    def clear(self) -> None:
+        if self.base is None or self.counters is None:
+            return
+        try:
+            made = set(os.listdir(self.base)) - self.before
+        except OSError:
+            return
+        for name in made:
+            shutil.rmtree(os.path.join(self.base, name), ignore_errors=True)
+        self.counters.clear()
+        self.counters.update(self.saved)
 
 
 def _broader_fixtures(item: pytest.Item) -> list[Any]:
@@ -118,6 +148,7 @@ class Repetition:
             return hooks
 
         self.runs += 1
+        scratch = _Scratch(item)
         active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
         session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
         try:
@@ -130,6 +161,9 @@ class Repetition:
             for fixture, count in active:
                 added = fixture._finalizers[count:]
                 fixture._finalizers[count:] = [f for f in added if not _spent(f)]
+            # A repetition's tmp_path is scratch. Each new name was a leak of its own on 3.12,
+            # where pathlib interns path parts and interned strings are immortal.
+            scratch.clear()
         failed = [r for r in reports if not r.passed]
         failed += [hooks.failed for hooks in quiet if hooks.failed is not None]
         if failed:

@@ -119,6 +119,9 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     assert text.count("logged once") == plain.stdout.str().count("logged once") == 1
     assert text.count("UserWarning: shown once") == 1
     assert "cannot repeat" not in text
+    # Repetitions' tmp_path directories are scratch, removed with their names reused (each new
+    # name was a leak of its own on 3.12: pathlib interns path parts, immortal there).
+    assert len(list(pytester.path.glob("runpytest-0/**/test_tmp_path[0-9]*"))) == 1
     rows = {row["nodeid"].split("::")[-1]: row for row in json.loads(report.read_text())["tests"]}
     for name, row in rows.items():
         details = row["details"]
