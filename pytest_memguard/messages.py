@@ -101,7 +101,8 @@ def sparkline(values: Sequence[float], width: int = 50) -> str:
     return "".join(_SPARKS[int((v - low) * scale)] for v in values)
 
 
-def _per_call(metric: str, value: float, unit: str = "call") -> str:
+def per_call(metric: str, value: float, unit: str = "call") -> str:
+    """Growth of ``metric`` per call (or per ``unit``), signed: ``+16 B/run``, ``-0.50/call``."""
     if metric in ("bytes", "native"):
         return f"{format_size(int(round(value)), signed=True)}/{unit}"
     return f"{value:+.2f}/{unit}"
@@ -116,10 +117,10 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
         f"({result.calls} {unit}s in all, after warm-up and escalation)"
     ]
     for finding in result.findings:
-        per_call = _per_call(finding.metric, finding.per_call, unit)
-        lines.append(f"  {finding.metric:<7}{per_call:>16}  {finding.reason.replace('call', unit)}")
+        rate = per_call(finding.metric, finding.per_call, unit)
+        lines.append(f"  {finding.metric:<7}{rate:>16}  {finding.reason.replace('call', unit)}")
     growth = ", ".join(
-        f"{metric} {_per_call(metric, value, unit)}"
+        f"{metric} {per_call(metric, value, unit)}"
         for metric, value in result.growth.items()
         if value
     )

@@ -557,17 +557,14 @@ class MemguardSession:
 
 
 def _cut_short_line(record: TestRecord) -> str:
-    from .units import format_size
+    from .messages import per_call
 
-    growth = []
-    for metric in ("blocks", "bytes", "native", "fds"):
-        value = record.get(f"leak.{metric}_per_call")
-        if value:
-            shown = format_size(value) if metric in ("bytes", "native") else f"{value:.2f}"
-            growth.append(f"{metric} +{shown}")
-    return (
-        f"  {record.nodeid}: {', '.join(growth) or 'moved'} a run, {record.get('leak.calls')} runs"
-    )
+    growth = [
+        f"{metric} {per_call(metric, value, 'run')}"
+        for metric in ("blocks", "bytes", "native", "fds")
+        if (value := record.get(f"leak.{metric}_per_call"))
+    ]
+    return f"  {record.nodeid}: {', '.join(growth) or 'moved'} over {record.get('leak.calls')} runs"
 
 
 def _drop_warning(*args: object, **kwargs: object) -> None:

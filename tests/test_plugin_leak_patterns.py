@@ -289,3 +289,30 @@ def test_broader_fixtures_are_set_up_once_and_their_teardown_is_reported(
             "module teardown",
         ]
     )
+
+
+def test_growth_the_budget_cannot_judge_is_listed_not_failed(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_slow_growth="""
+        import time
+
+        SINK = []
+
+        def test_slow_and_growing():
+            end = time.process_time() + 0.05
+            while time.process_time() < end:
+                pass
+            SINK.append([object() for _ in range(10)])
+        """
+    )
+    result = run("--mem-leak-check", "-W", "error")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*memguard: leak checks cut short by their time budget (not failed)*",
+            "*test_slow_growth.py::test_slow_and_growing: blocks +1?.??/run, bytes +* B/run*"
+            " over ? runs",
+        ]
+    )
