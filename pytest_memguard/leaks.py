@@ -707,7 +707,7 @@ class LeakRunner:
             judged_from = warmup
             staged = False
             extended = False
-            for total in totals if not out_of_time else ():
+            for total in totals:
                 strong = staged and any(f.reason in EVERY_CALL for f in findings)
                 if strong and not extended and budget is not None and not affords(total - calls):
                     # Growth on (almost) every run is what a leak looks like, and what a cache

@@ -198,7 +198,7 @@ class MemguardHooks:
         """A test with a leak check: its official run, then its repetitions, then its reports
         (an isolated test's check runs in its child, see ``IsolateHooks``)."""
         plan = item.stash.get(PLAN_KEY, None)
-        leak = None if plan is None or plan.error is not None or plan.isolate else plan.leak
+        leak = None if plan is None or plan.isolate else plan.leak_check
         if leak is None or item.config.getoption("setupshow", False):
             return None
         ihook = item.ihook
@@ -282,7 +282,7 @@ class IsolateHooks:
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         if method() == "fork":
             session = item.config.stash[SESSION_KEY]
-            leak = plan.leak if plan.error is None else None
+            leak = plan.leak_check
             reports = run_isolated(
                 item, None if leak is None else partial(session.leak_checked_run, item, None, leak)
             )

@@ -69,6 +69,11 @@ class TestPlan:
     # Where the window opens (``window_kind``): "function", "unittest" or "call".
     window: str = "call"
 
+    @property
+    def leak_check(self) -> LeakSettings | None:
+        """The leak check to run: none for a test whose plan failed (it fails at setup)."""
+        return self.leak if self.error is None else None
+
 
 def window_kind(item: pytest.Item) -> str:
     """Which hook opens an item's window: a test function's is the call of the function
