@@ -49,31 +49,38 @@ class _QuietHooks:
 
 class _Scratch:
     """tmp_path's numbered directories made by one repetition: removed after it, and the
-    factory's counters put back, so that the next run gets the same names (pytest's private
-    structures, read defensively; where they are missing, nothing is done)."""
+    factory's per-prefix counters put back, so that the next run gets the same names (pytest's
+    private structures, read defensively; where they are missing, nothing is done). Only a run
+    whose counters moved made directories: the base directory, which holds one per test that
+    used tmp_path, is listed only then."""
 
     def __init__(self, item: pytest.Item) -> None:
-        factory = getattr(item.config, "_tmp_path_factory", None)
-        self.base = getattr(factory, "_basetemp", None)
-        counters = getattr(factory, "_next_number", None)
+        self.factory = getattr(item.config, "_tmp_path_factory", None)
+        counters = getattr(self.factory, "_next_number", None)
         self.counters = counters if isinstance(counters, dict) else None
         self.saved = dict(self.counters or {})
-        try:
-            self.before = set(os.listdir(self.base)) if self.base is not None else set()
-        except OSError:
-            self.base = None
 
     def clear(self) -> None:
-        if self.base is None or self.counters is None:
+        counters = self.counters
+        if counters is None or counters == self.saved:
+            return
+        base = getattr(self.factory, "_basetemp", None)  # made by the first tmp_path
+        made = {
+            f"{key}{number}"
+            for key, end in counters.items()
+            for number in range(self.saved.get(key, 0), end)
+        }
+        counters.clear()
+        counters.update(self.saved)
+        if base is None:
             return
         try:
-            made = set(os.listdir(self.base)) - self.before
+            names = os.listdir(base)
         except OSError:
             return
-        for name in made:
-            shutil.rmtree(os.path.join(self.base, name), ignore_errors=True)
-        self.counters.clear()
-        self.counters.update(self.saved)
+        for name in names:
+            if name.lower() in made:  # the counters are kept by prefix.lower()
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
 def _broader_fixtures(item: pytest.Item) -> list[Any]:
