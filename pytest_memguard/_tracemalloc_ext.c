@@ -90,27 +90,38 @@ typedef struct {
 
 static PyMemAllocatorEx orig[N_DOMAINS];
 
-/* Threads that existed when the window opened (xdist's execnet I/O thread, a server the test
-   suite runs in the background): their allocations are not the test's and arrive at random
-   moments, which would make counts vary. Threads the test starts are counted. Frees from
-   excluded threads still untrack blocks, so live bytes stay exact. */
+/* Whose allocations are the test's. The thread that opened the outermost window is the test's
+   own: its calls are counted and its blocks tracked. Threads that existed when the window opened
+   (xdist's execnet I/O thread, a server the test suite runs in the background) are left out:
+   their allocations are not the test's and arrive at random moments. Threads the test starts
+   hold the test's memory, so their blocks are tracked, but how many calls they make depends on
+   how the scheduler interleaves them (a cache cleared under concurrent readers refills once or
+   three times), so they are not counted: a count is a property of the test only on its own
+   thread. Frees from any thread untrack blocks, so live bytes stay exact. */
 #define MAX_EXCLUDED 64
 static unsigned long excluded[MAX_EXCLUDED];
 static int n_excluded = 0;
+static unsigned long window_thread = 0; /* 0: no window, every thread counts */
 
-static inline int thread_excluded(void)
+enum { COUNTED, TRACKED, IGNORED };
+
+static inline int other_thread_role(void)
 {
+    unsigned long owner = LOAD(window_thread);
     int n = LOAD(n_excluded);
-    if (n == 0) {
-        return 0;
+    if (owner == 0 && n == 0) {
+        return COUNTED;
     }
     unsigned long me = PyThread_get_thread_ident();
+    if (me == owner) {
+        return COUNTED;
+    }
     for (int i = 0; i < n; i++) {
         if (excluded[i] == me) {
-            return 1;
+            return IGNORED;
         }
     }
-    return 0;
+    return owner == 0 ? COUNTED : TRACKED;
 }
 static int installed = 0;
 static int enabled = 0;         /* read from any thread */
@@ -128,9 +139,10 @@ static __thread int in_hook FAST_TLS = 0;
    terminal's or xdist's). Frees still untrack blocks, so live bytes stay exact. */
 static __thread int paused FAST_TLS = 0;
 
-static inline int not_counted(void)
+/* COUNTED, TRACKED or IGNORED (above) for the calling thread. */
+static inline int thread_role(void)
 {
-    return paused || thread_excluded();
+    return paused ? IGNORED : other_thread_role();
 }
 
 /* Monotonic counters; Python takes differences. */
@@ -820,12 +832,15 @@ HOT void count_call(int domain, int is_alloc, size_t size)
 static void *hook_malloc(void *ctx, size_t size)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
-    if (!LOAD(enabled) || in_hook || not_counted()) {
+    int role;
+    if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
         return o->malloc(o->ctx, size);
     }
     in_hook = 1;
     void *ptr = o->malloc(o->ctx, size);
-    count_call(DOMAIN(ctx), 1, size);
+    if (role == COUNTED) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
     if (ptr != NULL) {
         note_alloc(DOMAIN(ctx), ptr, size);
     }
@@ -836,13 +851,16 @@ static void *hook_malloc(void *ctx, size_t size)
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
-    if (!LOAD(enabled) || in_hook || not_counted()) {
+    int role;
+    if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
         return o->calloc(o->ctx, nelem, elsize);
     }
     in_hook = 1;
     void *ptr = o->calloc(o->ctx, nelem, elsize);
     size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
-    count_call(DOMAIN(ctx), 1, size);
+    if (role == COUNTED) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
     if (ptr != NULL) {
         note_alloc(DOMAIN(ctx), ptr, size);
     }
@@ -857,15 +875,15 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
         return o->realloc(o->ctx, old, size);
     }
     in_hook = 1;
-    int foreign = not_counted();
+    int role = thread_role();
     void *ptr = o->realloc(o->ctx, old, size);
-    if (!foreign) {
+    if (role == COUNTED) {
         count_call(DOMAIN(ctx), 1, size);
     }
     if (ptr != NULL) {
         /* The old block is gone (or reused in place): forget it, then trace the new one. */
         int untraced = old != NULL && !note_free(DOMAIN(ctx), old);
-        if (!foreign) {
+        if (role != IGNORED) {
             note_alloc(DOMAIN(ctx), ptr, size);
             if (untraced && DOMAIN(ctx) == D_RAW) {
                 ADD(old_reallocs_raw, 1);
@@ -889,7 +907,7 @@ static void hook_free(void *ctx, void *ptr)
         return;
     }
     in_hook = 1;
-    if (!not_counted()) {
+    if (thread_role() == COUNTED) {
         count_call(DOMAIN(ctx), 0, 0);
     }
     if (ptr != NULL) {
@@ -1294,6 +1312,7 @@ static int exclude_other_threads(void)
         return 0;
     }
     unsigned long my_ident = PyThread_get_thread_ident();
+    STORE(window_thread, my_ident);
     int n = 0;
     PyThreadState *t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(me));
     for (; t != NULL && n < MAX_EXCLUDED; t = PyThreadState_Next(t)) {
@@ -1316,6 +1335,7 @@ static int heap_begin(Py_ssize_t interval, int frames, size_t *saved, size_t *fi
         exclude_other_threads();
         if (start_tracking(interval, frames) < 0) {
             STORE(n_excluded, 0);
+            STORE(window_thread, 0);
             return -1;
         }
     }
@@ -1340,6 +1360,7 @@ static void heap_close(int mark, size_t saved)
         PyObject *done = ext_disable(NULL, NULL);
         Py_XDECREF(done);
         STORE(n_excluded, 0);
+        STORE(window_thread, 0);
     }
 }
 
