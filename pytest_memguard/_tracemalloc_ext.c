@@ -84,7 +84,8 @@ typedef struct {
     int domain;
     int alive;
     int nframes;
-    PyObject *code[MAX_FRAMES];
+    uint32_t file[MAX_FRAMES]; /* offsets into the name pool (below) */
+    uint32_t func[MAX_FRAMES];
     int line[MAX_FRAMES];
 } sample_t;
 
@@ -595,6 +596,131 @@ static PyThreadState *current_tstate(void)
 #endif
 }
 
+/* Names of sampled frames, copied into one pool of C strings that lives as long as the
+   samples. Holding the code objects instead would keep them alive: a sample taken while a
+   module is imported would hold the module's code, with every function's code in its
+   constants, and a leak check of a test that imports or generates code read that as growth
+   (dateutil's import tests, +100-200 blocks a run that were only our samples). Equal names
+   share one copy; samples keep offsets into the pool, which moves when it grows. One buffer,
+   not a malloc per name: the leak check subtracts our bytes from the C heap's, and per-chunk
+   overhead it cannot see would read as native growth. Offset 0 is "?". */
+typedef struct {
+    uint64_t hash;
+    uint32_t offset; /* 0: free slot */
+} name_slot_t;
+
+static name_slot_t *names = NULL;
+static size_t names_cap = 0, names_used = 0;
+static char *pool = NULL;
+static size_t pool_len = 0, pool_cap = 0;
+
+static uint64_t name_hash(const char *text, Py_ssize_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)text[i]) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static const char *pool_text(uint32_t offset)
+{
+    return pool != NULL ? pool + offset : "?";
+}
+
+static void names_clear(void)
+{
+    free(names);
+    own_sub(names_cap * sizeof(name_slot_t));
+    free(pool);
+    own_sub(pool_cap);
+    names = NULL;
+    pool = NULL;
+    names_cap = names_used = pool_len = pool_cap = 0;
+}
+
+static int names_grow(void)
+{
+    size_t cap = names_cap ? names_cap * 2 : 256;
+    name_slot_t *grown = (name_slot_t *)calloc(cap, sizeof(name_slot_t));
+    if (grown == NULL) {
+        return -1;
+    }
+    own_add(cap * sizeof(name_slot_t));
+    for (size_t i = 0; i < names_cap; i++) {
+        if (names[i].offset != 0) {
+            size_t j = names[i].hash & (cap - 1);
+            while (grown[j].offset != 0) {
+                j = (j + 1) & (cap - 1);
+            }
+            grown[j] = names[i];
+        }
+    }
+    free(names);
+    own_sub(names_cap * sizeof(name_slot_t));
+    names = grown;
+    names_cap = cap;
+    return 0;
+}
+
+/* Room for ``need`` more bytes in the pool (which starts with "?"); -1 when out of memory. */
+static int pool_reserve(size_t need)
+{
+    if (pool_len + need <= pool_cap) {
+        return 0;
+    }
+    size_t cap = pool_cap ? pool_cap : 4096;
+    while (cap < pool_len + need + 2) {
+        cap *= 2;
+    }
+    if (cap > UINT32_MAX) {
+        return -1;
+    }
+    char *grown = (char *)realloc(pool, cap);
+    if (grown == NULL) {
+        return -1;
+    }
+    own_add(cap - pool_cap);
+    if (pool == NULL) {
+        memcpy(grown, "?", 2);
+        pool_len = 2;
+    }
+    pool = grown;
+    pool_cap = cap;
+    return 0;
+}
+
+/* The pool offset of a str's text; 0 ("?") when it cannot be encoded or there is no memory. */
+static uint32_t pooled_name(PyObject *str)
+{
+    Py_ssize_t len = 0;
+    const char *text = str != NULL && PyUnicode_Check(str) ? PyUnicode_AsUTF8AndSize(str, &len) : NULL;
+    if (text == NULL) {
+        PyErr_Clear(); /* a lone surrogate in a file name */
+        return 0;
+    }
+    if (pool_reserve((size_t)len + 1) < 0 ||
+        ((names_used + 1) * 2 > names_cap && names_grow() < 0)) {
+        return 0;
+    }
+    uint64_t h = name_hash(text, len);
+    size_t i = h & (names_cap - 1);
+    for (; names[i].offset != 0; i = (i + 1) & (names_cap - 1)) {
+        const char *known = pool + names[i].offset;
+        if (names[i].hash == h && strncmp(known, text, (size_t)len) == 0 && known[len] == 0) {
+            return names[i].offset;
+        }
+    }
+    uint32_t offset = (uint32_t)pool_len;
+    memcpy(pool + offset, text, (size_t)len);
+    pool[offset + len] = 0;
+    pool_len += (size_t)len + 1;
+    names[i].hash = h;
+    names[i].offset = offset;
+    names_used++;
+    return offset;
+}
+
 /* Record the Python stack for an allocation. Called with the GIL held and in_hook set, so the
    frame objects that 3.11+ may create here pass through the hooks untraced. On 3.10 and 3.11
    creating a GC object can start a collection on the spot, which must not run inside an
@@ -642,7 +768,9 @@ static int32_t take_sample(int domain, size_t size, double weight)
         PyFrameObject *frame = PyThreadState_GetFrame(ts);
         while (frame != NULL && s->nframes < max_frames) {
             PyCodeObject *code = PyFrame_GetCode(frame);
-            s->code[s->nframes] = (PyObject *)code; /* keeps the new reference */
+            s->file[s->nframes] = pooled_name(code->co_filename);
+            s->func[s->nframes] = pooled_name(code->co_name);
+            Py_DECREF(code);
             s->line[s->nframes] = PyFrame_GetLineNumber(frame);
             s->nframes++;
             PyFrameObject *back = PyFrame_GetBack(frame);
@@ -1097,11 +1225,7 @@ static PyObject *ext_count_fds(PyObject *self, PyObject *unused)
 
 static void clear_samples(void)
 {
-    for (size_t i = 0; i < n_samples; i++) {
-        for (int f = 0; f < samples[i].nframes; f++) {
-            Py_XDECREF(samples[i].code[f]);
-        }
-    }
+    names_clear();
     n_samples = 0;
     dropped_samples = 0;
 }
@@ -1825,8 +1949,9 @@ static PyObject *ext_samples(PyObject *self, PyObject *args)
             goto error;
         }
         for (int f = 0; f < s->nframes; f++) {
-            PyObject *filename = PyObject_GetAttrString(s->code[f], "co_filename");
-            PyObject *name = PyObject_GetAttrString(s->code[f], "co_name");
+            const char *file = pool_text(s->file[f]), *func = pool_text(s->func[f]);
+            PyObject *filename = PyUnicode_DecodeUTF8(file, (Py_ssize_t)strlen(file), "replace");
+            PyObject *name = PyUnicode_DecodeUTF8(func, (Py_ssize_t)strlen(func), "replace");
             if (filename == NULL || name == NULL) {
                 Py_XDECREF(filename);
                 Py_XDECREF(name);

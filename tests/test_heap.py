@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
+from typing import Any
 
 import pytest
 
@@ -143,6 +146,24 @@ def test_sites_name_the_line_of_a_large_allocation() -> None:
     assert top.bytes >= 8 * MiB
     assert top.alive_bytes >= 8 * MiB
     assert kept
+
+
+@needs_hook
+def test_samples_name_their_code_without_keeping_it_alive() -> None:
+    """A sample that held its frames' code would keep a module's code alive: growth to a leak
+    check of a test that imports or generates code."""
+    source = "def générée():\n    return bytearray(8 * 2**20)\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<généré>", "exec"), namespace)
+    code = weakref.ref(namespace["générée"].__code__)
+    with pm.measure(explain=True) as m:
+        namespace["générée"]()
+        namespace.clear()
+        gc.collect()
+        code_alive_in_window = code() is not None
+    assert not code_alive_in_window
+    frames = [frame for site in m.sites for frame in (site.frame, *site.stack)]
+    assert Frame("<généré>", 2, "générée") in frames
 
 
 @needs_hook

@@ -85,6 +85,14 @@ def test_record_property(record_property):
     record_property("key", "value")
 
 
+def test_fresh_import():
+    # dateutil's import tests: the module is imported anew each run and dropped after.
+    import importlib
+    sys.modules.pop("generated_module", None)
+    importlib.import_module("generated_module")
+    sys.modules.pop("generated_module")
+
+
 @given(st.integers())
 def test_hypothesis(x):
     assert x + 1 > x
@@ -103,6 +111,8 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
     pytester.makepyfile(test_patterns=PATTERNS)
+    functions = (f"def f{i}(x):\n    return [x] * {i} + [str(x)]\n" for i in range(200))
+    pytester.makepyfile(generated_module="\n".join(functions))
     report = pytester.path / "report.json"
     args = ("-rA", "-v", "-p", "no:randomly", "--doctest-modules")
     # Every warning an error but the test's own: the plugin adds none of its own.
@@ -110,7 +120,7 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     result = run(*plugin_args, *args, *strict, "--mem-leak-check", f"--mem-report={report}")
     plain = run(*plugin_args, *args, "-p", "no:memguard")
     seen = outcomes(result)
-    assert len(seen) == 13
+    assert len(seen) == 14
     assert set(seen.values()) == {"PASSED"}, result.stdout.str()
     text = result.stdout.str()
     # Subtests report from inside the call: the repeated runs' reports are not shown.
@@ -127,6 +137,9 @@ def test_real_suite_patterns_are_each_checked_and_pass(
         details = row["details"]
         assert 2 <= details["leak.calls"] <= 300, name
         assert details["leak.leaked"] is False, name
+    # A sample taken while a module is imported must not keep the module's code alive (it
+    # held 200 functions' code: hundreds of blocks every few runs).
+    assert rows["test_fresh_import"]["details"].get("leak.blocks_per_call", 0) < 5
 
 
 def test_a_fixture_that_leaks_is_the_leak_reported(pytester: pytest.Pytester, run: Runner) -> None:
