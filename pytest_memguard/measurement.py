@@ -133,6 +133,11 @@ class Engine:
             self._probe = ProcessProbe()
         return self._probe
 
+    @property
+    def exact_peak(self) -> bool:
+        """Whether ``peak`` comes from the kernel's high-water mark rather than sampling."""
+        return self.native is not None or self.probe.exact_peak
+
     def resident_and_anon(self) -> tuple[int, int]:
         """Resident and anonymous bytes now, resetting nothing (what a soak samples)."""
         if self.native is not None:

@@ -16,10 +16,10 @@ import contextlib
 import functools
 import gc
 import os
-import resource
 import sys
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable
 
 from .units import format_size
@@ -28,6 +28,21 @@ IS_LINUX = sys.platform.startswith("linux")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # ru_maxrss is KiB on Linux and the BSDs, bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_resource: ModuleType | None
+try:
+    import resource as _resource
+except ImportError:  # Windows: the peak working set comes from psutil instead
+    _resource = None
+
+
+def max_resident() -> int:
+    """The process's highest resident set so far, in bytes: ``ru_maxrss`` where POSIX has it,
+    the peak working set on Windows."""
+    if _resource is not None:
+        return int(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss) * _MAXRSS_UNIT
+    import psutil
+
+    return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
 
 
 @dataclass(frozen=True)
@@ -100,8 +115,8 @@ def _usage_psutil() -> MemoryUsage:
     except (psutil.AccessDenied, OSError):  # pragma: no cover - platform dependent
         full = None
     peak = getattr(info, "peak_wset", None)
-    if peak is None and hasattr(resource, "getrusage"):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    if peak is None:
+        peak = max_resident()
     return MemoryUsage(
         virtual=getattr(info, "vms", None),
         physical=getattr(info, "rss", None),
@@ -232,6 +247,12 @@ class ProcessProbe:
         self._pid = os.getpid()
 
     @property
+    def exact_peak(self) -> bool:
+        """Whether the peak is the kernel's high-water mark (else a 1 ms RSS sampler, which
+        misses what a test allocates and frees while it holds the GIL)."""
+        return self._clear_refs is not None
+
+    @property
     def peak_method(self) -> str:
         if self._clear_refs is not None:
             return "kernel high-water mark (clear_refs)"
@@ -268,10 +289,6 @@ class ProcessProbe:
     def resident(self) -> int:
         return self.resident_and_anon()[0]
 
-    @staticmethod
-    def _maxrss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-
     def _vmhwm(self) -> int:
         assert self._status is not None
         data = os.pread(self._status, 4096, 0)
@@ -285,7 +302,7 @@ class ProcessProbe:
             if precise and self._status is not None:
                 return max(self._vmhwm(), self.resident())
             # ru_maxrss is folded in lazily by the kernel; the current RSS may be higher.
-            return max(self._maxrss(), self.resident())
+            return max(max_resident(), self.resident())
         assert self._sampler is not None
         return max(self._sampler.high(), self.resident())
 
@@ -298,7 +315,7 @@ class ProcessProbe:
         if reset:
             self._reset_high_water()
         resident, anon = self.resident_and_anon()
-        return resident, anon, self._maxrss()
+        return resident, anon, max_resident()
 
     def _reset_high_water(self) -> None:
         if self._clear_refs is not None:

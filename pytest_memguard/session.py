@@ -151,8 +151,12 @@ class MemguardSession:
                 return TestPlan(error=problem)
         isolate = not self.is_child and (self.settings.mem_isolate or "mem_isolate" in names)
         retained = tracked or (budget is not None and budget.retained is not None)
+        # Where the peak is only sampled (no clear_refs: macOS, Windows), a peak budget also
+        # takes the heap peak, which sees a Python spike the sampler cannot preempt.
         needs_heap = budget is not None and (
-            budget.retained is not None or budget.allocations is not None
+            budget.retained is not None
+            or budget.allocations is not None
+            or (budget.peak is not None and not self.engine.exact_peak)
         )
         return TestPlan(
             budget=budget,

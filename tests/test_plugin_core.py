@@ -414,3 +414,49 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--mem-report '{target}': {message}"])
     assert "passed" not in result.stdout.str()
+
+
+WITHOUT_RESOURCE = """
+import sys
+
+import psutil  # its Linux backend needs resource; its Windows one does not
+
+sys.modules["resource"] = None  # as on Windows: importing it raises ImportError
+import pytest_memguard.leaks
+import pytest_memguard.process
+
+# The non-Linux path: psutil readings and a sampled peak instead of /proc.
+pytest_memguard.process.IS_LINUX = pytest_memguard.leaks.IS_LINUX = False
+import pytest
+
+sys.exit(pytest.main(["-p", "no:cacheprovider", "-p", "no:randomly", "-rA", "test_win.py"]))
+"""
+
+
+def test_runs_where_there_is_no_resource_module(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no ``resource``: the plugin must load and measure with psutil's figures."""
+    pytester.makepyfile(
+        test_win="""
+        import pytest
+
+        @pytest.mark.mem_budget("1MB")
+        def test_over():
+            b = bytearray(12 * 2**20)
+            for i in range(0, len(b), 4096):
+                b[i] = 1
+
+        @pytest.mark.mem_budget("64MB")
+        def test_under():
+            bytearray(2 * 2**20)
+        """
+    )
+    pytester.makepyfile(win_main=WITHOUT_RESOURCE)
+    monkeypatch.setenv("MEMGUARD_FORCE_TRACEMALLOC", "1")
+    result = pytester.run(sys.executable, "win_main.py")
+    assert result.ret == 1, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["peak 12.0 MiB exceeds mem_budget 1.0 MiB by 11.0 MiB"])
+    result.stdout.fnmatch_lines(["PASSED test_win.py::test_under"])
+    result.stdout.fnmatch_lines(["FAILED test_win.py::test_over*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
