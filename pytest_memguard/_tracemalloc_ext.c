@@ -762,9 +762,7 @@ static int32_t take_sample(int domain, size_t size, double weight)
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
 #endif
-#if PY_VERSION_HEX >= 0x030A0000
         int gc_was_enabled = PyGC_Disable();
-#endif
         PyFrameObject *frame = PyThreadState_GetFrame(ts);
         while (frame != NULL && s->nframes < max_frames) {
             PyCodeObject *code = PyFrame_GetCode(frame);
@@ -778,11 +776,9 @@ static int32_t take_sample(int domain, size_t size, double weight)
             frame = back;
         }
         Py_XDECREF(frame);
-#if PY_VERSION_HEX >= 0x030A0000
         if (gc_was_enabled) {
             PyGC_Enable();
         }
-#endif
 #if PY_VERSION_HEX >= 0x030C0000
         PyErr_SetRaisedException(exc);
 #else

@@ -11,8 +11,7 @@ import gc
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from .heap import Frame, Site, TypeGrowth
 

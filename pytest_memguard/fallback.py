@@ -7,8 +7,9 @@ switches it on only for tests that ask for heap figures. Loaded only where it is
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .census import PACKAGE_DIR, aggregate_sites, census_objects, per_call
 from .heap import DEFAULT_FRAMES, Frame, HeapReading, Site, TypeGrowth

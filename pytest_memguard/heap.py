@@ -12,8 +12,9 @@ keeps its own peak by saving the outer peak when it opens and folding its own in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 DEFAULT_SAMPLE_INTERVAL = 512 * 1024
 DEFAULT_FRAMES = 4

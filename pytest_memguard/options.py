@@ -7,8 +7,9 @@ error (exit code 4) that names the option or ini key it came from.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .tolerance import Tolerance, ToleranceError
 
