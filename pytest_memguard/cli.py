@@ -36,39 +36,44 @@ def _baseline_files(path: str) -> list[str]:
     return found
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a key from a file of unknown origin must not
+    move the cursor or recolour the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def show(path: str) -> int:
+    if not os.path.exists(path):
+        raise BaselineError(f"{path}: no such file or directory")
     files = _baseline_files(path)
     if not files:
         print(f"no baseline files under {path} (they live in {DIRNAME}/ next to the tests)")
         return 0
     columns = ("allocations", "heap_peak", "retained", "peak")
+    loaded = [(file, load(file)) for file in files]  # every file readable before any line
     print(f"{'allocations':>12} {'heap_peak':>11} {'retained':>11} {'peak':>11}  test")
-    for file in files:
-        scopes = load(file)
+    for file, scopes in loaded:
         for scope in sorted(scopes):
-            print(f"# {os.path.relpath(file)} [{scope}]")
+            print(f"# {_printable(os.path.relpath(file))} [{_printable(scope)}]")
             for key in sorted(scopes[scope]):
                 entry = scopes[scope][key]
                 cells = [format_metric(c, entry.get(c)) for c in columns]
-                print(f"{cells[0]:>12} {cells[1]:>11} {cells[2]:>11} {cells[3]:>11}  {key}")
+                print(
+                    f"{cells[0]:>12} {cells[1]:>11} {cells[2]:>11} {cells[3]:>11}  "
+                    f"{_printable(key)}"
+                )
     return 0
 
 
 def _figures(path: str) -> Figures:
     """Test -> figures from a JSON report or a baseline file (scope-qualified keys)."""
-    with open(path, encoding="utf-8") as handle:
-        try:
+    try:
+        with open(path, encoding="utf-8") as handle:
             document: Any = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise BaselineError(f"{path}: not JSON: {exc}") from None
-    if isinstance(document, dict) and isinstance(document.get("tests"), list):
-        scope = document.get("scope", "")
-        return {
-            f"[{scope}] {t['nodeid']}": {
-                k: v for k, v in t.get("metrics", {}).items() if isinstance(v, int)
-            }
-            for t in document["tests"]
-        }
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+        raise BaselineError(f"{path}: not a JSON report or baseline file: {exc}") from None
+    if isinstance(document, dict) and "tests" in document:
+        return _report_figures(path, document)
     scopes = load(path)
     return {
         f"[{scope}] {key}": {k: v for k, v in entry.items() if k in STORED}
@@ -77,23 +82,61 @@ def _figures(path: str) -> Figures:
     }
 
 
+def _report_figures(path: str, document: dict[str, Any]) -> Figures:
+    scope, tests = document.get("scope", ""), document["tests"]
+    if not isinstance(scope, str) or not isinstance(tests, list):
+        raise BaselineError(f"{path}: expected a report with a scope string and a tests list")
+    figures: Figures = {}
+    for index, test in enumerate(tests):
+        nodeid = test.get("nodeid") if isinstance(test, dict) else None
+        metrics = test.get("metrics", {}) if isinstance(test, dict) else None
+        if not isinstance(nodeid, str) or not isinstance(metrics, dict):
+            raise BaselineError(
+                f"{path}: tests[{index}]: expected an object with a nodeid string and a "
+                f"metrics object"
+            )
+        for metric, value in metrics.items():
+            if type(value) is int and not 0 <= value < 2**63:
+                raise BaselineError(
+                    f"{path}: tests[{index}] {_printable(str(metric))}: expected a byte or "
+                    f"call count from 0 to 2**63, got {_short(value)}"
+                )
+        figures[f"[{scope}] {nodeid}"] = {k: v for k, v in metrics.items() if type(v) is int}
+    return figures
+
+
+def _short(value: int) -> str:
+    digits = len(str(abs(value)))
+    return str(value) if digits <= 24 else f"a {digits}-digit number"
+
+
+def _scopes(figures: Figures) -> set[str]:
+    return {test[1 : test.index("]")] for test in figures if test.startswith("[")}
+
+
 def diff(old: str, new: str, tolerance: Tolerance, metrics: Sequence[str]) -> int:
     before, after = _figures(old), _figures(new)
+    if before and after and not _scopes(before) & _scopes(after):
+        raise BaselineError(
+            f"{old} has figures of {', '.join(sorted(_scopes(before)))} and {new} of "
+            f"{', '.join(sorted(_scopes(after)))}: heap figures compare only within one "
+            "interpreter version"
+        )
     regressions = improvements = 0
     for test in sorted(set(before) | set(after)):
         if test not in after:
-            print(f"gone      {test}")
+            print(f"gone      {_printable(test)}")
             continue
         if test not in before:
-            print(f"new       {test}")
+            print(f"new       {_printable(test)}")
             continue
         result = compare(before[test], after[test], metrics, tolerance)
         for change in result.regressions:
             regressions += 1
-            print(f"REGRESSED {test}: {change.describe()}")
+            print(f"REGRESSED {_printable(test)}: {change.describe()}")
         for change in result.improvements:
             improvements += 1
-            print(f"improved  {test}: {change.describe()}")
+            print(f"improved  {_printable(test)}: {change.describe()}")
     print(
         f"{regressions} regression(s), {improvements} improvement(s) beyond tolerance "
         f"{tolerance} over {', '.join(metrics)}"

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +177,7 @@ def test_cli_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "test_a" in out
     assert "2.0 KiB" in out
     assert "cpython-3.11" in out
+    (tmp_path / "empty").mkdir()
     assert main(["show", str(tmp_path / "empty")]) == 0
     assert "no baseline files" in capsys.readouterr().out
 
@@ -209,6 +211,74 @@ def test_cli_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["diff", str(old), str(tmp_path / "bad.json")]) == 2
     with pytest.raises(SystemExit):
         main(["diff", str(old), str(same), "--tolerance", "lots"])
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not a JSON report or baseline file"),
+        (b'{"tests": [], "scope": "\xff"}', "can't decode byte 0xff"),
+        ({"tests": [{"metrics": {}}]}, "tests[0]: expected an object with a nodeid string"),
+        ({"tests": [{"nodeid": "a", "metrics": [1]}]}, "tests[0]: expected an object"),
+        ({"tests": 3}, "expected a report with a scope string and a tests list"),
+        (
+            {"tests": [{"nodeid": "a", "metrics": {"heap_peak": 10**400}}]},
+            "tests[0] heap_peak: expected a byte or call count from 0 to 2**63, "
+            "got a 401-digit number",
+        ),
+        ({"tests": [{"nodeid": "a", "metrics": {"heap_peak": -5}}]}, "got -5"),
+        ({"version": 1, "scopes": [1]}, "'scopes' must be an object"),
+    ],
+)
+def test_cli_malformed_input_is_one_line_naming_the_file_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: Any, says: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content if isinstance(content, str) else json.dumps(content))
+    good = _report(tmp_path / "good.json", heap_peak=5)
+    assert main(["diff", str(bad), str(good)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"memguard: error: {bad}: ")
+    assert says in line
+
+
+def test_cli_missing_paths_and_other_interpreters_are_errors_not_silence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", str(tmp_path / "missing")]) == 2
+    assert "missing: no such file or directory" in capsys.readouterr().err
+    old = _report(tmp_path / "old.json", heap_peak=5)
+    other = json.loads(old.read_text())
+    other["scope"] = "cpython-3.12"
+    (tmp_path / "new.json").write_text(json.dumps(other))
+    assert main(["diff", str(old), str(tmp_path / "new.json")]) == 2
+    err = capsys.readouterr().err
+    assert "has figures of cpython-3.11 and" in err
+    assert "of cpython-3.12: heap figures compare only within one interpreter version" in err
+
+
+def test_cli_escapes_control_characters_in_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "__memguard__" / "test_x.json"
+    b.update_file(str(path), "cpython-3.11", {"t\x1b[31mred": {"heap_peak": 2048}}, (), TOL)
+    assert main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "t\\x1b[31mred" in out
+    changed = _report(tmp_path / "a.json", heap_peak=5)
+    document = json.loads(changed.read_text())
+    document["tests"][0]["nodeid"] = "t\x1b[2Jx"
+    (tmp_path / "b.json").write_text(json.dumps(document))
+    assert main(["diff", str(changed), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "t\\x1b[2Jx" in out
 
 
 def test_locks_live_in_one_directory_of_the_users_own(tmp_path: Path) -> None:
