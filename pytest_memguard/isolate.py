@@ -79,6 +79,7 @@ def _child(
     ``protocol`` where it is not pytest's, a leak check's) and write the serialised reports to
     the pipe. Never returns."""
     status = 0
+    payload = b""
     try:
         # The parent's caches (re, typing, linecache, the type cache) hold whatever the session
         # did so far; start every child from the same clean slate.
@@ -91,13 +92,22 @@ def _child(
         hook = item.config.hook
         data = [hook.pytest_report_to_serializable(config=item.config, report=r) for r in reports]
         payload = json.dumps(data).encode()
-        view = memoryview(payload)
-        while view:
-            written = os.write(write_fd, view)
-            view = view[written:]
+    except KeyboardInterrupt:  # pragma: no cover - the parent stops its session too
+        payload = json.dumps({"memguard_stop": "KeyboardInterrupt"}).encode()
+    except pytest.exit.Exception as exc:  # pragma: no cover - likewise, with its reason
+        payload = json.dumps(
+            {"memguard_stop": "exit", "reason": exc.msg, "code": exc.returncode}
+        ).encode()
     except BaseException:  # pragma: no cover - reported by the parent as a crash
         status = 1
     finally:
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(write_fd, view)
+                view = view[written:]
+        except BaseException:  # pragma: no cover
+            status = 1
         os._exit(status)
 
 
@@ -133,12 +143,22 @@ def run_isolated(
         os.close(read_fd)
     _, status = os.waitpid(pid, 0)
     if payload and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        reports = json.loads(payload)
+        if isinstance(reports, dict):
+            _stop_as_the_child_did(item, reports)
         hook = item.config.hook
         return [
-            hook.pytest_report_from_serializable(config=item.config, data=data)
-            for data in json.loads(payload)
+            hook.pytest_report_from_serializable(config=item.config, data=data) for data in reports
         ]
     return [_crash_report(item, _died(status))]
+
+
+def _stop_as_the_child_did(item: pytest.Item, stop: dict[str, Any]) -> None:
+    """A KeyboardInterrupt or ``pytest.exit()`` in an isolated test stops the session, as it
+    does without isolation (the child cannot stop its parent by itself)."""
+    if stop.get("memguard_stop") == "exit":
+        pytest.exit(str(stop.get("reason", "")), returncode=stop.get("code"))
+    raise KeyboardInterrupt(f"in {item.nodeid} (mem_isolate)")
 
 
 def child_command(config: pytest.Config, item: pytest.Item, reports: str) -> list[str]:
@@ -189,9 +209,11 @@ def run_spawned(item: pytest.Item) -> list[pytest.TestReport]:
     finally:
         os.unlink(path)
     hook = config.hook
-    reports = [
-        hook.pytest_report_from_serializable(config=config, data=json.loads(line)) for line in lines
-    ]
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        if "memguard_stop" in row:
+            _stop_as_the_child_did(item, row)
+    reports = [hook.pytest_report_from_serializable(config=config, data=row) for row in rows]
     if any(report.when == "teardown" for report in reports):
         return reports
     # The child wrote as it went: whatever it reported before it died, then the death.
@@ -209,8 +231,19 @@ class ChildReports:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self._write(data)
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """A KeyboardInterrupt or ``pytest.exit()`` stopped this run: the parent stops too."""
+        exc = excinfo.value
+        if isinstance(exc, pytest.exit.Exception):
+            self._write({"memguard_stop": "exit", "reason": exc.msg, "code": exc.returncode})
+        else:
+            self._write({"memguard_stop": "KeyboardInterrupt"})
+
+    def _write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(data) + "\n")
+            stream.write(json.dumps(row) + "\n")
 
 
 def _died(status: int) -> str:

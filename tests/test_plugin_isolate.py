@@ -217,3 +217,35 @@ def test_a_spawned_child_gets_its_test_however_the_parent_selected() -> None:
         "tests/t.py", "-p", "no:randomly", "--mem-isolate", "--mem-top=3", "-m", "slow",
     ]  # fmt: skip
     assert child_args(args, {"tests/t.py"}) == ["-p", "no:randomly", "--mem-isolate", "--mem-top=3"]
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param("fork", marks=needs_fork), "spawn"], ids=["fork", "spawn"]
+)
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [("raise KeyboardInterrupt", 2), ("pytest.exit('enough', returncode=3)", 3)],
+    ids=["KeyboardInterrupt", "exit"],
+)
+def test_an_interrupt_in_an_isolated_test_stops_the_session_as_without_isolation(
+    pytester: pytest.Pytester, run: Runner, method: str, stop: str, code: int
+) -> None:
+    pytester.makepyfile(
+        test_stop=f"""
+        import pytest
+
+        def test_stops():
+            {stop}
+
+        def test_never_runs():
+            pass
+        """
+    )
+    plain = run("-p", "no:randomly")
+    isolated = run("-p", "no:randomly", "--mem-isolate", env=SPAWN if method == "spawn" else None)
+    for result in (plain, isolated):
+        assert result.ret == code, result.stdout.str()
+        result.stdout.fnmatch_lines(["*no tests ran*"])
+        assert "test_never_runs" not in result.stdout.str()
+    if code == 3:
+        isolated.stdout.fnmatch_lines(["*Exit: enough*"])
