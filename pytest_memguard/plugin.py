@@ -246,8 +246,12 @@ class MemguardHooks:
             return
         ours.settle(getattr(session, "items", ()))
         ours.write_reports()
-        if ours.baseline_outcome.get("errors") and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the baselines were not all kept
+        # The baselines were not all kept, or the report the user asked for is missing.
+        lost = ours.baseline_outcome.get("errors") or any(
+            line.startswith("--mem-report") for line in ours.unwritten
+        )
+        if lost and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         session = self.session

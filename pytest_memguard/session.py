@@ -122,6 +122,7 @@ class MemguardSession:
         self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
         self.deselected = False
         self.baseline_outcome: dict[str, list[str]] = {}
+        self.unwritten: list[str] = []  # reports that could not be written, and why
         self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
@@ -518,15 +519,26 @@ class MemguardSession:
         )
 
     def write_reports(self) -> None:
+        """Write the JSON report and GitHub's step summary. A write that fails (a full disk, a
+        directory removed during the run) is listed in ``unwritten``, not raised: the run's
+        own summary and its final line must still reach the user."""
         records = self.records.values()
         if self.settings.mem_report is not None:
             text = report_json(self.scope, self.engine.describe(), records, self.baselines.entry)
-            atomic_write(self.settings.mem_report, text)
+            try:
+                atomic_write(self.settings.mem_report, text)
+            except OSError as exc:
+                self.unwritten.append(f"--mem-report={self.settings.mem_report}: {_why(exc)}")
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:
             from .github import append_step_summary
 
-            append_step_summary(summary_path, records, self.baseline_outcome, self.settings.mem_top)
+            try:
+                append_step_summary(
+                    summary_path, records, self.baseline_outcome, self.settings.mem_top
+                )
+            except OSError as exc:
+                self.unwritten.append(f"GITHUB_STEP_SUMMARY={summary_path}: {_why(exc)}")
 
     def summary_lines(self) -> list[tuple[str, list[str]]]:
         """(title, lines) of the sections of the terminal summary."""
@@ -562,6 +574,8 @@ class MemguardSession:
         baseline_lines = render_baseline_summary(self.baseline_outcome, self.baselines.mode)
         if baseline_lines:
             sections.append(("memguard: baselines", baseline_lines))
+        if self.unwritten:  # last: next to the run's final line
+            sections.append(("memguard: reports not written", [*self.unwritten]))
         return sections
 
 
@@ -588,3 +602,7 @@ def _leak_properties(result: LeakResult) -> dict[str, Any]:
         props["leak.threads"] = result.threads - 1  # others than the test's: readings count them
     props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})
     return props
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -416,6 +416,45 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error(
     assert "passed" not in result.stdout.str()
 
 
+def test_reports_that_cannot_be_written_at_the_end_are_listed_not_tracebacks(
+    pytester: pytest.Pytester, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's directory was fine when the run started and is a file when it ends (a full
+    disk looks the same): the summary and the final line must still be there."""
+    pytester.makepyfile(
+        test_remove="""
+        import pathlib
+        import shutil
+
+        def test_removes_the_report_directory():
+            shutil.rmtree("out")
+            pathlib.Path("out").write_text("a file where the directory was")
+        """
+    )
+    pytester.mkdir("out")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "missing" / "summary.md"))
+    result = run("--mem-report=out/report.json")
+    # The user asked for the report: without it the run is not a success.
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*memguard: reports not written*",
+            "--mem-report=out/report.json: File exists",
+            f"GITHUB_STEP_SUMMARY={pytester.path}/missing/summary.md: No such file or directory",
+            "*= 1 passed in *",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
+    # Only the step summary missing (GitHub's file, not the user's): the run stays green.
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "missing" / "summary.md"))
+    assert run("-k", "nothing").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    pytester.makepyfile(test_ok="def test_ok():\n    pass\n")
+    ok = run("test_ok.py")
+    assert ok.ret == pytest.ExitCode.OK
+    ok.stdout.fnmatch_lines(["*memguard: reports not written*", "*= 1 passed in *"])
+
+
 WITHOUT_RESOURCE = """
 import sys
 
