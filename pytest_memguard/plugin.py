@@ -8,6 +8,7 @@ one object, ``MemguardHooks``, registered at configure; only optional features a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from argparse import SUPPRESS
 from collections.abc import Callable, Generator, Iterator
@@ -82,11 +83,23 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini)
     except OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    memray = bool(config.getoption("memray", False))  # pytest-memray tracing this run
+    if memray:
+        # Its tracing allocates inside every test, and our windows count that: figures of such
+        # a run are not the tests' own, so they are never stored or gated.
+        if settings.mem_baseline in ("check", "update"):
+            raise pytest.UsageError(
+                f"--mem-baseline={settings.mem_baseline} with --memray: pytest-memray's "
+                "tracing allocates inside every test and would count as the tests' memory; "
+                "run the baselines without --memray"
+            )
+        settings = dataclasses.replace(settings, mem_baseline="off")
     if settings.mem_report is not None and not hasattr(config, "workerinput"):
         problem = report_path_problem(settings.mem_report)
         if problem is not None:
             raise pytest.UsageError(f"--mem-report {settings.mem_report!r}: {problem}")
     session = MemguardSession(config, settings, get_engine())
+    session.memray = memray
     config.stash[SESSION_KEY] = session
     manager = config.pluginmanager
     manager.register(MemguardHooks(session), "memguard-session")
@@ -120,7 +133,13 @@ class MemguardHooks:
         self.session = session
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        return [f"memguard {__version__}: {self.session.engine.describe()}"]
+        lines = [f"memguard {__version__}: {self.session.engine.describe()}"]
+        if self.session.memray:
+            lines.append(
+                "memguard: pytest-memray is tracing this run (--memray): every figure includes "
+                "its work, so baselines are neither checked nor updated"
+            )
+        return lines
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(

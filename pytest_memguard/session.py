@@ -123,6 +123,7 @@ class MemguardSession:
         self.deselected = False
         self.baseline_outcome: dict[str, list[str]] = {}
         self.unwritten: list[str] = []  # reports that could not be written, and why
+        self.memray = False  # pytest-memray traces this run: figures include its work
         self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None

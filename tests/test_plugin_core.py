@@ -499,3 +499,36 @@ def test_runs_where_there_is_no_resource_module(
     result.stdout.fnmatch_lines(["PASSED test_win.py::test_under"])
     result.stdout.fnmatch_lines(["FAILED test_win.py::test_over*"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_under_pytest_memray_baselines_are_neither_checked_nor_updated(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """pytest-memray's tracing allocates inside every test and our windows count it: such
+    figures must never be stored or gated, and the header says why. (Its ``--memray`` option
+    stands in for the plugin here; the same was checked by hand with pytest-memray 1.11.)"""
+    pytester.makeconftest(
+        'def pytest_addoption(parser):\n    parser.addoption("--memray", action="store_true")\n'
+    )
+    pytester.makepyfile(test_grows="def test_grows():\n    x = [str(i) for i in range(5000)]\n")
+    assert run("--mem-baseline=update").ret == pytest.ExitCode.OK
+    baseline = pytester.path / "__memguard__" / "test_grows.json"
+    document = json.loads(baseline.read_text())
+    for entries in document["scopes"].values():
+        entries["test_grows"]["allocations"] = 1  # far below what the test makes
+    baseline.write_text(json.dumps(document))
+    tiny = baseline.read_text()
+    # Without --memray the lowered baseline fails the test ...
+    failed = run()
+    assert failed.ret == pytest.ExitCode.TESTS_FAILED
+    failed.stdout.fnmatch_lines(["*allocations: baseline 1, now *"])
+    # ... with it, nothing is gated and the header says so.
+    result = run("--memray")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["memguard: pytest-memray is tracing this run (--memray)*"])
+    assert "regressed" not in result.stdout.str()
+    for mode in ("update", "check"):
+        refused = run("--memray", f"--mem-baseline={mode}")
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        refused.stderr.fnmatch_lines([f"*--mem-baseline={mode} with --memray: *"])
+    assert baseline.read_text() == tiny
