@@ -1620,6 +1620,22 @@ static long long vmhwm(void)
     return at == NULL ? 0 : strtoll(at + 6, NULL, 10) * 1024LL;
 }
 
+/* Resident shared memory (RssShmem): shared anonymous mappings (``mmap.mmap(-1, n)``, what
+   multiprocessing's shared memory uses), SysV shared memory and tmpfs. statm counts it as
+   "shared", with file pages, but it is memory the process made and holds: private memory
+   counts it. */
+static long long rss_shmem(void)
+{
+    char buf[4096];
+    ssize_t n = pread(proc_status, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = 0;
+    char *at = strstr(buf, "RssShmem:");
+    return at == NULL ? 0 : strtoll(at + 9, NULL, 10) * 1024LL;
+}
+
 /* Resident and shared bytes, and ru_maxrss in bytes; -1 with an error set. */
 static int kernel_read(long long *res, long long *shared, long long *maxrss)
 {
@@ -1741,7 +1757,7 @@ static PyObject *ext_window(PyObject *self, PyObject *const *args, Py_ssize_t na
             w->high = res;
         }
         w->start_res = res;
-        w->start_anon = res - shared;
+        w->start_anon = res - shared + ((flags & W_PRIVATE) ? rss_shmem() : 0);
     }
     w->used = 1;
     if (flags & W_HEAP) {
@@ -1833,7 +1849,7 @@ static PyObject *ext_window_read(PyObject *self, PyObject *arg)
         if (kernel_read(&res, &shared, &maxrss) < 0) {
             return NULL;
         }
-        private = (res - shared) - w->start_anon;
+        private = (res - shared + rss_shmem()) - w->start_anon;
     }
     if (w->flags & W_FDS) {
         long now = count_fds();

@@ -219,6 +219,7 @@ class Meter:
         "_collecting",
         "_stopped",
         "_modules",
+        "_shmem0",
         "want_trim",
     )
 
@@ -249,6 +250,7 @@ class Meter:
         self._collecting = False
         self._stopped = False
         self._modules = 0
+        self._shmem0 = 0
 
     def start(self) -> None:
         self._closed = False
@@ -285,6 +287,7 @@ class Meter:
             from .process import open_fds
 
             self._fds0 = open_fds()
+        self._shmem0 = probe.shared_memory() if self.want_private else 0
         self._window = probe.begin()
         # Innermost and last: nothing of ours may be allocated between the heap snapshot and
         # the measured code, or counts and retained bytes would carry our own bookkeeping.
@@ -341,7 +344,7 @@ class Meter:
         if self.want_private:
             release_free_memory()
             _, anon = self.engine.probe.resident_and_anon()
-            private = anon - anon0
+            private = anon + self.engine.probe.shared_memory() - anon0 - self._shmem0
         if self.want_fds and self._fds0 is not None:
             now = open_fds()
             fds = None if now is None else now - self._fds0

@@ -290,6 +290,19 @@ class ProcessProbe:
     def resident(self) -> int:
         return self.resident_and_anon()[0]
 
+    def shared_memory(self) -> int:
+        """Resident shared memory (RssShmem: shared anonymous mappings, SysV shm, tmpfs), which
+        statm counts with file pages as "shared" although the process made it; 0 where
+        /proc is not there."""
+        if self._status is None:
+            return 0
+        data = os.pread(self._status, 4096, 0)
+        start = data.find(b"RssShmem:")
+        if start < 0:
+            return 0
+        start += 9
+        return int(data[start : data.index(b"kB", start)]) * 1024
+
     def _vmhwm(self) -> int:
         assert self._status is not None
         data = os.pread(self._status, 4096, 0)

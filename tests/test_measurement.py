@@ -188,6 +188,25 @@ def test_private_is_measured_after_gc_and_trim() -> None:
     assert freed.private < 2 * MiB
 
 
+@pytest.mark.skipif(not IS_LINUX, reason="RssShmem is read from /proc")
+@pytest.mark.usefixtures("engine_kind")
+def test_private_counts_shared_anonymous_memory_the_test_keeps() -> None:
+    """``mmap.mmap(-1, n)`` is a shared anonymous mapping: statm counts it as "shared", like
+    file pages, but the test made it and holds it."""
+    with pm.measure(private=True) as kept:
+        region = mmap.mmap(-1, 30 * MiB)
+        touch(region)
+    assert kept.private is not None
+    assert 0.95 * 30 * MiB <= kept.private <= 32 * MiB
+    with pm.measure(private=True) as closed:
+        other = mmap.mmap(-1, 30 * MiB)
+        touch(other)
+        other.close()
+    assert closed.private is not None
+    assert abs(closed.private) < 2 * MiB
+    region.close()
+
+
 @pytest.mark.usefixtures("engine_kind")
 def test_nested_windows_each_keep_their_own_peak() -> None:
     with pm.measure() as outer:

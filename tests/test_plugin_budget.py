@@ -104,6 +104,20 @@ def test_fail_private_kept():
     KEEP.append(b)
 
 
+@pytest.mark.mem_budget(private="8MB")
+def test_pass_private_shared_closed():
+    m = mmap.mmap(-1, 30 * MiB)
+    touch(m)
+    m.close()
+
+
+@pytest.mark.mem_budget(private="8MB")
+def test_fail_private_shared_kept():
+    m = mmap.mmap(-1, 30 * MiB)  # shared anonymous: statm calls it "shared", like file pages
+    touch(m)
+    KEEP.append(m)
+
+
 @pytest.mark.mem_budget("50MB")
 def test_pass_ten_buffers_in_turn():
     for _ in range(10):
@@ -205,7 +219,7 @@ def test_budget_corpus_each_on_its_side(
     pytester.makepyfile(test_budgets=CORPUS)
     result = run(*plugin_args, "-rA")
     assert_sides(result)
-    assert len(outcomes(result)) == 16
+    assert len(outcomes(result)) == 18
     text = result.stdout.str()
     assert re.search(r"peak 6\d\.\d MiB exceeds mem_budget 50\.0 MiB by \d+\.\d MiB", text)
     assert "retained " in text
