@@ -345,3 +345,40 @@ def test_a_lock_directory_that_is_not_the_users_own_is_refused(
     os.chmod(lock_dir, 0o700)
     assert b.update_file(target, "s", {"a": {"heap_peak": 1}}, (), TOL)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_lock_another_run_holds_too_long_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "__memguard__" / "t.json"
+    assert b.update_file(str(path), "s", {"a": {"heap_peak": 1000}}, (), TOL)
+    before = path.read_bytes()
+    lock = b.lock_path(str(path))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, filelock\n"
+            f"with filelock.FileLock({lock!r}):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(b, "LOCK_TIMEOUT", 0.3)
+        with pytest.raises(b.BaselineError) as error:
+            b.update_file(str(path), "s", {"a": {"heap_peak": 9_000_000}}, (), TOL)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(error.value) == (
+        f"{path}: another run held the lock {lock} for 0.3 s; the baseline was not written"
+    )
+    assert path.read_bytes() == before
