@@ -377,7 +377,7 @@ def test_a_lock_another_run_holds_too_long_is_an_error_naming_it(
             b.update_file(str(path), "s", {"a": {"heap_peak": 9_000_000}}, (), TOL)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipe
     assert str(error.value) == (
         f"{path}: another run held the lock {lock} for 0.3 s; the baseline was not written"
     )
