@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import shutil
+import sys
 from typing import Any, cast
 
 import pytest
@@ -98,9 +99,15 @@ def _broader_fixtures(item: pytest.Item) -> list[Any]:
     ]
 
 
+# On 3.14 and 3.15 a table rebuilt every run read as one more block every run (a clean test
+# took 32 runs and a slow leak hid in the noise; why is not pinned down): rebuilt only where
+# it was measured to net to zero.
+_REBUILD = sys.version_info < (3, 14)
+
+
 def _rebuild(table: object) -> None:
     """Give a dict a freshly allocated table holding what it holds."""
-    if isinstance(table, dict) and table:
+    if _REBUILD and isinstance(table, dict) and table:
         saved = dict(table)
         table.clear()
         table.update(saved)
