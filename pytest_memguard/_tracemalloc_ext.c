@@ -1608,7 +1608,8 @@ static int proc_open(void)
     return proc_state;
 }
 
-static long long vmhwm(void)
+/* A "Name:   N kB" field of /proc/self/status, in bytes; 0 where it is missing. */
+static long long status_bytes(const char *field)
 {
     char buf[4096];
     ssize_t n = pread(proc_status, buf, sizeof(buf) - 1, 0);
@@ -1616,8 +1617,13 @@ static long long vmhwm(void)
         return 0;
     }
     buf[n] = 0;
-    char *at = strstr(buf, "VmHWM:");
-    return at == NULL ? 0 : strtoll(at + 6, NULL, 10) * 1024LL;
+    char *at = strstr(buf, field);
+    return at == NULL ? 0 : strtoll(at + strlen(field), NULL, 10) * 1024LL;
+}
+
+static long long vmhwm(void)
+{
+    return status_bytes("VmHWM:");
 }
 
 /* Resident shared memory (RssShmem): shared anonymous mappings (``mmap.mmap(-1, n)``, what
@@ -1626,14 +1632,7 @@ static long long vmhwm(void)
    counts it. */
 static long long rss_shmem(void)
 {
-    char buf[4096];
-    ssize_t n = pread(proc_status, buf, sizeof(buf) - 1, 0);
-    if (n <= 0) {
-        return 0;
-    }
-    buf[n] = 0;
-    char *at = strstr(buf, "RssShmem:");
-    return at == NULL ? 0 : strtoll(at + 9, NULL, 10) * 1024LL;
+    return status_bytes("RssShmem:");
 }
 
 /* Resident and shared bytes, and ru_maxrss in bytes; -1 with an error set. */

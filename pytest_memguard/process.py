@@ -294,19 +294,20 @@ class ProcessProbe:
         """Resident shared memory (RssShmem: shared anonymous mappings, SysV shm, tmpfs), which
         statm counts with file pages as "shared" although the process made it; 0 where
         /proc is not there."""
+        return self._status_bytes(b"RssShmem:")
+
+    def _vmhwm(self) -> int:
+        return self._status_bytes(b"VmHWM:")
+
+    def _status_bytes(self, field: bytes) -> int:
+        """A ``Name:   N kB`` field of /proc/self/status, in bytes; 0 where it is missing."""
         if self._status is None:
             return 0
         data = os.pread(self._status, 4096, 0)
-        start = data.find(b"RssShmem:")
+        start = data.find(field)
         if start < 0:
             return 0
-        start += 9
-        return int(data[start : data.index(b"kB", start)]) * 1024
-
-    def _vmhwm(self) -> int:
-        assert self._status is not None
-        data = os.pread(self._status, 4096, 0)
-        start = data.index(b"VmHWM:") + 6
+        start += len(field)
         return int(data[start : data.index(b"kB", start)]) * 1024
 
     def _high_water(self, precise: bool) -> int:
