@@ -83,8 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini)
     except OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
-    memray = bool(config.getoption("memray", False))  # pytest-memray tracing this run
-    if memray:
+    if config.getoption("memray", False):  # pytest-memray is tracing this run
         # Its tracing allocates inside every test, and our windows count that: figures of such
         # a run are not the tests' own, so they are never stored or gated.
         if settings.mem_baseline in ("check", "update"):
@@ -99,7 +98,6 @@ def pytest_configure(config: pytest.Config) -> None:
         if problem is not None:
             raise pytest.UsageError(f"--mem-report {settings.mem_report!r}: {problem}")
     session = MemguardSession(config, settings, get_engine())
-    session.memray = memray
     config.stash[SESSION_KEY] = session
     manager = config.pluginmanager
     manager.register(MemguardHooks(session), "memguard-session")
@@ -266,9 +264,7 @@ class MemguardHooks:
         ours.settle(getattr(session, "items", ()))
         ours.write_reports()
         # The baselines were not all kept, or the report the user asked for is missing.
-        lost = ours.baseline_outcome.get("errors") or any(
-            line.startswith("--mem-report") for line in ours.unwritten
-        )
+        lost = ours.baseline_outcome.get("errors") or ours.report_missing
         if lost and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

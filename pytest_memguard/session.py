@@ -123,7 +123,9 @@ class MemguardSession:
         self.deselected = False
         self.baseline_outcome: dict[str, list[str]] = {}
         self.unwritten: list[str] = []  # reports that could not be written, and why
-        self.memray = False  # pytest-memray traces this run: figures include its work
+        # pytest-memray traces this run (its --memray): every figure includes its work.
+        self.memray = bool(config.getoption("memray", False))
+        self.report_missing = False  # the --mem-report the user asked for could not be written
         self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
@@ -530,6 +532,7 @@ class MemguardSession:
                 atomic_write(self.settings.mem_report, text)
             except OSError as exc:
                 self.unwritten.append(f"--mem-report={self.settings.mem_report}: {_why(exc)}")
+                self.report_missing = True
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:
             from .github import append_step_summary
