@@ -35,6 +35,7 @@ class TracemallocBackend:
     name = "tracemalloc (fallback: allocator hook unavailable)"
     counts_calls = False
     cheap = False
+    sees_freed = False
 
     def __init__(self, frames: int = DEFAULT_FRAMES, reason: str = "") -> None:
         self.frames = frames

@@ -73,6 +73,9 @@ class HeapBackend(Protocol):
     name: str
     counts_calls: bool
     cheap: bool
+    # Whether sites can include blocks freed before the window ended (a sampled history);
+    # tracemalloc's snapshot holds live blocks only.
+    sees_freed: bool
 
     def begin(self) -> Any: ...
     def read(self, token: Any) -> HeapReading: ...
@@ -107,6 +110,7 @@ class ExtBackend:
     name = "allocator hook (_tracemalloc_ext)"
     counts_calls = True
     cheap = True
+    sees_freed = True
 
     def __init__(
         self,

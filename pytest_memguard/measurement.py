@@ -60,6 +60,8 @@ class Measurement:
     # test comes first pays (see the plugin's warm re-measure for baselines).
     imports: int = 0
     sites: list[Site] = field(default_factory=list)
+    # The sites count only blocks still alive at the end (asked for, or all the backend sees).
+    sites_alive: bool = False
     types: list[TypeGrowth] = field(default_factory=list)
 
     def fill(self, values: tuple[int | None, ...]) -> None:
@@ -372,6 +374,8 @@ class Meter:
         if not self.use_heap or (self._heap_token is None and self._handle is None):
             return
         heap = self.engine.heap
+        alive_only = alive_only or not heap.sees_freed
+        result.sites_alive = alive_only
         if types:  # first: reading the sites allocates objects the census would then count
             result.types = heap.census(self._heap_token, limit)
         if self._handle is not None:

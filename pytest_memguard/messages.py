@@ -69,9 +69,7 @@ def render_measurement(m: Measurement) -> str:
     return "measured: " + ", ".join(parts)
 
 
-def render_failure(
-    headlines: Iterable[str], m: Measurement, alive_only: bool, scale: int = 0
-) -> str:
+def render_failure(headlines: Iterable[str], m: Measurement, scale: int = 0) -> str:
     lines = list(headlines)
     if m.kernel_peak is not None and m.heap_peak is not None:
         lines.append(
@@ -79,7 +77,7 @@ def render_failure(
             f"and the Python-heap peak {format_size(m.heap_peak)})"
         )
     lines.append(render_measurement(m))
-    lines.extend(render_sites(m.sites, alive_only))
+    lines.extend(render_sites(m.sites, m.sites_alive))
     lines.extend(render_types(m.types, scale))
     return "\n".join(lines)
 

@@ -405,9 +405,7 @@ class MemguardSession:
             scale = min(sizes) if sizes else 0
             from .messages import render_failure
 
-            message = render_failure(
-                (v.message() for v in verdict.violations), measurement, alive, scale
-            )
+            message = render_failure((v.message() for v in verdict.violations), measurement, scale)
             pytest.fail(message, pytrace=False)
 
     def _why_unmeasured(self, metric: str) -> str:
