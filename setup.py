@@ -7,13 +7,16 @@ header. Free-threaded builds are refused at import time by the module itself.
 
 from __future__ import annotations
 
+import glob
+
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
-            "pytest_memguard._tracemalloc_ext",
-            sources=["pytest_memguard/_tracemalloc_ext.c"],
+            "pytest_memguard._allochook",
+            sources=["pytest_memguard/csrc/allochook.c"],
+            depends=sorted(glob.glob("pytest_memguard/csrc/*.h")),
             optional=True,
             extra_compile_args=["-O2"] if __import__("os").name != "nt" else [],
         )

@@ -246,7 +246,7 @@ def timed(function: Callable[[], None], repeat: int = 5) -> float:
 def hook_ratios() -> list[tuple[str, float, str]]:
     """The allocator hook's cost on an allocation-heavy workload, vs tracemalloc, in-process."""
     try:
-        from pytest_memguard import _tracemalloc_ext as ext
+        from pytest_memguard import _allochook as ext
     except ImportError:
         return [("allocator hook", float("nan"), "extension not built")]
     rows: list[tuple[str, float, str]] = []

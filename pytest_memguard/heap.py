@@ -1,6 +1,6 @@
 """Python-heap tracing: allocation counts, exact live/peak bytes, sampled sites, type census.
 
-Two backends give the same readings. The allocator hook (``_tracemalloc_ext``, here) counts
+Two backends give the same readings. The allocator hook (``_allochook``, here) counts
 allocator calls and tracks live bytes at a few percent of cost; tracemalloc (``fallback``) is
 used where the extension could not be built or imported. Sites and the type census are made in
 ``census``, when a failure is explained.
@@ -107,7 +107,7 @@ _ExtToken = tuple[int, int, int, int]
 class ExtBackend:
     """The allocator hook: counts, exact live/peak bytes, byte-proportional sampled sites."""
 
-    name = "allocator hook (_tracemalloc_ext)"
+    name = "allocator hook (_allochook)"
     counts_calls = True
     cheap = True
     sees_freed = True
@@ -206,15 +206,15 @@ def load_backend() -> HeapBackend:
     if os.environ.get(FORCE_FALLBACK_ENV):
         return _fallback(f"{FORCE_FALLBACK_ENV} is set")
     try:
-        import pytest_memguard._tracemalloc_ext as _tracemalloc_ext
+        import pytest_memguard._allochook as _allochook
     except ImportError as exc:
         return _fallback(f"extension unavailable: {exc}")
-    missing = [name for name in _EXT_API if not hasattr(_tracemalloc_ext, name)]
+    missing = [name for name in _EXT_API if not hasattr(_allochook, name)]
     if missing:  # a stale build left next to newer sources
         return _fallback(
             f"extension out of date (no {', '.join(missing)}); reinstall to rebuild it"
         )
-    return ExtBackend(_tracemalloc_ext)
+    return ExtBackend(_allochook)
 
 
 def _fallback(reason: str) -> HeapBackend:

@@ -168,7 +168,7 @@ def _native() -> Any:
     """The extension's kernel calls (Linux), or None: the bracket's system calls cost ~10 us a
     test less from C than through Python objects."""
     try:
-        import pytest_memguard._tracemalloc_ext as ext
+        import pytest_memguard._allochook as ext
     except ImportError:
         return None
     return ext if hasattr(ext, "kernel") and hasattr(ext, "count_fds") else None

@@ -118,7 +118,7 @@ EXPECTED_BASELINE = """{
 
 MEASURED = (
     "peak = max(kernel high-water mark (clear_refs), Python-heap peak); "
-    "heap = allocator hook (_tracemalloc_ext); private = anonymous memory after gc and malloc_trim"
+    "heap = allocator hook (_allochook); private = anonymous memory after gc and malloc_trim"
 )
 
 

@@ -70,7 +70,7 @@ def test_small_blocks_in_page_records_match_the_pointer_table() -> None:
     and the peak must come out the same either way, and all of it must go when freed."""
     import gc
 
-    import pytest_memguard._tracemalloc_ext as ext
+    import pytest_memguard._allochook as ext
 
     def work() -> list[object]:
         kept: list[object] = []
@@ -111,7 +111,7 @@ def test_blocks_of_an_earlier_window_are_forgotten() -> None:
     count. (The page records are emptied by a new epoch, not a wipe.)"""
     import gc
 
-    import pytest_memguard._tracemalloc_ext as ext
+    import pytest_memguard._allochook as ext
 
     gc.disable()
     try:
@@ -314,7 +314,7 @@ def test_hooks_are_in_only_while_a_window_is_open_and_never_cut_off_a_wrapper() 
     program = textwrap.dedent(
         """
         import tracemalloc
-        from pytest_memguard import _tracemalloc_ext as ext
+        from pytest_memguard import _allochook as ext
         print(ext.is_installed())
         token = ext.open_window(0, 1)
         print(ext.is_installed())

@@ -84,7 +84,7 @@ def test_the_wheel_carries_the_extension_and_the_metadata(dists: tuple[Path, Pat
         names = archive.namelist()
         (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         metadata = email.parser.Parser().parsestr(archive.read(metadata_name).decode())
-    extension = "pytest_memguard/_tracemalloc_ext"
+    extension = "pytest_memguard/_allochook"
     assert any(n.startswith(extension) and n.endswith(".so") for n in names)
     assert "pytest_memguard/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -1,0 +1,109 @@
+/* The PEP 445 hook functions. Included once, by allochook.c, which says why the extension is one
+   translation unit. */
+
+/* ---------------------------------------------------------------- hooks */
+
+#define DOMAIN(ctx) ((int)(intptr_t)(ctx))
+
+static void *hook_malloc(void *ctx, size_t size)
+{
+    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    int role;
+    if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
+        return o->malloc(o->ctx, size);
+    }
+    in_hook = 1;
+    void *ptr = o->malloc(o->ctx, size);
+    if (role == COUNTED) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
+    if (ptr != NULL) {
+        note_alloc(DOMAIN(ctx), ptr, size);
+    }
+    in_hook = 0;
+    return ptr;
+}
+
+static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    int role;
+    if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
+        return o->calloc(o->ctx, nelem, elsize);
+    }
+    in_hook = 1;
+    void *ptr = o->calloc(o->ctx, nelem, elsize);
+    size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
+    if (role == COUNTED) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
+    if (ptr != NULL) {
+        note_alloc(DOMAIN(ctx), ptr, size);
+    }
+    in_hook = 0;
+    return ptr;
+}
+
+static void *hook_realloc(void *ctx, void *old, size_t size)
+{
+    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    if (!LOAD(enabled) || in_hook) {
+        return o->realloc(o->ctx, old, size);
+    }
+    in_hook = 1;
+    int role = thread_role();
+    void *ptr = o->realloc(o->ctx, old, size);
+    if (role == COUNTED) {
+        count_call(DOMAIN(ctx), 1, size);
+    }
+    if (ptr != NULL) {
+        /* The old block is gone (or reused in place): forget it, then trace the new one. */
+        int untraced = old != NULL && !note_free(DOMAIN(ctx), old);
+        if (role != IGNORED) {
+            note_alloc(DOMAIN(ctx), ptr, size);
+            if (untraced && DOMAIN(ctx) == D_RAW) {
+                ADD(old_reallocs_raw, 1);
+                ADD(old_realloc_bytes_raw, size);
+            }
+            else if (untraced) {
+                old_reallocs_gil++;
+                old_realloc_bytes_gil += size;
+            }
+        }
+    }
+    in_hook = 0;
+    return ptr;
+}
+
+static void hook_free(void *ctx, void *ptr)
+{
+    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    if (!LOAD(enabled) || in_hook) {
+        o->free(o->ctx, ptr);
+        return;
+    }
+    in_hook = 1;
+    if (thread_role() == COUNTED) {
+        count_call(DOMAIN(ctx), 0, 0);
+    }
+    if (ptr != NULL) {
+        note_free(DOMAIN(ctx), ptr);
+    }
+    o->free(o->ctx, ptr);
+    in_hook = 0;
+}
+
+static const PyMemAllocatorDomain domains[N_DOMAINS] = {
+    PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
+
+static int hooks_current(void)
+{
+    for (int d = 0; d < N_DOMAINS; d++) {
+        PyMemAllocatorEx now;
+        PyMem_GetAllocator(domains[d], &now);
+        if (now.malloc != hook_malloc || now.ctx != (void *)(intptr_t)d) {
+            return 0;
+        }
+    }
+    return 1;
+}
