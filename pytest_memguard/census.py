@@ -1,8 +1,9 @@
 """Where memory went: allocation samples grouped into sites by their top user frame, and a
 census of live objects by type.
 
-What a failure message shows, and what the leak check compares between calls. Only explaining
-needs it (walking the heap costs milliseconds on a big one), so a passing run never loads it.
+What a failure message shows, and what the leak check compares between calls, with the plain
+types both backends report them in (``Frame``, ``Site``, ``TypeGrowth``). Only explaining runs
+it: walking the heap costs milliseconds on a big one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,38 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
-from .heap import Frame, Site, TypeGrowth
+
+@dataclass(frozen=True)
+class Frame:
+    filename: str
+    lineno: int
+    function: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where memory was allocated: estimated bytes and count, and how much is still alive."""
+
+    frame: Frame
+    bytes: int
+    count: int
+    alive_bytes: int
+    stack: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True)
+class TypeGrowth:
+    """Objects of one type allocated in the window and still alive at its end."""
+
+    name: str
+    count: int
+    bytes: int
+
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE_NAME = __name__.rpartition(".")[0]

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .census import PACKAGE_DIR, aggregate_sites, census_objects, per_call
-from .heap import DEFAULT_FRAMES, Frame, HeapReading, Site, TypeGrowth
+from .census import PACKAGE_DIR, Frame, Site, TypeGrowth, aggregate_sites, census_objects, per_call
+from .heap import DEFAULT_FRAMES, HeapReading
 
 
 @dataclass

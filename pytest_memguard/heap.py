@@ -2,8 +2,8 @@
 
 Two backends give the same readings. The allocator hook (``_allochook``, here) counts
 allocator calls and tracks live bytes at a few percent of cost; tracemalloc (``fallback``) is
-used where the extension could not be built or imported. Sites and the type census are made in
-``census``, when a failure is explained.
+used where the extension could not be built or imported (``measurement.load_backend`` chooses).
+Sites and the type census are made in ``census``, when a failure is explained.
 
 Heap windows nest (a user's ``measure()`` inside the plugin's per-test window): each window
 keeps its own peak by saving the outer peak when it opens and folding its own in when it closes.
@@ -11,44 +11,14 @@ keeps its own peak by saving the outer peak when it opens and folding its own in
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .census import Frame, Site, TypeGrowth, aggregate_sites, census_objects, per_call
+
 DEFAULT_SAMPLE_INTERVAL = 512 * 1024
 DEFAULT_FRAMES = 4
-FORCE_FALLBACK_ENV = "MEMGUARD_FORCE_TRACEMALLOC"
-
-
-@dataclass(frozen=True)
-class Frame:
-    filename: str
-    lineno: int
-    function: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno}"
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where memory was allocated: estimated bytes and count, and how much is still alive."""
-
-    frame: Frame
-    bytes: int
-    count: int
-    alive_bytes: int
-    stack: tuple[Frame, ...] = ()
-
-
-@dataclass(frozen=True)
-class TypeGrowth:
-    """Objects of one type allocated in the window and still alive at its end."""
-
-    name: str
-    count: int
-    bytes: int
 
 
 @dataclass(frozen=True)
@@ -154,7 +124,6 @@ class ExtBackend:
         self, first: int, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
         """Sites of the samples from index ``first`` on (a whole window's first sample)."""
-        from .census import aggregate_sites
 
         return aggregate_sites(self._rows(first), limit, alive_only, by_count)
 
@@ -166,7 +135,6 @@ class ExtBackend:
         ]
 
     def census(self, token: _ExtToken, limit: int) -> list[TypeGrowth]:
-        from .census import census_objects
 
         return census_objects(self._ext.block_size, limit)
 
@@ -184,7 +152,6 @@ class ExtBackend:
     ) -> list[Site]:
         """Trace every allocation ``call`` makes (not what ``between`` does) for ``calls``
         calls; the sites of what is still alive after, per call."""
-        from .census import aggregate_sites, per_call
 
         first = self._ext.sample_count()
         old = self._ext.set_sampling(0)
@@ -201,29 +168,8 @@ class ExtBackend:
         )
 
 
-def load_backend() -> HeapBackend:
-    """The hook when it can be had, else tracemalloc; ``reason`` says why in the fallback."""
-    if os.environ.get(FORCE_FALLBACK_ENV):
-        return _fallback(f"{FORCE_FALLBACK_ENV} is set")
-    try:
-        import pytest_memguard._allochook as _allochook
-    except ImportError as exc:
-        return _fallback(f"extension unavailable: {exc}")
-    missing = [name for name in _EXT_API if not hasattr(_allochook, name)]
-    if missing:  # a stale build left next to newer sources
-        return _fallback(
-            f"extension out of date (no {', '.join(missing)}); reinstall to rebuild it"
-        )
-    return ExtBackend(_allochook)
-
-
-def _fallback(reason: str) -> HeapBackend:
-    from .fallback import TracemallocBackend  # only where it is the backend
-
-    return TracemallocBackend(reason=reason)
-
-
-_EXT_API = (
+# What the extension must offer: a build left next to newer sources may lack some of it.
+EXT_API = (
     "install",
     "enable",
     "disable",

@@ -36,8 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .census import census_types
-from .heap import Site, TypeGrowth
+from .census import Site, TypeGrowth, census_types
 from .measurement import Engine
 from .process import IS_LINUX, open_fds
 

@@ -10,14 +10,16 @@ where the kernel rounds to pages and misses spikes under 1 MiB.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .census import Site, TypeGrowth
 from .garbage import Collector
-from .heap import ExtBackend, HeapBackend, Site, TypeGrowth, load_backend
+from .heap import EXT_API, ExtBackend, HeapBackend
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -100,6 +102,31 @@ class Measurement:
             f"{name:<12}{format_metric(name, value, name in ('private', 'rss', 'fds')):>14}"
             for name, value in self.metrics().items()
         )
+
+
+FORCE_FALLBACK_ENV = "MEMGUARD_FORCE_TRACEMALLOC"
+
+
+def load_backend() -> HeapBackend:
+    """The hook when it can be had, else tracemalloc; ``reason`` says why in the fallback."""
+    if os.environ.get(FORCE_FALLBACK_ENV):
+        return _fallback(f"{FORCE_FALLBACK_ENV} is set")
+    try:
+        import pytest_memguard._allochook as _allochook
+    except ImportError as exc:
+        return _fallback(f"extension unavailable: {exc}")
+    missing = [name for name in EXT_API if not hasattr(_allochook, name)]
+    if missing:  # a stale build left next to newer sources
+        return _fallback(
+            f"extension out of date (no {', '.join(missing)}); reinstall to rebuild it"
+        )
+    return ExtBackend(_allochook)
+
+
+def _fallback(reason: str) -> HeapBackend:
+    from .fallback import TracemallocBackend  # only where it is the backend
+
+    return TracemallocBackend(reason=reason)
 
 
 class Engine:

@@ -15,7 +15,7 @@ from .measurement import format_metric
 from .units import format_size
 
 if TYPE_CHECKING:
-    from .heap import Site, TypeGrowth
+    from .census import Site, TypeGrowth
     from .measurement import Measurement
 
 

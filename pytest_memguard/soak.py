@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .heap import Site
+from .census import Site
 from .leaks import theil_sen
 from .measurement import Engine
 

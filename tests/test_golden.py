@@ -257,7 +257,7 @@ def memguard_lines(stdout: str) -> list[str]:
 def test_report_properties_summary_and_baseline_are_pinned(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
-    from pytest_memguard.heap import load_backend
+    from pytest_memguard.measurement import load_backend
 
     if not load_backend().counts_calls:
         pytest.skip("the allocator hook is not built here")

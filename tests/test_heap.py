@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 import pytest_memguard as pm
-from pytest_memguard.census import aggregate_sites
+from pytest_memguard.census import Frame, aggregate_sites
 from pytest_memguard.fallback import TracemallocBackend
-from pytest_memguard.heap import ExtBackend, Frame, load_backend
-from pytest_memguard.measurement import get_engine
+from pytest_memguard.heap import ExtBackend
+from pytest_memguard.measurement import get_engine, load_backend
 
 MiB = 2**20
 HOOK = isinstance(get_engine().heap, ExtBackend)
