@@ -146,8 +146,10 @@ def suite_ratios(rounds: int) -> list[tuple[str, float, str]]:
     by_cpu = plain_cpu > 0  # no resource module: wall clock only
     plain = plain_cpu if by_cpu else plain_wall
     goals = {
-        "default (checking baselines)": 1.03,
-        "default, no baselines": 1.03,
+        # The goal of the issue that traded the instruction chase for readable glue (#23):
+        # real suites are held to 1.05x by realsuite overhead.
+        "default (checking baselines)": 1.10,
+        "default, no baselines": 1.10,
         "--mem-baseline=update": 1.10,
         "--mem-leak-check": 8.0,
     }

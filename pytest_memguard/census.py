@@ -104,7 +104,7 @@ def all_objects() -> list[object]:
     return gc.get_objects()
 
 
-def _live_objects(skip: set[int]) -> Iterator[object]:
+def live_objects(skip: set[int]) -> Iterator[object]:
     """Every live object once: the GC-tracked ones and, as their referents, the untracked atomic
     ones (ints, strings, bytes). Frozen objects included; ids in ``skip`` (the caller's
     bookkeeping) and memguard's own types left out. Only to explain a failure: it costs
@@ -161,7 +161,7 @@ def _sizeof(obj: object) -> int:
 def census_objects(block_size: Callable[[object], int], limit: int) -> list[TypeGrowth]:
     """Types of objects allocated in the window and still alive, by bytes."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for obj in _live_objects({id(counts)}):
+    for obj in live_objects({id(counts)}):
         size = block_size(obj)
         if size >= 0:
             entry = counts[type_name(type(obj))]
@@ -191,7 +191,7 @@ def census_types(exclude: Sequence[object] = ()) -> dict[str, tuple[int, int]]:
     names the types that grew. ``exclude`` (and what it holds) is bookkeeping to skip."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     skip = _reachable_ids(exclude) | {id(totals)}
-    for obj in _live_objects(skip):
+    for obj in live_objects(skip):
         entry = totals[type_name(type(obj))]
         entry[0] += 1
         entry[1] += _sizeof(obj)

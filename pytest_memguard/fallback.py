@@ -125,6 +125,9 @@ class TracemallocBackend:
     def own_bytes(self) -> int:
         return 0  # tracemalloc's own memory is subtracted where the native heap is read
 
+    def is_new(self, obj: object) -> bool:
+        return _tracemalloc().is_tracing() and _tracemalloc().get_object_traceback(obj) is not None
+
     def census(self, token: _TmToken, limit: int) -> list[TypeGrowth]:
         if not _tracemalloc().is_tracing():
             return []

@@ -54,6 +54,10 @@ class HeapBackend(Protocol):
         self, token: Any, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]: ...
     def census(self, token: Any, limit: int) -> list[TypeGrowth]: ...
+    def is_new(self, obj: object) -> bool:
+        """Allocated while tracking (in the open windows) and still alive."""
+        ...
+
     def own_bytes(self) -> int: ...
     def pause(self, flag: bool) -> bool:
         """Leave this thread's allocations out of every figure while ``flag``; returns the
@@ -124,7 +128,6 @@ class ExtBackend:
         self, first: int, limit: int, alive_only: bool, by_count: bool = False
     ) -> list[Site]:
         """Sites of the samples from index ``first`` on (a whole window's first sample)."""
-
         return aggregate_sites(self._rows(first), limit, alive_only, by_count)
 
     def _rows(self, first: int) -> list[tuple[int, float, bool, tuple[Frame, ...]]]:
@@ -135,8 +138,10 @@ class ExtBackend:
         ]
 
     def census(self, token: _ExtToken, limit: int) -> list[TypeGrowth]:
-
         return census_objects(self._ext.block_size, limit)
+
+    def is_new(self, obj: object) -> bool:
+        return bool(self._ext.block_size(obj) >= 0)
 
     def own_bytes(self) -> int:
         """Bytes of the hook's own tables and samples (in the C heap, not the user's)."""
@@ -152,7 +157,6 @@ class ExtBackend:
     ) -> list[Site]:
         """Trace every allocation ``call`` makes (not what ``between`` does) for ``calls``
         calls; the sites of what is still alive after, per call."""
-
         first = self._ext.sample_count()
         old = self._ext.set_sampling(0)
         try:

@@ -39,6 +39,13 @@ from typing import Any, cast
 from .census import Site, TypeGrowth, census_types
 from .measurement import Engine
 from .process import IS_LINUX, open_fds
+from .retainers import (
+    Retainers,
+    container_lengths,
+    find_retainers,
+    growth_retainers,
+    new_objects,
+)
 
 STAGES = (1, 2, 4, 8)
 # The screen that runs first when the number of calls was left at its default: it passes a test
@@ -562,6 +569,8 @@ class LeakResult:
     series: dict[str, list[int]] = field(default_factory=dict)
     sites: list[Site] = field(default_factory=list)
     types: list[TypeGrowth] = field(default_factory=list)
+    # Reference paths from roots to what grew (see retainers.py).
+    retainers: Retainers | None = None
     explained_calls: int = 0
     threads: int = 1
     screened: bool = False  # passed at the screen, before the full run
@@ -765,14 +774,15 @@ class LeakRunner:
         """Re-run a few calls tracing every allocation: where the growing memory comes from and
         which object types grew. Tracing is for explaining; it never decides."""
         calls = min(10, max(3, self.settings.iterations // 3))
-        before = census_types()
+        lengths = container_lengths()
+        before = census_types(exclude=[lengths])
 
         def between() -> None:
             cleanup()
             gc.collect()
 
         result.sites = self.engine.heap.growth_sites(token, call, between, calls, limit=5)
-        after = census_types(exclude=[before, result.sites])
+        after = census_types(exclude=[before, result.sites, lengths])
         grown = []
         for name, (count, size) in after.items():
             old_count, old_size = before.get(name, (0, 0))
@@ -783,3 +793,10 @@ class LeakRunner:
         grown.sort(key=lambda t: (-t.count, -t.bytes, t.name))
         result.types = grown[:5]
         result.explained_calls = calls
+        result.retainers = growth_retainers(lengths, calls)
+        if not result.retainers.chains and result.types:
+            # Nothing grew in place (each call made a new holder): ask why the new objects of
+            # the types that grew are alive.
+            is_new = self.engine.heap.is_new
+            held = new_objects(is_new, result.types)
+            result.retainers = find_retainers(held, ignore=[lengths])

@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 from .census import Site, TypeGrowth
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
+
+# Imported here, not when a failure is explained: an import inside a window makes objects
+# that the window's census would count and ask about.
+from .retainers import Retainers, find_retainers, new_objects
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -65,6 +69,8 @@ class Measurement:
     # The sites count only blocks still alive at the end (asked for, or all the backend sees).
     sites_alive: bool = False
     types: list[TypeGrowth] = field(default_factory=list)
+    # Why the objects of those types are still alive: reference paths from roots.
+    retainers: Retainers | None = None
 
     def fill(self, values: tuple[int | None, ...]) -> None:
         """From ``Meter.read()`` (the extension's window_read() tuple)."""
@@ -405,6 +411,9 @@ class Meter:
         result.sites_alive = alive_only
         if types:  # first: reading the sites allocates objects the census would then count
             result.types = heap.census(self._heap_token, limit)
+            if alive_only and result.types:
+                held = new_objects(heap.is_new, result.types)
+                result.retainers = find_retainers(held)
         if self._handle is not None:
             assert isinstance(heap, ExtBackend)  # native windows come with the hook
             first = self.engine.native.window_first_sample(self._handle)

@@ -17,6 +17,7 @@ from .units import format_size
 if TYPE_CHECKING:
     from .census import Site, TypeGrowth
     from .measurement import Measurement
+    from .retainers import Retainers
 
 
 def short_path(path: str) -> str:
@@ -79,6 +80,8 @@ def render_failure(headlines: Iterable[str], m: Measurement, scale: int = 0) -> 
     lines.append(render_measurement(m))
     lines.extend(render_sites(m.sites, m.sites_alive))
     lines.extend(render_types(m.types, scale))
+    if m.retainers is not None:
+        lines.extend(render_retainers(m.retainers))
     return "\n".join(lines)
 
 
@@ -144,6 +147,8 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
         lines.append(f"Object types that grew (per {unit}):")
         for row in result.types:
             lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
+    if result.retainers is not None:
+        lines.extend(render_retainers(result.retainers, unit))
     if "native" in {f.metric for f in result.findings} and not result.sites:
         lines.append(
             "  (native heap growth: memory allocated by C code outside Python's allocators)"
@@ -153,6 +158,27 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
             f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
         )
     return "\n".join(lines)
+
+
+def render_retainers(found: Retainers, unit: str = "call") -> list[str]:
+    """Why it is kept: each chain from its root, the link where many objects part marked
+    ``[…]``, with how many of the objects asked about it holds."""
+    if not found.chains and not found.cut_short:
+        return []
+    lines = ["Why it is kept (shortest reference paths from a root):"]
+    for chain in found.chains:
+        if chain.note:
+            held = f"  ({chain.note} per {unit})"
+        elif found.asked > 1:
+            held = f"  ({chain.count} of {found.asked} {chain.target})"
+        else:
+            held = f"  ({chain.target})"
+        lines.append(f"  {chain.path()}{held}")
+    if found.unreached:
+        lines.append(f"  ({found.unreached} of {found.asked} reached from no root found)")
+    if found.cut_short:
+        lines.append(f"  (search cut short: {found.cut_short})")
+    return lines
 
 
 def render_soak(result: Any) -> str:
@@ -169,4 +195,6 @@ def render_soak(result: Any) -> str:
     if result.private:
         lines.append(f"  private  {sparkline(result.private)}  (context; not judged)")
     lines.extend(render_sites(result.sites, alive_only=True))
+    if result.retainers is not None:
+        lines.extend(render_retainers(result.retainers, "iteration"))
     return "\n".join(lines)

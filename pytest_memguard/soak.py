@@ -25,6 +25,7 @@ from typing import Any
 from .census import Site
 from .leaks import theil_sen
 from .measurement import Engine
+from .retainers import Retainers, find_retainers, new_objects
 
 DEFAULT_SAMPLES = 50
 MIN_SAMPLES = 8
@@ -100,6 +101,7 @@ class SoakResult:
     private: list[int] = field(default_factory=list)
     verdict: SoakVerdict | None = None
     sites: list[Site] = field(default_factory=list)
+    retainers: Retainers | None = None  # why the objects made in the run are still alive
 
     def message(self) -> str:
         from .messages import render_soak
@@ -176,6 +178,8 @@ class Soak:
             result.verdict = verdict
             if verdict.growing:
                 result.sites = heap.sites(token, 5, alive_only=True)
+                grown = heap.census(token, 3)
+                result.retainers = find_retainers(new_objects(heap.is_new, grown))
         finally:
             heap.end(token)
         if self.on_result is not None:

@@ -1,0 +1,504 @@
+"""Why memory is kept: the shortest reference path from a root a person recognises.
+
+A leak report says where growing memory was allocated and which types grew; this says who holds
+it. Roots are what a reader can find in their code: a module's globals (``myapp.audit._LOG``),
+a live frame of a thread (a local variable of a running function), and ``gc.garbage``. Class
+attributes, closure cells, registries, logging handlers and caches are links on the way from
+them, each written as the code would name it: ``.attr``, ``[key]``, ``[index]``,
+``<closure cell 'name'>``.
+
+The search runs backwards from the held objects, one ``gc.get_referrers`` walk of the heap per
+level for the whole level at once. Memory stays small (only the visited nodes), and the levels
+stay narrow for the usual culprits (a container in a module or a class), so on a heap of a
+million objects it takes tenths of a second. It is bounded in depth, in width (that walk
+compares every reference with every object of the level) and in time, and says when it was
+cut short. Only explaining a failure runs it.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import functools
+import gc
+import operator
+import sys
+import threading
+import time
+import types
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from .census import PACKAGE_DIR, TypeGrowth, live_objects, type_name
+
+MAX_DEPTH = 24
+# Objects per level: get_referrers compares each reference in the heap with each of them.
+MAX_WIDTH = 48
+DEFAULT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One reference path: ``root`` then ``links`` lead to an object of type ``target``.
+
+    ``count`` objects (of the ones asked about) are held along this path, and ``grows`` is the
+    index in ``links`` where their paths part: the container that holds them all, the link that
+    keeps growing (``len(links)`` when the target is that container). None when the chain
+    holds one object."""
+
+    root: str
+    links: tuple[str, ...]
+    target: str
+    count: int = 1
+    grows: int | None = None
+    # Where a root that is not a module is: the frame whose local variable ``root`` is.
+    where: str = ""
+    # What the caller knows of the target (a container's growth per call).
+    note: str = ""
+
+    def path(self) -> str:
+        """The chain as code would spell it; the link where the held objects part is ``[…]``
+        (one of many entries) when it is a subscript."""
+        parts = [self.root]
+        for index, link in enumerate(self.links):
+            parts.append("[…]" if index == self.grows and link.startswith("[") else link)
+        if self.grows == len(self.links):  # the target is the container that grows
+            parts.append("[…]")
+        text = "".join(parts)
+        return f"{text}  ({self.where})" if self.where else text
+
+
+@dataclass
+class Retainers:
+    """What was found: chains by how many objects they hold, and whether the search stopped
+    early (``cut_short`` says why; the chains found are still shortest ones)."""
+
+    chains: list[Chain]
+    asked: int
+    unreached: int = 0
+    cut_short: str = ""
+
+
+def _roots() -> dict[int, str]:
+    """Root nodes by id: each module's globals dict, by the module's name."""
+    roots: dict[int, str] = {}
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None) if module is not None else None
+        if isinstance(namespace, dict):
+            roots.setdefault(id(namespace), name)
+    roots[id(gc.garbage)] = "gc.garbage"
+    return roots
+
+
+def _frame_locals(ours: types.FrameType) -> dict[int, tuple[str, str]]:
+    """Local variables of the frames running in every thread (not ours), by the id of their
+    value: (the variable's name, its frame as a reader would find it). A running frame's
+    locals are not among its referents for the collector, so ``get_referrers`` never names it."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    found: dict[int, tuple[str, str]] = {}
+    for ident, frame in sys._current_frames().items():
+        current: types.FrameType | None = frame
+        while current is not None:
+            code = current.f_code
+            # Module-level code: its variables are the module's globals, named from there.
+            module_level = current.f_locals is current.f_globals
+            if (
+                current is not ours
+                and not module_level
+                and not code.co_filename.startswith(PACKAGE_DIR)
+            ):
+                where = (
+                    f"a local variable of {code.co_name}() at {code.co_filename}:"
+                    f"{current.f_lineno}, thread {names.get(ident, ident)!r}"
+                )
+                for name, value in list(current.f_locals.items()):
+                    found.setdefault(id(value), (name, where))
+            current = current.f_back
+    return found
+
+
+def find_retainers(
+    targets: Sequence[object],
+    ignore: Iterable[object] = (),
+    seconds: float = DEFAULT_SECONDS,
+    limit: int = 5,
+) -> Retainers:
+    """Shortest paths from roots to ``targets``, grouped where they share a root and a path.
+
+    ``ignore``: the caller's own containers that hold targets (they are not why the targets
+    are alive). Frames of this package are never roots nor links."""
+    if not targets:
+        return Retainers([], 0)
+    # get_referrers does not search frozen objects (the leak loop and the per-test windows
+    # run under gc.freeze()), and module dicts are among them.
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        return _search(targets, ignore, seconds, limit)
+    finally:
+        if frozen:
+            gc.freeze()
+
+
+class _Search:
+    """One backward search: the visited nodes, the way from each towards a target, which
+    targets each reaches (a bit each), and the roots found."""
+
+    def __init__(self, targets: list[object], ignore: Iterable[object]) -> None:
+        self.nodes: dict[int, object] = {id(t): t for t in targets}
+        self.towards: dict[int, int] = {}
+        self.reach: dict[int, int] = {id(t): 1 << n for n, t in enumerate(targets)}
+        # Every holder found of each node: a node reached again from another target passes
+        # that target's bit on to all the nodes above it.
+        self.holders: dict[int, list[int]] = {}
+        # (the root's name, where it is if not a module, id of the first node under it)
+        self.found: list[tuple[str, str, int]] = []
+        self.roots = _roots()
+        self.narrowed = ""  # why a level was cut to MAX_WIDTH, if one was
+        self.here = sys._getframe(1)
+        self.frame_locals = _frame_locals(self.here)
+        self.bookkeeping = {id(self), id(vars(self)), id(targets), id(self.here)}
+        self.bookkeeping.update(id(value) for value in vars(self).values())
+        self.bookkeeping.update(id(obj) for obj in ignore)
+
+    def covered(self) -> int:
+        return functools.reduce(operator.or_, (self.reach[top] for *_, top in self.found), 0)
+
+    def local_roots(self, level: list[object]) -> list[object]:
+        """The level without the objects that are local variables of a running frame (each
+        noted as a root): a running frame's locals are not among its referents for the
+        collector, so get_referrers never names the frame."""
+        rest = []
+        for obj in level:
+            root = self.frame_locals.get(id(obj))
+            if root is None:
+                rest.append(obj)
+            else:
+                self.found.append((*root, id(obj)))
+        return rest
+
+    def step(self, level: list[object], candidates: Iterable[object]) -> list[object]:
+        """The next level: the ``candidates`` that hold an object of ``level`` (roots noted)."""
+        wanted = {id(obj) for obj in level}
+        following: list[object] = []
+        self.bookkeeping.update((id(level), id(wanted), id(following)))
+        for candidate in candidates:
+            ident = id(candidate)
+            if ident in self.bookkeeping or isinstance(candidate, types.FrameType):
+                continue  # ours, or a finished frame's locals (running ones are roots, above)
+            held = [id(r) for r in gc.get_referents(candidate) if id(r) in wanted]
+            if not held:
+                continue
+            for child in held:
+                self.holders.setdefault(child, []).append(ident)
+            bits = functools.reduce(operator.or_, (self.reach[h] for h in held))
+            if ident in self.nodes:
+                self._spread(ident, bits)
+                continue
+            self.nodes[ident] = candidate
+            self.towards[ident] = held[0]
+            self.reach[ident] = bits
+            if ident in self.roots:
+                self.found.append((self.roots[ident], "", ident))
+            else:
+                following.append(candidate)
+        self.bookkeeping.difference_update((id(level), id(wanted), id(following)))
+        return following
+
+    def _spread(self, ident: int, bits: int) -> None:
+        todo = [ident]
+        while todo:
+            node = todo.pop()
+            new = bits & ~self.reach[node]
+            if new:
+                self.reach[node] |= new
+                todo.extend(self.holders.get(node, ()))
+
+    def untracked_holders(self, level: list[object]) -> list[object]:
+        """The next level from the containers the collector does not track (a dict or a tuple
+        of atomic values), which get_referrers cannot see: one walk of the heap."""
+        candidates = [
+            obj
+            for obj in live_objects(set(self.bookkeeping))
+            if isinstance(obj, (dict, tuple)) and not gc.is_tracked(obj)
+        ]
+        self.bookkeeping.add(id(candidates))
+        return self.step(level, candidates)
+
+    def run(self, seconds: float) -> tuple[list[tuple[str, str, int]], str]:
+        deadline = time.perf_counter() + seconds
+        everything = (1 << len(self.nodes)) - 1
+        level = list(self.nodes.values())
+        scanned = False
+        for _ in range(MAX_DEPTH):
+            level = self.local_roots(level)
+            if self.covered() == everything or not level:
+                return self.found, ""
+            if time.perf_counter() > deadline:
+                return self.found, f"the search took over {seconds:g} s"
+            if len(level) > MAX_WIDTH:
+                self.narrowed = f"more than {MAX_WIDTH} objects at one level; some were dropped"
+                level.sort(key=lambda obj: -self.reach[id(obj)])
+                del level[MAX_WIDTH:]
+            self.bookkeeping.add(id(level))
+            following = self.step(level, gc.get_referrers(*level))
+            self.bookkeeping.discard(id(level))
+            if not following and not scanned:
+                scanned = True
+                following = self.untracked_holders(level)
+            level = following
+        return self.found, f"paths longer than {MAX_DEPTH} links were not followed"
+
+
+def _search(
+    targets: Sequence[object], ignore: Iterable[object], seconds: float, limit: int
+) -> Retainers:
+    search = _Search(list(targets), [targets, *ignore])
+    found, cut_short = search.run(seconds)
+    chains = _merge([_chain(name, where, top, search) for name, where, top in found])
+    asked = len(targets)
+    reached = bin(search.covered()).count("1")
+    chains.sort(key=lambda c: (-c.count, len(c.links), c.root))
+    return Retainers(chains[:limit], asked, asked - reached, cut_short or search.narrowed)
+
+
+def _merge(chains: list[Chain]) -> list[Chain]:
+    """One chain per root and path (the same path printed twice says nothing new)."""
+    merged: dict[str, Chain] = {}
+    for chain in chains:
+        key = f"{chain.path()} {chain.target}"
+        old = merged.get(key)
+        if old is None or chain.count > old.count:
+            merged[key] = chain
+    return list(merged.values())
+
+
+def _chain(root: str, where: str, top: int, search: _Search) -> Chain:
+    reach = search.reach
+    path = [search.nodes[top]]
+    ident = top
+    while ident in search.towards:
+        ident = search.towards[ident]
+        path.append(search.nodes[ident])
+    labelled = [(index, _link(path, index, bool(where))) for index in range(len(path) - 1)]
+    links = tuple(text for _, text in labelled if text)
+    count = bin(reach[top]).count("1")
+    grows = None
+    if count > 1:
+        # The deepest node that still holds all of them: its first printed link onwards is
+        # where their paths part (a ``__dict__`` between an object and its attribute prints
+        # nothing of its own).
+        parting = max(i for i, node in enumerate(path) if reach[id(node)] == reach[top])
+        printed = [index for index, text in labelled if text]
+        later = [n for n, index in enumerate(printed) if index >= parting]
+        grows = later[0] if later else None
+    return Chain(root, links, type_name(type(path[-1])), count, grows, where)
+
+
+def _is_namespace_of(owner: object, namespace: object) -> bool:
+    if isinstance(owner, type):
+        return namespace is _type_dict(owner)
+    try:
+        return getattr(owner, "__dict__", None) is namespace
+    except Exception:
+        return False
+
+
+def _type_dict(kind: type) -> object:
+    """A class's own dict (``vars()`` gives a read-only proxy to it; the referent is the dict)."""
+    for referent in gc.get_referents(kind):
+        if isinstance(referent, dict) and referent.keys() == vars(kind).keys():
+            return referent
+    return None
+
+
+def _key(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else f"<{type_name(type(key))}>"
+
+
+def _link(path: list[object], index: int, from_local: bool = False) -> str:
+    """How ``path[index]`` refers to ``path[index + 1]``, as code would write it; empty where
+    the next link says it (an object's ``__dict__``, a function's ``__closure__``). A path
+    from a module starts at the module's dict; one ``from_local`` at the variable's value."""
+    parent, child = path[index], path[index + 1]
+    above = path[index - 1] if index else None
+    if isinstance(parent, dict):
+        attribute = (
+            (index == 0 and not from_local)
+            or _is_namespace_of(above, parent)
+            # A thread-local's attributes: local -> its per-thread dicts -> this one.
+            or (index >= 2 and type_name(type(path[index - 2])) == "_thread._local")
+        )
+        for key, value in list(parent.items()):
+            if value is child:
+                if type_name(type(above)) == "_thread._local":
+                    return " → one thread's attributes"
+                if attribute and isinstance(key, str) and key.isidentifier():
+                    return f".{key}"
+                return f"[{_key(key)}]"
+        return " → a key" if any(key is child for key in parent) else "[?]"
+    if isinstance(parent, (list, tuple, deque)):
+        if (
+            isinstance(parent, tuple)
+            and isinstance(above, types.FunctionType)
+            and above.__closure__ is parent
+        ):
+            cells = list(parent)
+            names = above.__code__.co_freevars
+            if child in cells:
+                position = next(i for i, cell in enumerate(cells) if cell is child)
+                return f" → closure cell {names[position]!r}"
+        for position, value in enumerate(parent):
+            if value is child:
+                return f"[{position}]"
+        return "[?]"
+    if isinstance(parent, (set, frozenset)):
+        return "{…}"
+    if isinstance(parent, types.CellType):
+        return ""  # named by the tuple above it
+    if isinstance(parent, types.FunctionType):
+        if child is parent.__closure__:
+            return ""
+        if child is parent.__defaults__:
+            return ".__defaults__"
+        if child is parent.__globals__:
+            return ".__globals__"
+    if isinstance(parent, types.MethodType):
+        return ".__self__" if child is parent.__self__ else ".__func__"
+    if isinstance(parent, types.FrameType):
+        for name, value in list(parent.f_locals.items()):
+            if value is child:
+                return f" local {name!r}"
+        return " (frame)"
+    if _is_namespace_of(parent, child):
+        return ""
+    if type_name(type(parent)) == "_thread._local" or type_name(type(child)) == "_thread._local":
+        return ""
+    if type_name(type(parent)) == "functools._lru_cache_wrapper" and isinstance(child, dict):
+        return " → its lru_cache"
+    try:
+        attributes = list(vars(parent).items())
+    except TypeError:  # no __dict__
+        attributes = []
+    for name, value in attributes:
+        if value is child:
+            return f".{name}"
+    for name in _slot_names(type(parent)):
+        try:
+            if getattr(parent, name) is child:
+                return f".{name}"
+        except Exception:
+            continue
+    return f" → {type_name(type(child))}"
+
+
+def _slot_names(kind: type) -> list[str]:
+    names: list[str] = []
+    for klass in kind.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else list(slots))
+    return names
+
+
+# ---------------------------------------------------------------------------- what to ask about
+
+# Containers whose length can grow, in the order a subclass is matched to its base (whose
+# ``__len__`` is used: a subclass's own may run user code).
+_CONTAINERS: tuple[type, ...] = (list, dict, set, frozenset, deque, bytearray, array.array)
+
+
+def _container_code(obj: object) -> tuple[int, int] | None:
+    """(index of its base container type, its length), or None for other objects."""
+    for code, base in enumerate(_CONTAINERS):
+        if isinstance(obj, base):
+            return code, base.__len__(obj)  # type: ignore[attr-defined]
+    return None
+
+
+def container_lengths() -> dict[int, int]:
+    """The length of every live container, by id: a snapshot to compare after a few calls.
+    One int each (length and base type packed), since a heap has hundreds of thousands."""
+    lengths: dict[int, int] = {}
+    for obj in live_objects({id(lengths)}):
+        found = _container_code(obj)
+        if found is not None:
+            lengths[id(obj)] = found[1] * len(_CONTAINERS) + found[0]
+    return lengths
+
+
+def growing_containers(
+    before: dict[int, int], calls: int, limit: int = 3
+) -> list[tuple[object, float]]:
+    """Containers alive before ``calls`` calls and after, that gained at least one entry per
+    call: (container, entries per call), fastest first. The leak is usually one of them."""
+    grown: list[tuple[float, int, object]] = []
+    for obj in live_objects({id(before), id(grown)}):
+        old = before.get(id(obj))
+        if old is None:
+            continue
+        found = _container_code(obj)
+        if found is None or found[0] != old % len(_CONTAINERS):
+            continue  # another object at a freed one's address
+        added = found[1] - old // len(_CONTAINERS)
+        if added >= calls:
+            grown.append((added / calls, len(grown), obj))
+    grown.sort(key=lambda row: (-row[0], row[1]))
+    return [(obj, rate) for rate, _, obj in grown[:limit]]
+
+
+def growth_retainers(
+    before: dict[int, int], calls: int, seconds: float = DEFAULT_SECONDS
+) -> Retainers:
+    """Why memory grew over ``calls`` calls: the paths to the containers that grew in them,
+    each noted with its growth per call; ``before`` is ``container_lengths()`` from before."""
+    grown = growing_containers(before, calls)
+    chains: list[Chain] = []
+    cut_short = ""
+    deadline = time.perf_counter() + seconds
+    for container, rate in grown:
+        found = find_retainers(
+            [container], ignore=[grown, before], seconds=max(0.0, deadline - time.perf_counter())
+        )
+        cut_short = cut_short or found.cut_short
+        entries = "entry" if rate == 1 else "entries"
+        note = f"{type_name(type(container))}, {rate:+.1f} {entries}"
+        chains.extend(
+            dataclasses.replace(chain, note=note, grows=len(chain.links))
+            for chain in found.chains[:1]
+        )
+    return Retainers(chains, len(grown), len(grown) - len(chains), cut_short)
+
+
+# What an import in the window leaves (a module's functions and code): not what a test keeps.
+_IMPORT_DEBRIS = frozenset(
+    {"code", "function", "module", "cell", "type", "getset_descriptor", "member_descriptor"}
+)
+# Values without references of their own. New ones are also made by the measuring itself (its
+# figures), so they are asked about only when nothing else grew: the objects that hold them
+# lead to the same roots.
+_ATOMS = frozenset({"int", "float", "complex", "str", "bytes"})
+
+
+def new_objects(
+    is_new: Callable[[object], bool],
+    grown: Sequence[TypeGrowth],
+    types: int = 2,
+    per_type: int = 12,
+) -> list[object]:
+    """Up to ``per_type`` live objects of each of the first ``types`` types of ``grown`` that
+    ``is_new`` says were made in the window: what a retained budget or a soak asks about.
+    Types under a tenth of the biggest one's bytes are left out: noise next to it."""
+    rows = [row for row in grown if row.name not in _IMPORT_DEBRIS]
+    if any(row.name not in _ATOMS for row in rows):
+        rows = [row for row in rows if row.name not in _ATOMS]
+    biggest = max((row.bytes for row in rows), default=0)
+    names = [row.name for row in rows if row.bytes * 10 >= biggest][:types]
+    wanted: dict[str, list[object]] = {name: [] for name in names}
+    for obj in live_objects({id(wanted)}):
+        found = wanted.get(type_name(type(obj)))
+        if found is not None and len(found) < per_type and is_new(obj):
+            found.append(obj)
+    return [obj for found in wanted.values() for obj in found]
