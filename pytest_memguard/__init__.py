@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # read by setuptools (pyproject.toml), without importing the package
 
 if TYPE_CHECKING:
-    from .measurement import AllocationCount, Measurement, count_allocations, measure
+    from .measurement import AllocationCount, Measurement, count_allocations, measure, survivors
     from .process import MemoryUsage, usage
+    from .retainers import Survivors
     from .units import format_size, parse_size
 
 _HOMES = {
@@ -28,17 +29,21 @@ _HOMES = {
     "parse_size": "units",
     "MemoryUsage": "process",
     "usage": "process",
+    "Survivors": "retainers",
+    "survivors": "measurement",
 }
 
 __all__ = [
     "AllocationCount",
     "Measurement",
     "MemoryUsage",
+    "Survivors",
     "__version__",
     "count_allocations",
     "format_size",
     "measure",
     "parse_size",
+    "survivors",
     "usage",
 ]
 

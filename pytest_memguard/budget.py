@@ -15,7 +15,7 @@ from .tolerance import Tolerance, ToleranceError
 from .units import SizeError, parse_size
 
 BUDGET_METRICS = ("peak", "retained", "private", "allocations")
-_KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance")
+_KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance", "no_survivors")
 
 
 class BudgetError(ValueError):
@@ -29,6 +29,8 @@ class Budget:
     private: int | None = None
     allocations: int | None = None
     tolerance: Tolerance | None = None
+    # Classes (or "module.Class" names) of which nothing the test made may outlive it.
+    no_survivors: tuple[type | str, ...] = ()
     source: str = "mem_budget"
 
     def limits(self) -> dict[str, int]:
@@ -48,6 +50,7 @@ class Budget:
             m: getattr(self, m) if getattr(self, m) is not None else getattr(farther, m)
             for m in (*BUDGET_METRICS, "tolerance")
         }
+        values["no_survivors"] = self.no_survivors or farther.no_survivors
         return replace(self, **values)
 
 
@@ -83,6 +86,27 @@ def _parse_count(value: object, what: str) -> int:
     if not (text.isascii() and text.isdigit()):  # "²" is a digit to str.isdigit
         raise BudgetError(f"invalid {what} {value!r}: expected a whole number of allocations")
     return int(text)
+
+
+def _parse_kinds(value: object, what: str) -> tuple[type | str, ...]:
+    """A class, a ``"module.Class"`` name (several, space-separated, in the ini form), or a
+    list or tuple of them."""
+    items = (
+        value.split()
+        if isinstance(value, str)
+        else list(value)
+        if isinstance(value, (list, tuple))
+        else [value]
+    )
+    for item in items:
+        if not isinstance(item, type) and not (isinstance(item, str) and item.strip()):
+            raise BudgetError(
+                f"invalid {what} {value!r}: expected a class, a 'module.Class' name, "
+                "or a list of them"
+            )
+    if not items:
+        raise BudgetError(f"invalid {what} {value!r}: expected at least one class")
+    return tuple(items)
 
 
 def lifts_budgets(args: tuple[object, ...], kwargs: Mapping[str, object]) -> bool:
@@ -135,8 +159,12 @@ def parse_budget(
             )
         except ToleranceError as exc:
             raise BudgetError(str(exc)) from None
+    if values.get("no_survivors") is not None:
+        parsed["no_survivors"] = _parse_kinds(
+            values["no_survivors"], f"{source} no_survivors on {where}"
+        )
     budget = Budget(source=source, **parsed)
-    if not budget.limits() and budget.tolerance is None:
+    if not budget.limits() and budget.tolerance is None and not budget.no_survivors:
         raise BudgetError(
             f"invalid mem_budget on {where}: no limit given; expected e.g. "
             "mem_budget('50MB') or mem_budget(retained='1MB', allocations=10_000)"

@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,8 @@ from .heap import EXT_API, ExtBackend, HeapBackend
 
 # Imported here, not when a failure is explained: an import inside a window makes objects
 # that the window's census would count and ask about.
-from .retainers import Retainers, find_retainers, new_objects
+from .retainers import Kind, Retainers, Survivors, find_retainers, new_objects
+from .retainers import survivors as _survivors
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -470,6 +471,15 @@ def measure(
                 meter.explain()
         finally:
             meter.close()
+
+
+def survivors(*kinds: Kind, engine: Engine | None = None) -> AbstractContextManager[Survivors]:
+    """Watch a block: the yielded ``Survivors`` lists, once the block exits, the objects of
+    ``kinds`` (classes or ``"module.Class"`` names) it made that are still alive after it
+    (garbage collected first), and ``explain()`` says who holds them. The watch's own work is
+    left out of any measurement around the block."""
+    heap = (engine or get_engine()).heap
+    return _survivors(*kinds, pause=heap.pause)
 
 
 @dataclass

@@ -12,12 +12,12 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .measurement import format_metric
+from .retainers import render_retainers
 from .units import format_size
 
 if TYPE_CHECKING:
     from .census import Site, TypeGrowth
     from .measurement import Measurement
-    from .retainers import Retainers
 
 
 def short_path(path: str) -> str:
@@ -158,27 +158,6 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
             f"Note: {result.threads - 1} other thread(s) were alive; readings are process-wide."
         )
     return "\n".join(lines)
-
-
-def render_retainers(found: Retainers, unit: str = "call") -> list[str]:
-    """Why it is kept: each chain from its root, the link where many objects part marked
-    ``[…]``, with how many of the objects asked about it holds."""
-    if not found.chains and not found.cut_short:
-        return []
-    lines = ["Why it is kept (shortest reference paths from a root):"]
-    for chain in found.chains:
-        if chain.note:
-            held = f"  ({chain.note} per {unit})"
-        elif found.asked > 1:
-            held = f"  ({chain.count} of {found.asked} {chain.target})"
-        else:
-            held = f"  ({chain.target})"
-        lines.append(f"  {chain.path()}{held}")
-    if found.unreached:
-        lines.append(f"  ({found.unreached} of {found.asked} reached from no root found)")
-    if found.cut_short:
-        lines.append(f"  (search cut short: {found.cut_short})")
-    return lines
 
 
 def render_soak(result: Any) -> str:

@@ -20,10 +20,18 @@ import pytest
 
 from . import __version__
 from .baseline import DIRNAME
-from .measurement import Engine, Measurement, get_engine, measure
+from .measurement import Engine, Measurement, get_engine, measure, survivors
 from .options import CHILD_OPTION, OPTIONS, OptionError, cli_type, resolve
 from .report import report_path_problem, to_properties
-from .session import METER_KEY, PLAN_KEY, MemguardSession, MemguardWarning, TestPlan
+from .retainers import Kind, Survivors
+from .session import (
+    METER_KEY,
+    PLAN_KEY,
+    SURVIVORS_KEY,
+    MemguardSession,
+    MemguardWarning,
+    TestPlan,
+)
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -174,6 +182,10 @@ class MemguardHooks:
             return
         if plan.error is not None:
             pytest.fail(plan.error, pytrace=False)
+        budget = plan.budget
+        if budget is not None and budget.no_survivors and not self.session.repeating:
+            # Before the window: the watch's own snapshot is not the test's memory.
+            item.stash[SURVIVORS_KEY] = Survivors(budget.no_survivors).start()
         if self.session.scope_test and not self.session.repeating:
             item.stash[METER_KEY] = self.session.start(plan)
 
@@ -229,15 +241,23 @@ class MemguardHooks:
     def pytest_runtest_teardown(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> Generator[None, None, None]:
-        """With ``mem_scope = test`` the window closes after the fixtures' teardown."""
+        """With ``mem_scope = test`` the window closes after the fixtures' teardown; a
+        ``no_survivors`` budget is checked after it (what fixtures hold is let go by then)."""
         try:
-            return (yield)
+            result = yield
         finally:
             plan = item.stash.get(PLAN_KEY, None)
             meter = item.stash.get(METER_KEY, None)
             if plan is not None and meter is not None:
                 del item.stash[METER_KEY]
                 self.session.finish(item, plan, meter, judge=True)
+        watch = item.stash.get(SURVIVORS_KEY, None)
+        if watch is not None:
+            del item.stash[SURVIVORS_KEY]
+            watch.finish(exclude=(getattr(item, "funcargs", None) or {}).values())
+            if watch:
+                pytest.fail(watch.explain("mem_budget no_survivors"), pytrace=False)
+        return result
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
@@ -410,6 +430,11 @@ class MemguardFixture:
         from .process import usage
 
         return usage()
+
+    def survivors(self, *kinds: Kind) -> AbstractContextManager[Survivors]:
+        """Watch a block for objects of ``kinds`` it makes that outlive it (see
+        ``pytest_memguard.survivors``)."""
+        return survivors(*kinds, engine=self._engine)
 
     @contextmanager
     def measure(self, *, retained: bool = True, private: bool = False) -> Iterator[Measurement]:

@@ -26,8 +26,10 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .census import PACKAGE_DIR, TypeGrowth, live_objects, type_name
@@ -502,3 +504,168 @@ def new_objects(
         if found is not None and len(found) < per_type and is_new(obj):
             found.append(obj)
     return [obj for found in wanted.values() for obj in found]
+
+
+# ---------------------------------------------------------------------------- survivors
+
+Kind = type | str
+
+
+def kind_name(kind: Kind) -> str:
+    return kind if isinstance(kind, str) else type_name(kind)
+
+
+class Survivors:
+    """Objects of some kinds made while it watched (``start`` to ``finish``) and alive after:
+    every ``Session`` closed, no ``Connection`` left behind.
+
+    A kind is a class (its subclasses count) or a ``"module.QualName"`` naming one, for a
+    class the test cannot import. What existed at ``start`` is told apart by a weak
+    reference, or by its address for objects that take none (an object made in the block at
+    the address of one that died in it would then be missed)."""
+
+    def __init__(self, kinds: Sequence[Kind]) -> None:
+        if not kinds:
+            raise TypeError("survivors() needs at least one class or 'module.Class' name")
+        for kind in kinds:
+            if not isinstance(kind, (type, str)) or kind == "":
+                raise TypeError(
+                    f"survivors(): expected a class or a 'module.Class' name, got {kind!r}"
+                )
+        self.kinds = tuple(kinds)
+        self._types = tuple(k for k in kinds if isinstance(k, type))
+        self._names = frozenset(k for k in kinds if isinstance(k, str))
+        self._matches: dict[type, bool] = {}
+        self._before: dict[int, weakref.ref[object] | None] = {}
+        self.objects: list[object] = []
+
+    def _match(self, obj: object) -> bool:
+        kind = type(obj)
+        known = self._matches.get(kind)
+        if known is None:
+            known = issubclass(kind, self._types) or any(
+                type_name(klass) in self._names for klass in kind.__mro__
+            )
+            self._matches[kind] = known
+        return known
+
+    def start(self) -> Survivors:
+        before: dict[int, weakref.ref[object] | None] = {}
+        for obj in live_objects({id(before), id(self)}):
+            if self._match(obj):
+                try:
+                    before[id(obj)] = weakref.ref(obj)
+                except TypeError:
+                    before[id(obj)] = None
+        self._before = before
+        return self
+
+    def finish(self, exclude: Iterable[object] = ()) -> None:
+        """Collect garbage, then keep what is new and alive (and not in ``exclude``: a test's
+        fixture values, which pytest holds until the end of its protocol)."""
+        gc.collect()
+        found: list[object] = []
+        excluded = {id(obj) for obj in exclude}
+        for obj in live_objects({id(found), id(self), id(self._before), id(excluded)}):
+            if not self._match(obj) or id(obj) in excluded:
+                continue
+            ident = id(obj)
+            if ident not in self._before:
+                found.append(obj)
+                continue
+            old = self._before[ident]
+            if old is not None and old() is not obj:  # a new object where an old one died
+                found.append(obj)
+        self._before = {}
+        self.objects = found
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __bool__(self) -> bool:
+        return bool(self.objects)
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.objects)
+
+    def counts(self) -> dict[str, int]:
+        """How many survived, by type."""
+        counts: dict[str, int] = {}
+        for obj in self.objects:
+            name = type_name(type(obj))
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def retainers(self, seconds: float = DEFAULT_SECONDS) -> Retainers:
+        """Why they are alive: reference paths from roots (for up to 24 of them)."""
+        return find_retainers(
+            self.objects[:24], ignore=[self, vars(self), self.objects], seconds=seconds
+        )
+
+    def explain(self, source: str = "") -> str:
+        """Which survived, by type, and why they are alive."""
+        return render_survivors(self, source)
+
+    def check(self) -> None:
+        """Raise ``AssertionError`` with the explanation if any survived."""
+        if self.objects:
+            raise AssertionError(self.explain())
+
+
+def render_retainers(found: Retainers, unit: str = "call") -> list[str]:
+    """Why it is kept: each chain from its root, the link where many objects part marked
+    ``[…]``, with how many of the objects asked about it holds."""
+    if not found.chains and not found.cut_short:
+        return []
+    lines = ["Why it is kept (shortest reference paths from a root):"]
+    for chain in found.chains:
+        if chain.note:
+            held = f"  ({chain.note} per {unit})"
+        elif found.asked > 1:
+            held = f"  ({chain.count} of {found.asked} {chain.target})"
+        else:
+            held = f"  ({chain.target})"
+        lines.append(f"  {chain.path()}{held}")
+    if found.unreached:
+        lines.append(f"  ({found.unreached} of {found.asked} reached from no root found)")
+    if found.cut_short:
+        lines.append(f"  (search cut short: {found.cut_short})")
+    return lines
+
+
+def render_survivors(found: Survivors, source: str = "") -> str:
+    """Objects that should not have outlived a block, by type, and why they are alive."""
+    total = len(found)
+    kinds = ", ".join(kind_name(k) for k in found.kinds)
+    lines = [
+        f"{total:,} object{'s' if total != 1 else ''} of {kinds} made here "
+        f"{'are' if total != 1 else 'is'} still alive after it{f' ({source})' if source else ''}:"
+    ]
+    for name, count in sorted(found.counts().items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {count:>6,}  {name}")
+    lines.extend(render_retainers(found.retainers()))
+    return "\n".join(lines)
+
+
+@contextmanager
+def survivors(*kinds: Kind, pause: Callable[[bool], bool] | None = None) -> Iterator[Survivors]:
+    """Watch a block: ``found.objects`` lists what of ``kinds`` it made that is still alive
+    after it (garbage collected first); ``found.explain()`` says who holds them.
+
+    ``pause`` (a heap backend's) leaves the watch's own work out of any measurement the block
+    is in: its walks of the heap are not the block's allocations."""
+    with _paused(pause):
+        watch = Survivors(kinds).start()
+    yield watch
+    with _paused(pause):
+        watch.finish()
+
+
+@contextmanager
+def _paused(pause: Callable[[bool], bool] | None) -> Iterator[None]:
+    was = pause(True) if pause is not None else False
+    try:
+        yield
+    finally:
+        if pause is not None:
+            pause(was)

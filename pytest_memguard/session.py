@@ -32,6 +32,7 @@ from .report import (
     summary_table,
     to_properties,
 )
+from .retainers import Survivors
 from .tolerance import Tolerance
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def window_kind(item: pytest.Item) -> str:
 
 PLAN_KEY = pytest.StashKey[TestPlan]()
 METER_KEY = pytest.StashKey[Meter]()
+SURVIVORS_KEY = pytest.StashKey[Survivors]()
 
 
 _OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception)

@@ -1,0 +1,265 @@
+"""Reference chains (retainers.py): who holds what grew, from a root a person recognises.
+
+The corpus holds one leak of each common shape at module level, as application code would; a
+"call" adds one entry, and the chain must name the root and the link that grows.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import functools
+import gc
+import logging
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from pytest_memguard.census import TypeGrowth
+from pytest_memguard.retainers import (
+    Survivors,
+    container_lengths,
+    find_retainers,
+    growth_retainers,
+    new_objects,
+)
+
+HERE = __name__
+
+
+class Record:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def notify(self) -> None:
+        pass
+
+
+_LOG: list[Record] = []
+
+
+class Cache:
+    store: dict[int, Record] = {}
+
+
+def _make_handler() -> Callable[[Record], None]:
+    items: list[Record] = []
+
+    def handler(record: Record) -> None:
+        items.append(record)
+
+    return handler
+
+
+HANDLER = _make_handler()
+_CALLBACKS: list[Callable[..., object]] = []
+
+
+class Service:
+    @functools.cache  # noqa: B019 - the leak under test
+    def lookup(self, key: int) -> int:
+        return key
+
+
+_LOCAL = threading.local()
+_GRAVE: list[object] = []
+
+
+class Resurrecting:
+    def __del__(self) -> None:
+        _GRAVE.append(self)
+
+
+class Registry(dict):  # type: ignore[type-arg]
+    pass
+
+
+_REGISTRY = Registry()
+_QUEUE: collections.deque[Record] = collections.deque()
+_SAMPLES = array.array("d")
+
+
+def _thread_local_append() -> None:
+    if not hasattr(_LOCAL, "items"):
+        _LOCAL.items = []
+    _LOCAL.items.append(Record(0))
+
+
+def _cycle_through_registry() -> None:
+    record = Record(0)
+    record.registry = _REGISTRY  # type: ignore[attr-defined]
+    _REGISTRY[id(record)] = record
+
+
+CORPUS: dict[str, tuple[Callable[[], object], str]] = {
+    "module list": (lambda: _LOG.append(Record(0)), f"{HERE}._LOG[…]"),
+    "class-level dict cache": (
+        lambda: Cache.store.setdefault(len(Cache.store), Record(0)),
+        f"{HERE}.Cache.store[…]",
+    ),
+    "closure-held list": (lambda: HANDLER(Record(0)), f"{HERE}.HANDLER → closure cell 'items'[…]"),
+    "callback registered per call": (
+        lambda: _CALLBACKS.append(Record(0).notify),
+        f"{HERE}._CALLBACKS[…]",
+    ),
+    "logging handler added per call": (
+        lambda: logging.getLogger("memguard.corpus").addHandler(logging.NullHandler()),
+        "logging.Logger.manager.loggerDict['memguard.corpus'].handlers[…]",
+    ),
+    "lru_cache on a method": (
+        lambda: Service().lookup(1),
+        f"{HERE}.Service.lookup → its lru_cache[…]",
+    ),
+    "thread-local": (_thread_local_append, f"{HERE}._LOCAL → one thread's attributes.items[…]"),
+    "resurrecting __del__": (lambda: Resurrecting(), f"{HERE}._GRAVE[…]"),
+    "cycle through a dict subclass": (_cycle_through_registry, f"{HERE}._REGISTRY[…]"),
+    "C container: deque": (lambda: _QUEUE.append(Record(0)), f"{HERE}._QUEUE[…]"),
+    "C container: array": (lambda: _SAMPLES.extend([1.0] * 8), f"{HERE}._SAMPLES[…]"),
+}
+
+
+@pytest.mark.parametrize("shape", list(CORPUS))
+def test_each_leak_shape_names_its_root_and_the_growing_link(shape: str) -> None:
+    call, expected = CORPUS[shape]
+    call()  # first-call effects (the logger's creation) are not growth
+    gc.collect()
+    before = container_lengths()
+    for _ in range(5):
+        call()
+    gc.collect()
+    found = growth_retainers(before, calls=5)
+    paths = [chain.path() for chain in found.chains]
+    assert expected in paths, paths
+    chain = found.chains[paths.index(expected)]
+    assert chain.grows == len(chain.links)  # the container is the target: it is what grows
+    per_call = 8 if "array" in shape else 1
+    assert f"+{per_call:.1f} entr" in chain.note
+    assert found.cut_short == ""
+
+
+def test_objects_in_one_container_are_one_chain_with_their_count() -> None:
+    records = [Record(n) for n in range(7)]
+    _QUEUE.extend(records)
+    try:
+        found = find_retainers(records)
+    finally:
+        _QUEUE.clear()
+    assert found.asked == 7
+    assert found.unreached == 0
+    (chain,) = found.chains
+    assert chain.count == 7
+    assert chain.path() == f"{HERE}._QUEUE[…]"
+    assert chain.target == f"{HERE}.Record"
+
+
+def test_objects_the_collector_does_not_track_end_at_their_container() -> None:
+    # No local variable may hold them: a running frame's locals are roots too.
+    globals()["_ATOMS"] = {"key": "".join(["not ", "interned"])}  # atomic values: untracked
+    globals()["_PAIRS"] = [(1, int("9" * 30))]
+    gc.collect()
+    try:
+        assert not gc.is_tracked(globals()["_ATOMS"])
+        by_text = find_retainers([globals()["_ATOMS"]["key"]])
+        by_number = find_retainers([globals()["_PAIRS"][0][1]])
+    finally:
+        del globals()["_ATOMS"], globals()["_PAIRS"]
+    assert [c.path() for c in by_text.chains] == [f"{HERE}._ATOMS['key']"]
+    assert [c.path() for c in by_number.chains] == [f"{HERE}._PAIRS[0][1]"]
+
+
+def test_a_running_threads_local_variable_is_a_root() -> None:
+    ready, done = threading.Event(), threading.Event()
+    box: list[Record] = []
+
+    def holder() -> None:
+        kept = [Record(1)]
+        box.append(kept[0])
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=holder, name="holder-thread")
+    thread.start()
+    try:
+        assert ready.wait(10)
+        found = find_retainers([box.pop()])
+    finally:
+        done.set()
+        thread.join()
+    (chain,) = found.chains
+    assert chain.root == "kept"
+    assert chain.links == ("[0]",)
+    assert "holder()" in chain.where
+    assert "thread 'holder-thread'" in chain.where
+
+
+def test_a_search_out_of_time_says_so() -> None:
+    _LOG.append(Record(0))
+    try:
+        found = find_retainers([_LOG[-1]], seconds=0)
+    finally:
+        _LOG.pop()
+    assert found.chains == []
+    assert found.unreached == 1
+    assert found.cut_short == "the search took over 0 s"
+
+
+def test_nothing_asked_nothing_found() -> None:
+    found = find_retainers([])
+    assert (found.chains, found.asked, found.unreached, found.cut_short) == ([], 0, 0, "")
+
+
+def test_new_objects_skip_import_debris_atoms_and_small_types() -> None:
+    made = [Record(n) for n in range(30)]
+    kept = {id(obj) for obj in made}
+    grown = [
+        TypeGrowth("function", 100, 10_000),
+        TypeGrowth("int", 50, 5_000),
+        TypeGrowth(f"{HERE}.Record", 30, 1_500),
+        TypeGrowth("tuple", 1, 64),  # under a tenth of the biggest kept type
+    ]
+    found = new_objects(lambda obj: id(obj) in kept, grown)
+    assert len(found) == 12  # per type
+    assert all(type(obj) is Record for obj in found)
+
+
+_LEFT: list[Record] = []
+
+
+def test_survivors_finds_what_a_block_made_and_left_behind() -> None:
+    old = Record(-1)
+    watch = Survivors([Record]).start()
+    _LEFT.append(Record(1))
+    Record(2)  # made and dropped
+    watch.finish()
+    try:
+        assert [obj.n for obj in watch.objects] == [1]  # type: ignore[attr-defined]
+        assert old not in watch.objects
+        assert watch.counts() == {f"{HERE}.Record": 1}
+        text = watch.explain()
+        assert text.startswith(f"1 object of {HERE}.Record made here is still alive after it:")
+        assert f"  {HERE}._LEFT[0]  ({HERE}.Record)" in text.splitlines()
+        with pytest.raises(AssertionError, match="still alive"):
+            watch.check()
+    finally:
+        _LEFT.clear()
+
+
+def test_survivors_by_name_match_subclasses_and_honour_exclusions() -> None:
+    class Special(Record):
+        pass
+
+    watch = Survivors([f"{HERE}.Record"]).start()
+    fixture_value = Special(1)
+    watch.finish(exclude=[fixture_value])
+    assert watch.objects == []
+    watch = Survivors([f"{HERE}.Record"]).start()
+    also = Special(2)
+    watch.finish()
+    assert watch.objects == [also]
+
+
+@pytest.mark.parametrize("kinds", [(), (5,), ("",)])
+def test_survivors_refuse_what_is_not_a_class(kinds: tuple[object, ...]) -> None:
+    with pytest.raises(TypeError, match="survivors"):
+        Survivors(kinds)  # type: ignore[arg-type]
