@@ -352,6 +352,58 @@ def soak_overhead() -> list[tuple[str, float, str]]:
     ]
 
 
+HELD: dict[str, object] = {}
+
+
+def chain_seconds() -> list[tuple[str, float, str]]:
+    """Reference chains on a heap of a million objects (wall clock: a one-off search, run once
+    per failure). The held objects sit a few links below a module global, as a leak does."""
+    from pytest_memguard.retainers import container_lengths, find_retainers, growth_retainers
+
+    class Record:
+        pass
+
+    heap = [{"k": [i, str(i)], "v": (i,)} for i in range(250_000)]  # ~1M objects with the ints
+    HELD["registry"] = {"sessions": {"open": [Record() for _ in range(20)]}}
+    HELD["leaky"] = []
+    gc.collect()
+    objects = len(gc.get_objects())
+    rows = []
+    try:
+        start = time.perf_counter()
+        found = find_retainers(list(HELD["registry"]["sessions"]["open"]))  # type: ignore[index]
+        seconds = time.perf_counter() - start
+        ok = "met" if seconds <= 2 else "NOT met"
+        rows.append(
+            (
+                f"20 objects, 4 links, {objects:,} tracked objects",
+                seconds,
+                f"s; goal <= 2 s: {ok}; {found.chains[0].path() if found.chains else 'none'}",
+            )
+        )
+        start = time.perf_counter()
+        before = container_lengths()
+        snapshot = time.perf_counter() - start
+        for _ in range(5):
+            HELD["leaky"].append(Record())  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        grown = growth_retainers(before, 5)
+        seconds = time.perf_counter() - start
+        rows.append(("container lengths before the runs", snapshot, "s; no goal (one heap walk)"))
+        rows.append(
+            (
+                "growing containers and their chain",
+                seconds,
+                f"s; no goal (a heap walk and a search); "
+                f"{grown.chains[0].path() if grown.chains else 'none'}",
+            )
+        )
+    finally:
+        HELD.clear()
+        del heap
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
@@ -367,6 +419,7 @@ def main() -> None:
         ("allocator hook vs tracemalloc (ratio to no hook)", hook_ratios),
         ("fixed cost of a measured window", marked_test_cost),
         ("soak sampling (ratio to a bare loop)", soak_overhead),
+        ("reference chains on a big heap (seconds)", chain_seconds),
     ]
     if not args.quick:
         sections.append(

@@ -107,24 +107,36 @@ def all_objects() -> list[object]:
 def live_objects(skip: set[int]) -> Iterator[object]:
     """Every live object once: the GC-tracked ones and, as their referents, the untracked atomic
     ones (ints, strings, bytes). Frozen objects included; ids in ``skip`` (the caller's
-    bookkeeping) and memguard's own types left out. Only to explain a failure: it costs
-    milliseconds on a big heap."""
-    seen: set[int] = set()
+    bookkeeping) and memguard's own types left out. Only to explain a failure: about a second
+    for a million objects."""
+    seen: set[int] = set()  # untracked objects only: a tracked one is listed once
+    ours: dict[type, bool] = {}
     objects = all_objects()
-    skip = skip | {id(seen), id(objects), id(skip)}
+    skip = skip | {id(seen), id(objects), id(skip), id(ours)}
+
+    def foreign(obj: object) -> bool:
+        kind = type(obj)
+        mine = ours.get(kind)
+        if mine is None:
+            mine = ours[kind] = type_name(kind).startswith(_PACKAGE_NAME)
+        return not mine
+
+    is_tracked = gc.is_tracked
     try:
         for obj in objects:
             if id(obj) in skip:
                 continue
-            for candidate in (obj, *gc.get_referents(obj)):
-                ident = id(candidate)
+            if foreign(obj):
+                yield obj
+            for referent in gc.get_referents(obj):
+                if is_tracked(referent):
+                    continue
+                ident = id(referent)
                 if ident in seen or ident in skip:
                     continue
-                if candidate is not obj and gc.is_tracked(candidate):
-                    continue
                 seen.add(ident)
-                if not type_name(type(candidate)).startswith(_PACKAGE_NAME):
-                    yield candidate
+                if foreign(referent):
+                    yield referent
     finally:
         # Up to 3.10 this generator's own frame is a GC object and so in ``objects``: frame and
         # list hold each other, and under a frozen collector nothing breaks the cycle. Each

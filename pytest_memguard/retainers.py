@@ -412,12 +412,17 @@ def _slot_names(kind: type) -> list[str]:
 _CONTAINERS: tuple[type, ...] = (list, dict, set, frozenset, deque, bytearray, array.array)
 
 
+_CODES = {base: code for code, base in enumerate(_CONTAINERS)}
+
+
 def _container_code(obj: object) -> tuple[int, int] | None:
     """(index of its base container type, its length), or None for other objects."""
-    for code, base in enumerate(_CONTAINERS):
-        if isinstance(obj, base):
-            return code, base.__len__(obj)  # type: ignore[attr-defined]
-    return None
+    code = _CODES.get(type(obj))
+    if code is None:
+        if not isinstance(obj, _CONTAINERS):
+            return None
+        code = next(code for code, base in enumerate(_CONTAINERS) if isinstance(obj, base))
+    return code, _CONTAINERS[code].__len__(obj)  # type: ignore[attr-defined]
 
 
 def container_lengths() -> dict[int, int]:
@@ -494,10 +499,11 @@ def new_objects(
     ``is_new`` says were made in the window: what a retained budget or a soak asks about.
     Types under a tenth of the biggest one's bytes are left out: noise next to it."""
     rows = [row for row in grown if row.name not in _IMPORT_DEBRIS]
+    biggest = max((row.bytes for row in rows), default=0)
+    rows = [row for row in rows if row.bytes * 10 >= biggest]
     if any(row.name not in _ATOMS for row in rows):
         rows = [row for row in rows if row.name not in _ATOMS]
-    biggest = max((row.bytes for row in rows), default=0)
-    names = [row.name for row in rows if row.bytes * 10 >= biggest][:types]
+    names = [row.name for row in rows][:types]
     wanted: dict[str, list[object]] = {name: [] for name in names}
     for obj in live_objects({id(wanted)}):
         found = wanted.get(type_name(type(obj)))
