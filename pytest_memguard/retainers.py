@@ -262,7 +262,9 @@ def _search(
     chains = _merge([_chain(name, where, top, search) for name, where, top in found])
     asked = len(targets)
     reached = bin(search.covered()).count("1")
-    chains.sort(key=lambda c: (-c.count, len(c.links), c.root))
+    # Shortest first, then the shortest root name: a logger reached as `logging.root.manager`
+    # is also every module's `_LOGGER.manager`, and the shorter name is the one people know.
+    chains.sort(key=lambda c: (-c.count, len(c.links), len(c.root), c.path()))
     return Retainers(chains[:limit], asked, asked - reached, cut_short or search.narrowed)
 
 
@@ -285,6 +287,14 @@ def _chain(root: str, where: str, top: int, search: _Search) -> Chain:
         ident = search.towards[ident]
         path.append(search.nodes[ident])
     labelled = [(index, _link(path, index, bool(where))) for index in range(len(path) - 1)]
+    named = _named_logger(path)
+    if named is not None:
+        # Whichever module's logger led to the manager, the logger is logging.getLogger(name).
+        index, name = named
+        root, where = "logging", ""
+        labelled = [(index, f".getLogger({name!r})")] + [
+            (i, text) for i, text in labelled if i > index
+        ]
     links = tuple(text for _, text in labelled if text)
     count = bin(reach[top]).count("1")
     grows = None
@@ -297,6 +307,20 @@ def _chain(root: str, where: str, top: int, search: _Search) -> Chain:
         later = [n for n, index in enumerate(printed) if index >= parting]
         grows = later[0] if later else None
     return Chain(root, links, type_name(type(path[-1])), count, grows, where)
+
+
+def _named_logger(path: list[object]) -> tuple[int, str] | None:
+    """(index in ``path``, name) of the last logger reached through logging's manager."""
+    for index in range(len(path) - 2, 0, -1):
+        manager, loggers = path[index - 1], path[index]
+        if type_name(type(manager)) == "logging.Manager" and loggers is getattr(
+            manager, "loggerDict", None
+        ):
+            assert isinstance(loggers, dict)
+            for name, logger in list(loggers.items()):
+                if logger is path[index + 1]:
+                    return index, str(name)
+    return None
 
 
 def _is_namespace_of(owner: object, namespace: object) -> bool:
@@ -437,7 +461,7 @@ def container_lengths() -> dict[int, int]:
 
 
 def growing_containers(
-    before: dict[int, int], calls: int, limit: int = 3
+    before: dict[int, int], calls: int, limit: int = 5
 ) -> list[tuple[object, float]]:
     """Containers alive before ``calls`` calls and after, that gained at least one entry per
     call: (container, entries per call), fastest first. The leak is usually one of them."""
