@@ -156,11 +156,12 @@ def test_objects_in_one_container_are_one_chain_with_their_count() -> None:
 
 def test_objects_the_collector_does_not_track_end_at_their_container() -> None:
     # No local variable may hold them: a running frame's locals are roots too.
-    globals()["_ATOMS"] = {"key": "".join(["not ", "interned"])}  # atomic values: untracked
+    globals()["_ATOMS"] = {"key": "".join(["not ", "interned"])}
     globals()["_PAIRS"] = [(1, int("9" * 30))]
     gc.collect()
     try:
-        assert not gc.is_tracked(globals()["_ATOMS"])
+        # Up to 3.13 the collector stops tracking both; from 3.14 on, only the tuple.
+        assert not gc.is_tracked(globals()["_PAIRS"][0])
         by_text = find_retainers([globals()["_ATOMS"]["key"]])
         by_number = find_retainers([globals()["_PAIRS"][0][1]])
     finally:
