@@ -190,6 +190,8 @@ class _Search:
             ident = id(candidate)
             if ident in self.bookkeeping or isinstance(candidate, types.FrameType):
                 continue  # ours, or a finished frame's locals (running ones are roots, above)
+            if _is_argument_tuple(candidate, level):
+                continue  # get_referrers(*level) packs the level into a tuple (3.13+)
             held = [id(r) for r in gc.get_referents(candidate) if id(r) in wanted]
             if not held:
                 continue
@@ -252,6 +254,14 @@ class _Search:
                 following = self.untracked_holders(level)
             level = following
         return self.found, f"paths longer than {MAX_DEPTH} links were not followed"
+
+
+def _is_argument_tuple(candidate: object, level: list[object]) -> bool:
+    return (
+        type(candidate) is tuple
+        and len(candidate) == len(level)
+        and all(a is b for a, b in zip(candidate, level))
+    )
 
 
 def _search(
