@@ -399,9 +399,15 @@ class Meter:
         )
 
     def explain(
-        self, limit: int = 5, alive_only: bool = False, types: bool = True, by_count: bool = False
+        self,
+        limit: int = 5,
+        alive_only: bool = False,
+        types: bool = True,
+        by_count: bool = False,
+        chains: bool = False,
     ) -> None:
-        """Fill ``sites`` (and ``types``) of the result; call between ``stop`` and ``close``."""
+        """Fill ``sites`` (and ``types``, and with ``chains`` the ``retainers`` of those) of the
+        result; call between ``stop`` and ``close``."""
         result = self.result
         if result is None:
             raise RuntimeError("explain() needs stop() first")
@@ -412,7 +418,7 @@ class Meter:
         result.sites_alive = alive_only
         if types:  # first: reading the sites allocates objects the census would then count
             result.types = heap.census(self._heap_token, limit)
-            if alive_only and result.types:
+            if chains and result.types:  # and why those are still alive
                 held = new_objects(heap.is_new, result.types)
                 result.retainers = find_retainers(held)
         if self._handle is not None:
@@ -458,6 +464,9 @@ def measure(
 
     ``private=True`` collects garbage and trims malloc before both readings (milliseconds on a
     big heap) so that memory the allocator merely keeps cached does not count.
+    ``explain=True`` also fills ``sites`` (where the block allocated), ``types`` (objects it
+    made that are still alive) and ``retainers`` (why they are alive: reference paths from
+    roots), as a failure message shows them.
     """
     result = Measurement()
     meter = Meter(get_engine(), retained=retained, private=private, result=result)
@@ -468,7 +477,7 @@ def measure(
         try:
             meter.stop()
             if explain:
-                meter.explain()
+                meter.explain(chains=True)
         finally:
             meter.close()
 

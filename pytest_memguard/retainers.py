@@ -320,16 +320,21 @@ def _chain(root: str, where: str, top: int, search: _Search) -> Chain:
 
 
 def _named_logger(path: list[object]) -> tuple[int, str] | None:
-    """(index in ``path``, name) of the last logger reached through logging's manager."""
+    """(index in ``path``, name) of the last logger reached through logging's manager (the
+    manager just above its ``loggerDict``, or two above where its ``__dict__`` is a node)."""
     for index in range(len(path) - 2, 0, -1):
-        manager, loggers = path[index - 1], path[index]
-        if type_name(type(manager)) == "logging.Manager" and loggers is getattr(
-            manager, "loggerDict", None
+        loggers = path[index]
+        if not isinstance(loggers, dict):
+            continue
+        managers = path[max(0, index - 2) : index]
+        if not any(
+            type_name(type(m)) == "logging.Manager" and getattr(m, "loggerDict", None) is loggers
+            for m in managers
         ):
-            assert isinstance(loggers, dict)
-            for name, logger in list(loggers.items()):
-                if logger is path[index + 1]:
-                    return index, str(name)
+            continue
+        for name, logger in list(loggers.items()):
+            if logger is path[index + 1]:
+                return index, str(name)
     return None
 
 
@@ -513,14 +518,24 @@ def growth_retainers(
     return Retainers(chains, len(grown), len(grown) - len(chains), cut_short)
 
 
-# What an import in the window leaves (a module's functions and code): not what a test keeps.
+# What an import in the window leaves (a module's functions and code), and the frames of the
+# calls still running: not what a test keeps.
 _IMPORT_DEBRIS = frozenset(
-    {"code", "function", "module", "cell", "type", "getset_descriptor", "member_descriptor"}
+    {
+        "code",
+        "function",
+        "module",
+        "cell",
+        "type",
+        "frame",
+        "getset_descriptor",
+        "member_descriptor",
+    }
 )
-# Values without references of their own. New ones are also made by the measuring itself (its
-# figures), so they are asked about only when nothing else grew: the objects that hold them
-# lead to the same roots.
-_ATOMS = frozenset({"int", "float", "complex", "str", "bytes"})
+# Values without references of their own, and dicts (up to 3.10 every instance's attributes
+# are one): new ones are also made by the measuring itself (its figures) or belong to the
+# objects of another type that grew, so they are asked about only when nothing else grew.
+_ATOMS = frozenset({"int", "float", "complex", "str", "bytes", "dict"})
 
 
 def new_objects(

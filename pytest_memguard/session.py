@@ -403,7 +403,7 @@ class MemguardSession:
             alive = all(v.metric in ("retained", "private") for v in verdict.violations)
             sizes = [v.value for v in verdict.violations if v.metric != "allocations"]
             # An allocation-count failure is about where calls happen, not what is left.
-            meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes)
+            meter.explain(alive_only=alive, types=bool(sizes), by_count=not sizes, chains=alive)
             scale = min(sizes) if sizes else 0
             from .messages import render_failure
 

@@ -265,3 +265,25 @@ def test_survivors_by_name_match_subclasses_and_honour_exclusions() -> None:
 def test_survivors_refuse_what_is_not_a_class(kinds: tuple[object, ...]) -> None:
     with pytest.raises(TypeError, match="survivors"):
         Survivors(kinds)  # type: ignore[arg-type]
+
+
+_KEPT_BY_BLOCK: list[Record] = []
+
+
+def test_measure_with_explain_says_who_keeps_what_the_block_made() -> None:
+    import sys
+
+    import pytest_memguard
+    from pytest_memguard.measurement import get_engine
+
+    if not get_engine().heap.counts_calls and sys.version_info < (3, 12):
+        pytest.skip("tracemalloc before 3.12 cannot tell which class instances it traced")
+
+    with pytest_memguard.measure(explain=True) as measured:
+        _KEPT_BY_BLOCK.extend(Record(n) for n in range(100))
+    try:
+        assert measured.retainers is not None
+        assert [c.path() for c in measured.retainers.chains] == [f"{HERE}._KEPT_BY_BLOCK[…]"]
+        assert measured.retainers.chains[0].count == 12  # as many as were asked about
+    finally:
+        _KEPT_BY_BLOCK.clear()
