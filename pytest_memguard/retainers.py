@@ -253,7 +253,7 @@ class _Search:
                 scanned = True
                 following = self.untracked_holders(level)
             level = following
-        return self.found, f"paths longer than {MAX_DEPTH} links were not followed"
+        return self.found, f"no root within {MAX_DEPTH} links of some of them"
 
 
 def _is_argument_tuple(candidate: object, level: list[object]) -> bool:
