@@ -16,6 +16,7 @@ __version__ = "0.1.0"  # read by setuptools (pyproject.toml), without importing 
 
 if TYPE_CHECKING:
     from .measurement import AllocationCount, Measurement, count_allocations, measure, survivors
+    from .other_process import WatchedProcess, watch
     from .process import MemoryUsage, usage
     from .retainers import Survivors
     from .units import format_size, parse_size
@@ -31,6 +32,8 @@ _HOMES = {
     "usage": "process",
     "Survivors": "retainers",
     "survivors": "measurement",
+    "watch": "other_process",
+    "WatchedProcess": "other_process",
 }
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "Measurement",
     "MemoryUsage",
     "Survivors",
+    "WatchedProcess",
     "__version__",
     "count_allocations",
     "format_size",
@@ -45,6 +49,7 @@ __all__ = [
     "parse_size",
     "survivors",
     "usage",
+    "watch",
 ]
 
 

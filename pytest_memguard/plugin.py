@@ -36,6 +36,7 @@ from .units import parse_size
 
 if TYPE_CHECKING:
     from .leaks import LeakSettings
+    from .other_process import WatchedProcess
     from .process import MemoryUsage
     from .soak import Soak, SoakResult
 
@@ -430,6 +431,14 @@ class MemguardFixture:
         from .process import usage
 
         return usage()
+
+    @staticmethod
+    def process(target: object, *, children: bool = False) -> WatchedProcess:
+        """Watch another process (a pid, ``Popen``, ``multiprocessing.Process`` or
+        ``psutil.Process``): its ``usage()``, ``peak()`` over a block, and ``soak()``."""
+        from .other_process import watch
+
+        return watch(target, children=children)
 
     def survivors(self, *kinds: Kind) -> AbstractContextManager[Survivors]:
         """Watch a block for objects of ``kinds`` it makes that outlive it (see

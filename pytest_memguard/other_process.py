@@ -1,0 +1,312 @@
+"""Another process's memory: a server under test, a subprocess, a forked worker.
+
+Servers written in C, C++ or OCaml are often tested from Python: the test drives the server over
+a socket and the memory that matters is the server's. ``watch(target)`` reads it: ``usage()``
+(virtual, physical, private, proportional, swapped, peak), ``peak()`` over a block of the test,
+and ``soak()``, an iterator the test's own loop drives, sampling the other process's private
+memory and judged by the same plateau-or-growth rule as a soak of this process.
+
+On Linux everything is read from ``/proc/<pid>``: ``status`` (cheap) and ``smaps_rollup``
+(private and proportional; it costs the kernel about 10 µs per MB resident). The peak over a
+block resets the kernel's high-water mark by writing ``5`` to ``/proc/<pid>/clear_refs``, which
+the kernel allows for a process of the same user; where it does not, the peak is sampled from
+a thread every 5 ms and says so. Elsewhere psutil gives what the platform can.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .process import IS_LINUX, MemoryUsage
+from .soak import DEFAULT_SAMPLES, SoakVerdict, judge_curve
+from .units import format_size, parse_size
+
+SAMPLE_SECONDS = 0.005
+_FIELDS = ("virtual", "physical", "private", "proportional", "swapped", "peak")
+
+
+class ProcessGone(Exception):
+    """The watched process exited; the message names it."""
+
+
+def _pid_of(target: object) -> int:
+    """The pid of an int, a ``subprocess.Popen``, a ``multiprocessing.Process`` or a
+    ``psutil.Process``."""
+    if isinstance(target, bool):
+        raise TypeError(f"watch(): expected a pid or a process, got {target!r}")
+    if isinstance(target, int):
+        if target <= 0:
+            raise ValueError(f"watch(): a pid is a positive number, got {target}")
+        return target
+    pid = getattr(target, "pid", None)
+    if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+        return pid
+    raise TypeError(
+        f"watch(): expected a pid, a subprocess.Popen, a multiprocessing.Process or a "
+        f"psutil.Process (started), got {target!r}"
+    )
+
+
+def _kib(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    with open(path, "rb") as handle:
+        for line in handle:
+            key, _, rest = line.partition(b":")
+            name = key.decode()
+            if name in wanted:
+                found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
+def _read_linux(pid: int) -> MemoryUsage:
+    base = f"/proc/{pid}"
+    status = _kib(f"{base}/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
+    try:
+        rollup = _kib(f"{base}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap"))
+    except PermissionError:  # another user's process: what status says, and no more
+        rollup = {}
+    private = (
+        rollup["Private_Clean"] + rollup["Private_Dirty"]
+        if "Private_Clean" in rollup and "Private_Dirty" in rollup
+        else None
+    )
+    return MemoryUsage(
+        virtual=status.get("VmSize"),
+        physical=status.get("VmRSS"),
+        private=private,
+        proportional=rollup.get("Pss"),
+        swapped=rollup.get("Swap", status.get("VmSwap")),
+        peak=status.get("VmHWM"),
+    )
+
+
+def _read_psutil(pid: int) -> MemoryUsage:
+    import psutil
+
+    proc = psutil.Process(pid)
+    info = proc.memory_info()
+    try:
+        full: Any = proc.memory_full_info()
+    except (psutil.AccessDenied, OSError):
+        full = None
+    return MemoryUsage(
+        virtual=getattr(info, "vms", None),
+        physical=getattr(info, "rss", None),
+        private=getattr(full, "uss", None),
+        proportional=getattr(full, "pss", None),
+        swapped=getattr(full, "swap", None),
+        peak=getattr(info, "peak_wset", None),
+    )
+
+
+def _sum(readings: list[MemoryUsage]) -> MemoryUsage:
+    """Figures added up over processes; a figure any of them lacks is ``None``."""
+    totals: dict[str, int | None] = {}
+    for name in _FIELDS:
+        values = [getattr(r, name) for r in readings]
+        totals[name] = None if any(v is None for v in values) else sum(values)
+    return MemoryUsage(**totals)
+
+
+@dataclass
+class PeakReading:
+    """The highest physical memory of the watched process(es) over a block, once it exits."""
+
+    peak: int | None = None
+    start: int | None = None  # physical memory when the block began
+    method: str = ""  # "clear_refs" (the kernel's exact mark) or how it was sampled
+
+    def pretty(self) -> str:
+        return (
+            f"peak {format_size(self.peak)} (physical; {format_size(self.start)} at the start), "
+            f"{self.method}"
+        )
+
+
+@dataclass
+class ProcessSoakResult:
+    pid: int
+    iterations: int
+    positions: list[int] = field(default_factory=list)
+    private: list[int] = field(default_factory=list)
+    verdict: SoakVerdict | None = None
+
+    def message(self) -> str:
+        from .messages import sparkline
+
+        verdict = self.verdict
+        assert verdict is not None
+        per_1000 = int(round(verdict.per_iteration * 1000))
+        return "\n".join(
+            [
+                f"memory of process {self.pid} kept growing through a soak of "
+                f"{self.iterations:,} iterations: "
+                f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
+                f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
+                "  window medians (quarters of the run): "
+                + ", ".join(format_size(int(m)) for m in verdict.window_medians),
+                f"  private  {sparkline(self.private)}  (process {self.pid}, USS)",
+            ]
+        )
+
+
+class WatchedProcess:
+    """Another process (and with ``children``, the processes it started), read on demand."""
+
+    def __init__(self, target: object, children: bool = False) -> None:
+        self.pid = _pid_of(target)
+        self.children = children
+        if not self._alive(self.pid):
+            raise ProcessGone(f"watch(): no process with pid {self.pid}")
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        if IS_LINUX:
+            return os.path.exists(f"/proc/{pid}")
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+
+    def pids(self) -> list[int]:
+        """The watched process, then (with ``children``) its descendants alive now."""
+        if not self.children:
+            return [self.pid]
+        import psutil
+
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            raise ProcessGone(f"process {self.pid} has exited") from None
+        return [self.pid, *(kid.pid for kid in kids)]
+
+    def _read(self, pid: int) -> MemoryUsage:
+        try:
+            return _read_linux(pid) if IS_LINUX else _read_psutil(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            raise ProcessGone(f"process {pid} has exited") from None
+        except Exception as exc:
+            if type(exc).__name__ == "NoSuchProcess":
+                raise ProcessGone(f"process {pid} has exited") from None
+            raise
+
+    def usage(self) -> MemoryUsage:
+        """Every figure of the process (summed over the group with ``children``: the group's
+        peak is then the sum of each one's high-water mark, an upper bound)."""
+        readings = []
+        for pid in self.pids():
+            try:
+                readings.append(self._read(pid))
+            except ProcessGone:
+                if pid == self.pid:
+                    raise
+                # a child that exited between the listing and its reading holds nothing
+        return _sum(readings)
+
+    def _physical(self) -> int:
+        value = self.usage().physical
+        return value or 0
+
+    def _reset_peak(self) -> bool:
+        """Reset the kernel's high-water mark of every watched process; False where the
+        kernel does not let us (another user's process, not Linux)."""
+        if not IS_LINUX:
+            return False
+        try:
+            for pid in self.pids():
+                with open(f"/proc/{pid}/clear_refs", "w") as handle:
+                    handle.write("5")
+        except OSError:
+            return False
+        return True
+
+    @contextmanager
+    def peak(self, limit: int | str | None = None) -> Iterator[PeakReading]:
+        """The highest physical memory over the block (``.peak`` once it exits). With
+        ``limit`` (bytes or ``"50MB"``), exceeding it fails the test (``AssertionError``)."""
+        budget = None if limit is None else parse_size(limit, "watch().peak limit")
+        reading = PeakReading(start=self._physical())
+        exact = self._reset_peak()
+        sampler = None if exact else _Sampler(self._physical)
+        try:
+            yield reading
+        finally:
+            if sampler is not None:
+                reading.peak = max(sampler.stop(), self._physical())
+                reading.method = f"sampled every {SAMPLE_SECONDS * 1000:g} ms (no clear_refs)"
+            else:
+                reading.peak = self.usage().peak
+                reading.method = "clear_refs"
+        if budget is not None and reading.peak is not None and reading.peak > budget:
+            raise AssertionError(
+                f"process {self.pid}: peak {format_size(reading.peak)} exceeds "
+                f"{format_size(budget)} by {format_size(reading.peak - budget)} "
+                f"({reading.method})"
+            )
+
+    def soak(
+        self, iterations: int, samples: int | None = None, max_growth: int | str = 0
+    ) -> Iterator[int]:
+        """``range(iterations)`` for the test's loop; samples the process's private memory
+        as it goes and, when exhausted, fails (``AssertionError``) if it kept growing through
+        the second half instead of levelling off. The test's loop drives the other process
+        (a request per iteration); the sample is taken at the start of the next one."""
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"soak iterations must be a whole number >= 1, got {iterations!r}")
+        slack = parse_size(max_growth, "watch().soak max_growth") if max_growth else 0
+        count = min(samples or DEFAULT_SAMPLES, iterations)
+        result = ProcessSoakResult(self.pid, iterations)
+        points = {round(iterations * k / count) for k in range(1, count + 1)}
+        positions = array.array("q")
+        private = array.array("q")
+        for i in range(iterations):
+            yield i
+            if i + 1 in points:
+                value = self.usage().private
+                if value is None:
+                    raise AssertionError(
+                        f"process {self.pid}: its private memory cannot be read here "
+                        "(another user's process, or a platform without it)"
+                    )
+                positions.append(i + 1)
+                private.append(value)
+        result.positions = positions.tolist()
+        result.private = private.tolist()
+        result.verdict = judge_curve(result.positions, result.private, slack)
+        if result.verdict.growing:
+            raise AssertionError(result.message())
+
+
+class _Sampler:
+    """The highest value of ``read()`` seen by a thread that reads it every few ms."""
+
+    def __init__(self, read: Any) -> None:
+        self._read = read
+        self._high = read()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memguard-peak", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            try:
+                self._high = max(self._high, self._read())
+            except ProcessGone:
+                return
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return int(self._high)
+
+
+def watch(target: object, *, children: bool = False) -> WatchedProcess:
+    """Watch another process: a pid, a ``subprocess.Popen``, a ``multiprocessing.Process`` or
+    a ``psutil.Process``; ``children=True`` adds the processes it started (each reading sums
+    them)."""
+    return WatchedProcess(target, children)
