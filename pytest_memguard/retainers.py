@@ -4,15 +4,15 @@ A leak report says where growing memory was allocated and which types grew; this
 it. Roots are what a reader can find in their code: a module's globals (``myapp.audit._LOG``),
 a live frame of a thread (a local variable of a running function), and ``gc.garbage``. Class
 attributes, closure cells, registries, logging handlers and caches are links on the way from
-them, each written as the code would name it: ``.attr``, ``[key]``, ``[index]``,
-``<closure cell 'name'>``.
+them, each written as the code would name it (``.attr``, ``[key]``, ``[index]``) or, where code
+cannot, with an arrow (``→ closure cell 'name'``).
 
 The search runs backwards from the held objects, one ``gc.get_referrers`` walk of the heap per
 level for the whole level at once. Memory stays small (only the visited nodes), and the levels
-stay narrow for the usual culprits (a container in a module or a class), so on a heap of a
-million objects it takes tenths of a second. It is bounded in depth, in width (that walk
-compares every reference with every object of the level) and in time, and says when it was
-cut short. Only explaining a failure runs it.
+stay narrow for the usual culprits (a container in a module or a class): 0.05 s for a 4-link
+chain on a heap of 1.27 million objects (``benchmarks/run.py``). It is bounded in depth, in
+width (that walk compares every reference with every object of the level) and in time, and
+says when it was cut short. Only explaining a failure runs it.
 """
 
 from __future__ import annotations
@@ -267,13 +267,14 @@ def _is_argument_tuple(candidate: object, level: list[object]) -> bool:
 def _search(
     targets: Sequence[object], ignore: Iterable[object], seconds: float, limit: int
 ) -> Retainers:
-    search = _Search(list(targets), [targets, *ignore])
+    distinct = list({id(target): target for target in targets}.values())
+    search = _Search(distinct, [targets, *ignore])
     found, cut_short = search.run(seconds)
     chains = _merge([_chain(name, where, top, search) for name, where, top in found])
-    asked = len(targets)
+    asked = len(distinct)
     reached = bin(search.covered()).count("1")
-    # Shortest first, then the shortest root name: a logger reached as `logging.root.manager`
-    # is also every module's `_LOGGER.manager`, and the shorter name is the one people know.
+    # Shortest first, then the shortest root name: where several modules reach the same
+    # object, the shorter name is usually the one people know.
     chains.sort(key=lambda c: (-c.count, len(c.links), len(c.root), c.path()))
     return Retainers(chains[:limit], asked, asked - reached, cut_short or search.narrowed)
 

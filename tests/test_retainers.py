@@ -287,3 +287,13 @@ def test_measure_with_explain_says_who_keeps_what_the_block_made() -> None:
         assert measured.retainers.chains[0].count == 12  # as many as were asked about
     finally:
         _KEPT_BY_BLOCK.clear()
+
+
+def test_an_object_asked_about_twice_counts_once() -> None:
+    _LEFT.append(Record(5))
+    try:
+        found = find_retainers([_LEFT[0], _LEFT[0]])
+    finally:
+        _LEFT.clear()
+    assert (found.asked, found.unreached) == (1, 0)
+    assert [c.path() for c in found.chains] == [f"{HERE}._LEFT[0]"]
