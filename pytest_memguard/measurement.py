@@ -20,17 +20,13 @@ from typing import TYPE_CHECKING, Any
 from .census import Site, TypeGrowth
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
-
-# Imported here, not when a failure is explained: an import inside a window makes objects
-# that the window's census would count and ask about.
-from .retainers import Kind, Retainers, Survivors, find_retainers, new_objects
-from .retainers import survivors as _survivors
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
     # Imported where used: a native window (Linux, extension built) needs none of it, so most
     # runs never load the module.
     from .process import ProcessProbe
+    from .retainers import Kind, Retainers, Survivors
 
 METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fds")
 COUNT_METRICS = frozenset({"allocations", "fds"})
@@ -419,6 +415,13 @@ class Meter:
         if types:  # first: reading the sites allocates objects the census would then count
             result.types = heap.census(self._heap_token, limit)
             if chains and result.types:  # and why those are still alive
+                # Imported only now (a passing run never needs it), with this thread's
+                # allocations left out: the import is not the window's memory.
+                was = heap.pause(True)
+                try:
+                    from .retainers import find_retainers, new_objects
+                finally:
+                    heap.pause(was)
                 held = new_objects(heap.is_new, result.types)
                 result.retainers = find_retainers(held)
         if self._handle is not None:
@@ -488,7 +491,12 @@ def survivors(*kinds: Kind, engine: Engine | None = None) -> AbstractContextMana
     (garbage collected first), and ``explain()`` says who holds them. The watch's own work is
     left out of any measurement around the block."""
     heap = (engine or get_engine()).heap
-    return _survivors(*kinds, pause=heap.pause)
+    was = heap.pause(True)  # an import inside a measured block is not the block's memory
+    try:
+        from .retainers import survivors as watch
+    finally:
+        heap.pause(was)
+    return watch(*kinds, pause=heap.pause)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from .baseline import DIRNAME
 from .measurement import Engine, Measurement, get_engine, measure, survivors
 from .options import CHILD_OPTION, OPTIONS, OptionError, cli_type, resolve
 from .report import report_path_problem, to_properties
-from .retainers import Kind, Survivors
 from .session import (
     METER_KEY,
     PLAN_KEY,
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from .leaks import LeakSettings
     from .other_process import WatchedProcess
     from .process import MemoryUsage
+    from .retainers import Kind, Survivors
     from .soak import Soak, SoakResult
 
 T = TypeVar("T")
@@ -186,6 +186,8 @@ class MemguardHooks:
         budget = plan.budget
         if budget is not None and budget.no_survivors and not self.session.repeating:
             # Before the window: the watch's own snapshot is not the test's memory.
+            from .retainers import Survivors
+
             item.stash[SURVIVORS_KEY] = Survivors(budget.no_survivors).start()
         if self.session.scope_test and not self.session.repeating:
             item.stash[METER_KEY] = self.session.start(plan)

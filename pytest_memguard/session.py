@@ -32,7 +32,6 @@ from .report import (
     summary_table,
     to_properties,
 )
-from .retainers import Survivors
 from .tolerance import Tolerance
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from .budget import Budget, Verdict
     from .leaks import LeakResult, LeakSettings
     from .repetition import CannotRepeat, Repetition
+    from .retainers import Survivors
 
 HYPOTHESIS_SLACK = 0.25
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
@@ -91,7 +91,7 @@ def window_kind(item: pytest.Item) -> str:
 
 PLAN_KEY = pytest.StashKey[TestPlan]()
 METER_KEY = pytest.StashKey[Meter]()
-SURVIVORS_KEY = pytest.StashKey[Survivors]()
+SURVIVORS_KEY: pytest.StashKey[Survivors] = pytest.StashKey()
 
 
 _OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception)
