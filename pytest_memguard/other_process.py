@@ -18,12 +18,11 @@ from __future__ import annotations
 import array
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from .process import IS_LINUX, MemoryUsage
+from .process import IS_LINUX, MemoryUsage, proc_usage, psutil_usage
 from .soak import DEFAULT_SAMPLES, SoakVerdict, judge_curve
 from .units import format_size, parse_size
 
@@ -50,58 +49,6 @@ def _pid_of(target: object) -> int:
     raise TypeError(
         f"watch(): expected a pid, a subprocess.Popen, a multiprocessing.Process or a "
         f"psutil.Process (started), got {target!r}"
-    )
-
-
-def _kib(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    with open(path, "rb") as handle:
-        for line in handle:
-            key, _, rest = line.partition(b":")
-            name = key.decode()
-            if name in wanted:
-                found[name] = int(rest.split()[0]) * 1024
-    return found
-
-
-def _read_linux(pid: int) -> MemoryUsage:
-    base = f"/proc/{pid}"
-    status = _kib(f"{base}/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
-    try:
-        rollup = _kib(f"{base}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap"))
-    except PermissionError:  # another user's process: what status says, and no more
-        rollup = {}
-    private = (
-        rollup["Private_Clean"] + rollup["Private_Dirty"]
-        if "Private_Clean" in rollup and "Private_Dirty" in rollup
-        else None
-    )
-    return MemoryUsage(
-        virtual=status.get("VmSize"),
-        physical=status.get("VmRSS"),
-        private=private,
-        proportional=rollup.get("Pss"),
-        swapped=rollup.get("Swap", status.get("VmSwap")),
-        peak=status.get("VmHWM"),
-    )
-
-
-def _read_psutil(pid: int) -> MemoryUsage:
-    import psutil
-
-    proc = psutil.Process(pid)
-    info = proc.memory_info()
-    try:
-        full: Any = proc.memory_full_info()
-    except (psutil.AccessDenied, OSError):
-        full = None
-    return MemoryUsage(
-        virtual=getattr(info, "vms", None),
-        physical=getattr(info, "rss", None),
-        private=getattr(full, "uss", None),
-        proportional=getattr(full, "pss", None),
-        swapped=getattr(full, "swap", None),
-        peak=getattr(info, "peak_wset", None),
     )
 
 
@@ -187,7 +134,7 @@ class WatchedProcess:
 
     def _read(self, pid: int) -> MemoryUsage:
         try:
-            return _read_linux(pid) if IS_LINUX else _read_psutil(pid)
+            return proc_usage(f"/proc/{pid}") if IS_LINUX else psutil_usage(pid)
         except (FileNotFoundError, ProcessLookupError):
             raise ProcessGone(f"process {pid} has exited") from None
         except Exception as exc:
@@ -285,7 +232,7 @@ class WatchedProcess:
 class _Sampler:
     """The highest value of ``read()`` seen by a thread that reads it every few ms."""
 
-    def __init__(self, read: Any) -> None:
+    def __init__(self, read: Callable[[], int]) -> None:
         self._read = read
         self._high = read()
         self._done = threading.Event()

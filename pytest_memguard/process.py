@@ -90,33 +90,47 @@ def _kib_fields(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
 def usage() -> MemoryUsage:
     """Read every figure for this process (costs O(resident set) on Linux; not for hot paths)."""
     if IS_LINUX and os.path.exists("/proc/self/smaps_rollup"):
-        status = _kib_fields("/proc/self/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
+        return proc_usage("/proc/self")
+    return psutil_usage()
+
+
+def proc_usage(directory: str) -> MemoryUsage:
+    """Every figure of the process whose ``/proc`` directory this is. Without permission to
+    read its ``smaps_rollup`` (another user's process), private and proportional are None."""
+    status = _kib_fields(f"{directory}/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
+    try:
         rollup = _kib_fields(
-            "/proc/self/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap")
+            f"{directory}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap")
         )
-        private = rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
-        return MemoryUsage(
-            virtual=status.get("VmSize"),
-            physical=status.get("VmRSS"),
-            private=private,
-            proportional=rollup.get("Pss"),
-            swapped=rollup.get("Swap", status.get("VmSwap")),
-            peak=status.get("VmHWM"),
-        )
-    return _usage_psutil()
+    except PermissionError:
+        rollup = {}
+    private = (
+        rollup["Private_Clean"] + rollup["Private_Dirty"]
+        if "Private_Clean" in rollup and "Private_Dirty" in rollup
+        else None
+    )
+    return MemoryUsage(
+        virtual=status.get("VmSize"),
+        physical=status.get("VmRSS"),
+        private=private,
+        proportional=rollup.get("Pss"),
+        swapped=rollup.get("Swap", status.get("VmSwap")),
+        peak=status.get("VmHWM"),
+    )
 
 
-def _usage_psutil() -> MemoryUsage:
+def psutil_usage(pid: int | None = None) -> MemoryUsage:
+    """Every figure psutil gives for a process (this one by default)."""
     import psutil
 
-    proc = psutil.Process()
+    proc = psutil.Process(pid)
     info = proc.memory_info()
     try:
         full = proc.memory_full_info()
     except (psutil.AccessDenied, OSError):  # pragma: no cover - platform dependent
         full = None
     peak = getattr(info, "peak_wset", None)
-    if peak is None:
+    if peak is None and pid is None:
         peak = max_resident()
     return MemoryUsage(
         virtual=getattr(info, "vms", None),
