@@ -5,6 +5,20 @@
 
 #define DOMAIN(ctx) ((int)(intptr_t)(ctx))
 
+/* The rest of an allocating hook once the real allocator returned ``ptr``: count the call,
+   trace the block, leave the hook. */
+HOT void *traced(int domain, int role, void *ptr, size_t size)
+{
+    if (role == COUNTED) {
+        count_call(domain, 1, size);
+    }
+    if (ptr != NULL) {
+        note_alloc(domain, ptr, size);
+    }
+    in_hook = 0;
+    return ptr;
+}
+
 static void *hook_malloc(void *ctx, size_t size)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
@@ -13,15 +27,7 @@ static void *hook_malloc(void *ctx, size_t size)
         return o->malloc(o->ctx, size);
     }
     in_hook = 1;
-    void *ptr = o->malloc(o->ctx, size);
-    if (role == COUNTED) {
-        count_call(DOMAIN(ctx), 1, size);
-    }
-    if (ptr != NULL) {
-        note_alloc(DOMAIN(ctx), ptr, size);
-    }
-    in_hook = 0;
-    return ptr;
+    return traced(DOMAIN(ctx), role, o->malloc(o->ctx, size), size);
 }
 
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -32,16 +38,8 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
         return o->calloc(o->ctx, nelem, elsize);
     }
     in_hook = 1;
-    void *ptr = o->calloc(o->ctx, nelem, elsize);
     size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
-    if (role == COUNTED) {
-        count_call(DOMAIN(ctx), 1, size);
-    }
-    if (ptr != NULL) {
-        note_alloc(DOMAIN(ctx), ptr, size);
-    }
-    in_hook = 0;
-    return ptr;
+    return traced(DOMAIN(ctx), role, o->calloc(o->ctx, nelem, elsize), size);
 }
 
 static void *hook_realloc(void *ctx, void *old, size_t size)
