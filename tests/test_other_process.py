@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,49 @@ def test_the_fixture_watches_a_server_from_a_test(pytester: pytest.Pytester, run
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*memory of process * kept growing through a soak of 100 *"])
     assert os.getpid() > 0
+
+
+def _fork_worker(data: list[str], touch: bool) -> tuple[int, int, int]:
+    """A forked worker that walks ``data`` (touching every object's reference count) or not,
+    says it is ready, and waits to be told to exit: (pid, its read end, our write end)."""
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive (3.12+)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            if touch:
+                for item in data:
+                    len(item)
+            os.write(ready_write, b"r")
+            os.read(go_read, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    os.close(go_read)
+    return pid, ready_read, go_write
+
+
+@linux_only
+def test_a_forked_worker_that_touches_shared_objects_stops_sharing_them() -> None:
+    """Copy-on-write: a worker that only reads Python objects still writes their reference
+    counts, and every page it writes becomes its own (its USS grows by the data's size)."""
+    data = [f"{n:032d}" for n in range(300_000)]  # ~25 MiB of str objects, made before fork
+    workers = {touch: _fork_worker(data, touch) for touch in (False, True)}
+    try:
+        private = {}
+        for touch, (pid, ready, _) in workers.items():
+            assert os.read(ready, 1) == b"r"
+            private[touch] = watch(pid).usage().private
+    finally:
+        for pid, ready, go in workers.values():
+            os.write(go, b"q")
+            os.waitpid(pid, 0)
+            os.close(ready)
+            os.close(go)
+    idle, walked = private[False], private[True]
+    assert idle is not None
+    assert walked is not None
+    assert walked - idle >= 15 * MiB
+    assert idle <= 12 * MiB
