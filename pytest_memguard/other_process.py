@@ -10,23 +10,21 @@ On Linux everything is read from ``/proc/<pid>``: ``status`` (cheap) and ``smaps
 (private and proportional; it costs the kernel about 10 µs per MB resident). The peak over a
 block resets the kernel's high-water mark by writing ``5`` to ``/proc/<pid>/clear_refs``, which
 the kernel allows for a process of the same user; where it does not, the peak is sampled from
-a thread every 5 ms and says so. Elsewhere psutil gives what the platform can.
+a thread every millisecond and says so. Elsewhere psutil gives what the platform can.
 """
 
 from __future__ import annotations
 
 import array
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .process import IS_LINUX, MemoryUsage, proc_usage, psutil_usage
+from .process import IS_LINUX, MemoryUsage, PeakSampler, kib_fields, proc_usage, psutil_usage
 from .soak import DEFAULT_SAMPLES, SoakVerdict, judge_curve
 from .units import format_size, parse_size
 
-SAMPLE_SECONDS = 0.005
 _FIELDS = ("virtual", "physical", "private", "proportional", "swapped", "peak")
 
 
@@ -155,9 +153,25 @@ class WatchedProcess:
                 # a child that exited between the listing and its reading holds nothing
         return _sum(readings)
 
-    def _physical(self) -> int:
-        value = self.usage().physical
-        return value or 0
+    def physical(self) -> int:
+        """Resident bytes of the watched process(es) now: the cheap reading (``status`` or
+        psutil's RSS, no ``smaps_rollup``) that a peak sampler can take every millisecond. A
+        process that exited meanwhile counts as 0."""
+        total = 0
+        for pid in self.pids():
+            try:
+                if IS_LINUX:
+                    total += kib_fields(f"/proc/{pid}/status", ("VmRSS",)).get("VmRSS", 0)
+                else:
+                    import psutil
+
+                    total += int(psutil.Process(pid).memory_info().rss)
+            except (OSError, ProcessGone):
+                continue
+            except Exception as exc:  # psutil.NoSuchProcess
+                if type(exc).__name__ != "NoSuchProcess":
+                    raise
+        return total
 
     def _reset_peak(self) -> bool:
         """Reset the kernel's high-water mark of every watched process; False where the
@@ -177,15 +191,19 @@ class WatchedProcess:
         """The highest physical memory over the block (``.peak`` once it exits). With
         ``limit`` (bytes or ``"50MB"``), exceeding it fails the test (``AssertionError``)."""
         budget = None if limit is None else parse_size(limit, "watch().peak limit")
-        reading = PeakReading(start=self._physical())
+        reading = PeakReading(start=self.physical())
         exact = self._reset_peak()
-        sampler = None if exact else _Sampler(self._physical)
+        sampler = None if exact else PeakSampler(self.physical)
+        if sampler is not None:
+            sampler.reset()
+            sampler.acquire()
         try:
             yield reading
         finally:
             if sampler is not None:
-                reading.peak = max(sampler.stop(), self._physical())
-                reading.method = f"sampled every {SAMPLE_SECONDS * 1000:g} ms (no clear_refs)"
+                sampler.release()
+                reading.peak = max(sampler.high(), self.physical())
+                reading.method = "sampled every 1 ms (no clear_refs)"
             else:
                 reading.peak = self.usage().peak
                 reading.method = "clear_refs"
@@ -227,29 +245,6 @@ class WatchedProcess:
         result.verdict = judge_curve(result.positions, result.private, slack)
         if result.verdict.growing:
             raise AssertionError(result.message())
-
-
-class _Sampler:
-    """The highest value of ``read()`` seen by a thread that reads it every few ms."""
-
-    def __init__(self, read: Callable[[], int]) -> None:
-        self._read = read
-        self._high = read()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memguard-peak", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(SAMPLE_SECONDS):
-            try:
-                self._high = max(self._high, self._read())
-            except ProcessGone:
-                return
-
-    def stop(self) -> int:
-        self._done.set()
-        self._thread.join()
-        return int(self._high)
 
 
 def watch(target: object, *, children: bool = False) -> WatchedProcess:

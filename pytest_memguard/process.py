@@ -76,7 +76,7 @@ class MemoryUsage:
         )
 
 
-def _kib_fields(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
+def kib_fields(path: str, wanted: tuple[str, ...]) -> dict[str, int]:
     found: dict[str, int] = {}
     with open(path, "rb") as handle:
         for line in handle:
@@ -97,9 +97,9 @@ def usage() -> MemoryUsage:
 def proc_usage(directory: str) -> MemoryUsage:
     """Every figure of the process whose ``/proc`` directory this is. Without permission to
     read its ``smaps_rollup`` (another user's process), private and proportional are None."""
-    status = _kib_fields(f"{directory}/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
+    status = kib_fields(f"{directory}/status", ("VmSize", "VmRSS", "VmHWM", "VmSwap"))
     try:
-        rollup = _kib_fields(
+        rollup = kib_fields(
             f"{directory}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Pss", "Swap")
         )
     except PermissionError:
@@ -244,7 +244,7 @@ class ProcessProbe:
         self._statm: int | None = None
         self._status: int | None = None
         self._clear_refs: int | None = None
-        self._sampler: _PeakSampler | None = None
+        self._sampler: PeakSampler | None = None
         if IS_LINUX:
             flags = os.O_RDONLY | os.O_CLOEXEC
             try:
@@ -258,7 +258,7 @@ class ProcessProbe:
             except OSError:
                 self._clear_refs = None
         if self._clear_refs is None:
-            self._sampler = _PeakSampler(self.resident)
+            self._sampler = PeakSampler(self.resident)
         self._pid = os.getpid()
 
     @property
@@ -393,8 +393,9 @@ class ProcessProbe:
             )
 
 
-class _PeakSampler:
-    """Fallback peak where clear_refs cannot be written: poll RSS from a thread at 1 ms.
+class PeakSampler:
+    """Fallback peak where clear_refs cannot be written: poll ``read`` (resident bytes) from a
+    thread at 1 ms.
 
     A Python thread waits for the GIL, so it misses spikes made inside C code; the report header
     says so. It only runs while a window is open.

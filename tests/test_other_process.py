@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,18 @@ def test_a_forked_worker_that_touches_shared_objects_stops_sharing_them() -> Non
     assert walked is not None
     assert walked - idle >= 15 * MiB
     assert idle <= 12 * MiB
+
+
+def test_where_the_peak_cannot_be_reset_it_is_sampled_and_says_so(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(WatchedProcess, "_reset_peak", lambda self: False)
+    watched = watch(server.process)
+    with watched.peak() as reading:
+        server.send(f"hold {32 * MiB}")
+        time.sleep(0.05)  # held for 50 samples: a sampler can miss only a spike shorter than 1
+        server.send("drop")
+    assert reading.method == "sampled every 1 ms (no clear_refs)"
+    assert reading.peak is not None
+    assert reading.start is not None
+    assert 30 * MiB <= reading.peak - reading.start <= 40 * MiB
