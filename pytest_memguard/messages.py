@@ -160,15 +160,21 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
     return "\n".join(lines)
 
 
-def render_soak(result: Any) -> str:
-    verdict = result.verdict
+def soak_verdict(verdict: Any, iterations: int, whose: str = "memory") -> list[str]:
+    """The first lines of a soak that kept growing (of this process, or ``whose``)."""
     per_1000 = int(round(verdict.per_iteration * 1000))
-    lines = [
-        f"memory kept growing through a soak of {result.iterations:,} iterations: "
+    return [
+        f"{whose} kept growing through a soak of {iterations:,} iterations: "
         f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
         f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
         "  window medians (quarters of the run): "
         + ", ".join(format_size(int(m)) for m in verdict.window_medians),
+    ]
+
+
+def render_soak(result: Any) -> str:
+    lines = [
+        *soak_verdict(result.verdict, result.iterations),
         f"  heap     {sparkline(result.heap)}",
     ]
     if result.private:

@@ -83,19 +83,11 @@ class ProcessSoakResult:
     verdict: SoakVerdict | None = None
 
     def message(self) -> str:
-        from .messages import sparkline
+        from .messages import soak_verdict, sparkline
 
-        verdict = self.verdict
-        assert verdict is not None
-        per_1000 = int(round(verdict.per_iteration * 1000))
         return "\n".join(
             [
-                f"memory of process {self.pid} kept growing through a soak of "
-                f"{self.iterations:,} iterations: "
-                f"{format_size(int(round(verdict.per_iteration)), signed=True)} per iteration "
-                f"({format_size(per_1000, signed=True)} per 1,000) over the second half",
-                "  window medians (quarters of the run): "
-                + ", ".join(format_size(int(m)) for m in verdict.window_medians),
+                *soak_verdict(self.verdict, self.iterations, f"memory of process {self.pid}"),
                 f"  private  {sparkline(self.private)}  (process {self.pid}, USS)",
             ]
         )
