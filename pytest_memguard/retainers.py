@@ -536,7 +536,7 @@ _IMPORT_DEBRIS = frozenset(
 # Values without references of their own, and dicts (up to 3.10 every instance's attributes
 # are one): new ones are also made by the measuring itself (its figures) or belong to the
 # objects of another type that grew, so they are asked about only when nothing else grew.
-_ATOMS = frozenset({"int", "float", "complex", "str", "bytes", "dict"})
+_ASKED_LAST = frozenset({"int", "float", "complex", "str", "bytes", "dict"})
 
 
 def new_objects(
@@ -551,8 +551,8 @@ def new_objects(
     rows = [row for row in grown if row.name not in _IMPORT_DEBRIS]
     biggest = max((row.bytes for row in rows), default=0)
     rows = [row for row in rows if row.bytes * 10 >= biggest]
-    if any(row.name not in _ATOMS for row in rows):
-        rows = [row for row in rows if row.name not in _ATOMS]
+    if any(row.name not in _ASKED_LAST for row in rows):
+        rows = [row for row in rows if row.name not in _ASKED_LAST]
     names = [row.name for row in rows][:types]
     wanted: dict[str, list[object]] = {name: [] for name in names}
     for obj in live_objects({id(wanted)}):
