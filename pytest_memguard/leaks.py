@@ -509,6 +509,12 @@ def _clear_module_caches() -> None:
         compile_pattern = getattr(fnmatch, "_compile_pattern", None)
         if compile_pattern is not None and hasattr(compile_pattern, "cache_clear"):
             compile_pattern.cache_clear()
+    # Hypothesis keeps the strategies a test builds in a bounded cache (1,024 entries) that a
+    # property test making classes per example (attrs') fills by a few entries a run, for ~300
+    # runs: the framework's bookkeeping, cleared through its own function.
+    strategies = modules.get("hypothesis.strategies._internal.utils")
+    if (clear_strategies := getattr(strategies, "clear_strategy_cache", None)) is not None:
+        clear_strategies()
 
 
 # ---------------------------------------------------------------------------- native heap

@@ -135,6 +135,28 @@ def describe(report: pytest.TestReport) -> str:
     return f"{report.outcome}{where}: {what}"
 
 
+# A repetition of a hypothesis test runs at most this many of its examples, the same ones every
+# run (the seed is fixed); the official run keeps the test's own settings. attrs' property tests
+# take 0.2-0.8 s a run with their 100 examples, so their time budget allowed 3-4 runs, too few to
+# judge, at 5-7 times the plain cost; with 10 examples a run they are judged in 7-30 runs.
+REPEATED_EXAMPLES = 10
+
+
+def _fewer_examples(function: object) -> object | None:
+    """Settings for repeating a hypothesis test with fewer examples, or None (not a hypothesis
+    test, or few enough already). ``@given`` leaves the settings on the function, where each
+    call reads them: hypothesis' private attribute, feature-detected."""
+    own = getattr(function, "_hypothesis_internal_use_settings", None)
+    examples = getattr(own, "max_examples", None)
+    hypothesis: Any = sys.modules.get("hypothesis")
+    if hypothesis is None or not isinstance(examples, int) or examples <= REPEATED_EXAMPLES:
+        return None
+    try:
+        return cast(object, hypothesis.settings(own, max_examples=REPEATED_EXAMPLES))
+    except Exception:  # a hypothesis whose settings take other arguments: run them all
+        return None
+
+
 class Repetition:
     """One more run of ``item`` each call; raises ``CannotRepeat`` when a run does not pass.
     Made before the official run (a doctest's globals are taken then); ``restore()`` puts back
@@ -154,6 +176,10 @@ class Repetition:
         # A parent stands in for the next item: teardown then ends the item's own fixtures
         # and keeps every broader one (SetupState.teardown_exact stops at the shared chain).
         self._next = cast("pytest.Item", item.parent)
+        obj = getattr(item, "obj", None)
+        self._function = getattr(obj, "__func__", obj)  # a test method's function
+        self._fewer = _fewer_examples(self._function)
+        self._own = getattr(self._function, "_hypothesis_internal_use_settings", None)
 
     def __call__(self) -> None:
         item = self.item
@@ -183,10 +209,14 @@ class Repetition:
         scratch = _Scratch(item)
         active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
         session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
+        if self._fewer is not None:
+            self._function._hypothesis_internal_use_settings = self._fewer  # type: ignore[union-attr]
         try:
             reports = runtestprotocol(item, log=False, nextitem=self._next)
         finally:
             del session.gethookproxy
+            if self._fewer is not None:
+                self._function._hypothesis_internal_use_settings = self._own  # type: ignore[union-attr]
             # Each setup of a function-scoped fixture adds its teardown to the finalizers of
             # the broader fixtures it uses (pytest's bookkeeping: a session fixture's list grows
             # by one per test until the session ends). Spent ones go, or they read as a leak.

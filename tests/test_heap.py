@@ -101,7 +101,11 @@ def test_small_blocks_in_page_records_match_the_pointer_table() -> None:
         gc.enable()
     assert paged[1] > 20_000
     assert paged[:3] == table[:3]
-    assert paged[3] == table[3] < paged[0] // 100  # freed, nothing lost in the page records
+    # Freed, nothing lost in the page records (a lost page would be kilobytes). What stays
+    # after the free may differ by an object of the interpreter's own: 48 bytes on 3.14 and
+    # 3.15, made in one of the two runs only.
+    assert abs(paged[3] - table[3]) <= 256
+    assert table[3] < paged[0] // 100
 
 
 @needs_hook

@@ -143,6 +143,54 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     assert rows["test_fresh_import"]["details"].get("leak.blocks_per_call", 0) < 5
 
 
+def test_a_property_test_repeats_with_few_examples_and_hypothesis_caches_cleared(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A hypothesis test's repetitions run 10 of its examples (the official run all of them):
+    attrs' property tests took 3-4 runs' worth of their budget otherwise, too few to judge.
+    Hypothesis' strategy cache, which a test making new strategy arguments per example fills by
+    a few entries a run (attrs' make classes), is cleared between runs: its growth is the
+    framework's, not the test's."""
+    pytester.makepyfile(
+        test_property="""
+        import itertools
+
+        import pytest
+        from hypothesis import given, settings, strategies as st
+
+        CALLS = [0]
+        NEW = itertools.count(1000)
+
+        @pytest.mark.mem_leak_check(iterations=30)
+        @settings(max_examples=50, database=None)
+        @given(st.integers())
+        def test_property(x):
+            CALLS[0] += 1
+            st.integers(min_value=next(NEW))  # a new entry in the strategy cache
+        """
+    )
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_terminal_summary(terminalreporter):
+            calls = sys.modules["test_property"].CALLS[0]
+            terminalreporter.write_line(f"examples run: {calls}")
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-p", "no:randomly", f"--mem-report={report}")
+    result.assert_outcomes(passed=1)
+    (row,) = json.loads(report.read_text())["tests"]
+    runs = row["details"]["leak.calls"]
+    # Judged clean by the first or second stage; with the cache left to fill (1,024 entries),
+    # its growth stopped only in the fourth (256 runs).
+    assert 32 <= runs <= 64
+    assert row["details"]["leak.blocks_per_call"] == 0
+    # 50 examples in the official run, 10 in each repetition.
+    result.stdout.fnmatch_lines([f"examples run: {50 + 10 * runs}"])
+
+
 def test_a_fixture_that_leaks_is_the_leak_reported(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makeconftest(
         """
