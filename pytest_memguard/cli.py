@@ -3,7 +3,8 @@
 ``memguard show [PATH]`` prints the baselines under PATH as a table. ``memguard diff OLD NEW``
 compares two JSON reports or two baseline files and exits 1 when a gated figure regressed
 beyond tolerance, so a CI job can gate on reports produced elsewhere (nightly runs, other
-machines of the same interpreter version).
+machines of the same interpreter version); ``--format=markdown`` writes it as a table for a
+pull-request comment. ``memguard html REPORT`` makes the HTML report of a saved JSON report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import __version__
 from .baseline import DIRNAME, STORED, BaselineError, compare, load
@@ -114,7 +115,15 @@ def _scopes(figures: Figures) -> set[str]:
     return {test[1 : test.index("]")] for test in figures if test.startswith("[")}
 
 
-def diff(old: str, new: str, tolerance: Tolerance, metrics: Sequence[str]) -> int:
+class Difference(NamedTuple):
+    kind: str  # "regressed", "improved", "new", "gone"
+    test: str
+    what: str  # the change, described; empty for new and gone tests
+
+
+def differences(
+    old: str, new: str, tolerance: Tolerance, metrics: Sequence[str]
+) -> list[Difference]:
     before, after = _figures(old), _figures(new)
     if before and after and not _scopes(before) & _scopes(after):
         raise BaselineError(
@@ -122,26 +131,93 @@ def diff(old: str, new: str, tolerance: Tolerance, metrics: Sequence[str]) -> in
             f"{', '.join(sorted(_scopes(after)))}: heap figures compare only within one "
             "interpreter version"
         )
-    regressions = improvements = 0
+    found = []
     for test in sorted(set(before) | set(after)):
         if test not in after:
-            print(f"gone      {_printable(test)}")
-            continue
-        if test not in before:
-            print(f"new       {_printable(test)}")
-            continue
-        result = compare(before[test], after[test], metrics, tolerance)
-        for change in result.regressions:
-            regressions += 1
-            print(f"REGRESSED {_printable(test)}: {change.describe()}")
-        for change in result.improvements:
-            improvements += 1
-            print(f"improved  {_printable(test)}: {change.describe()}")
-    print(
-        f"{regressions} regression(s), {improvements} improvement(s) beyond tolerance "
-        f"{tolerance} over {', '.join(metrics)}"
-    )
+            found.append(Difference("gone", test, ""))
+        elif test not in before:
+            found.append(Difference("new", test, ""))
+        else:
+            result = compare(before[test], after[test], metrics, tolerance)
+            found += [Difference("regressed", test, c.describe()) for c in result.regressions]
+            found += [Difference("improved", test, c.describe()) for c in result.improvements]
+    return found
+
+
+_LABELS = {
+    "regressed": "REGRESSED",
+    "improved": "improved ",
+    "new": "new      ",
+    "gone": "gone     ",
+}
+
+
+def diff(
+    old: str, new: str, tolerance: Tolerance, metrics: Sequence[str], format: str = "text"
+) -> int:
+    found = differences(old, new, tolerance, metrics)
+    regressions = sum(d.kind == "regressed" for d in found)
+    improvements = sum(d.kind == "improved" for d in found)
+    if format == "markdown":
+        print(markdown(found, tolerance, metrics))
+    else:
+        for d in found:
+            print(f"{_LABELS[d.kind]} {_printable(d.test)}" + (f": {d.what}" if d.what else ""))
+        print(
+            f"{regressions} regression(s), {improvements} improvement(s) beyond tolerance "
+            f"{tolerance} over {', '.join(metrics)}"
+        )
     return 1 if regressions else 0
+
+
+# GitHub refuses a comment over 65,536 characters; the table stops well before.
+MARKDOWN_LIMIT = 60_000
+
+
+def markdown(found: Sequence[Difference], tolerance: Tolerance, metrics: Sequence[str]) -> str:
+    """A pull-request comment: a line of counts, then a table, regressions first; rows that
+    would pass ``MARKDOWN_LIMIT`` are counted instead."""
+    from .github import code_cell, text_cell
+
+    counts = {kind: sum(d.kind == kind for d in found) for kind in _LABELS}
+    head = [
+        "### memguard: memory against the baseline",
+        "",
+        f"**{counts['regressed']} regressed**, {counts['improved']} improved beyond tolerance "
+        f"{tolerance} over {', '.join(metrics)}; {counts['new']} new, {counts['gone']} gone.",
+    ]
+    rank = {"regressed": 0, "improved": 1, "new": 2, "gone": 3}
+    rows = sorted(found, key=lambda d: rank[d.kind])
+    if not rows:
+        return "\n".join(head)
+    lines = [*head, "", "| | test | change |", "|---|---|---|"]
+    size = sum(len(line) + 1 for line in lines)
+    for index, d in enumerate(rows):
+        mark = {"regressed": ":x:", "improved": ":white_check_mark:"}.get(d.kind, d.kind)
+        line = f"| {mark} | {code_cell(d.test)} | {text_cell(d.what)} |"
+        if size + len(line) + 1 > MARKDOWN_LIMIT - 100:  # room for the line that counts
+            lines.append(f"\n... and {len(rows) - index} more (see the job's log)")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines)
+
+
+def html_page(report: str, output: str) -> int:
+    """``memguard html REPORT.json -o PAGE.html``: the HTML report of a saved JSON report."""
+    from .html_report import render_html
+    from .report import atomic_write
+
+    try:
+        with open(report, encoding="utf-8") as handle:
+            document: Any = json.load(handle)
+    except (ValueError, RecursionError) as exc:
+        raise BaselineError(f"{report}: not a JSON report: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("tests"), list):
+        raise BaselineError(f"{report}: expected a JSON report (an object with a tests list)")
+    atomic_write(output, render_html(document))
+    print(f"wrote {output}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,10 +241,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=" ".join(DEFAULT_BASELINE_METRICS),
         help=f"metrics to gate on (of: {', '.join(GATEABLE)})",
     )
+    diff_cmd.add_argument(
+        "--format",
+        choices=("text", "markdown"),
+        default="text",
+        help="markdown: a table for a pull-request comment, regressions first",
+    )
+    html_cmd = commands.add_parser("html", help="make the HTML report of a saved JSON report")
+    html_cmd.add_argument("report", help="a JSON report written by --mem-report")
+    html_cmd.add_argument("-o", "--output", default="memguard.html", help="default memguard.html")
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
             return show(args.path)
+        if args.command == "html":
+            return html_page(args.report, args.output)
         try:
             tolerance = Tolerance.parse(args.tolerance, "--tolerance")
         except ToleranceError as exc:
@@ -177,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [m for m in metrics if m not in GATEABLE]
         if unknown:
             parser.error(f"--metrics: unknown {', '.join(unknown)}; expected some of {GATEABLE}")
-        return diff(args.old, args.new, tolerance, metrics)
+        return diff(args.old, args.new, tolerance, metrics, args.format)
     except (BaselineError, OSError) as exc:
         print(f"memguard: error: {exc}", file=sys.stderr)
         return 2

@@ -154,6 +154,14 @@ OPTIONS: tuple[Option, ...] = (
         "PATH",
     ),
     Option(
+        "mem_html",
+        "--mem-html",
+        "write a self-contained HTML report (sortable table, failures, charts) to PATH.",
+        _path,
+        None,
+        "PATH",
+    ),
+    Option(
         "mem_isolate",
         "--mem-isolate",
         "run each measured test in a fresh child process for numbers that do not depend on "
@@ -205,6 +213,7 @@ class Settings:
     mem_leak_iterations: int | None  # None: the default, with the screen
     mem_leak_warmup: int
     mem_report: str | None
+    mem_html: str | None
     mem_isolate: bool
     mem_top: int
     mem_default_budget: Budget | None

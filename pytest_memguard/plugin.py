@@ -102,10 +102,14 @@ def pytest_configure(config: pytest.Config) -> None:
                 "run the baselines without --memray"
             )
         settings = dataclasses.replace(settings, mem_baseline="off")
-    if settings.mem_report is not None and not hasattr(config, "workerinput"):
-        problem = report_path_problem(settings.mem_report)
-        if problem is not None:
-            raise pytest.UsageError(f"--mem-report {settings.mem_report!r}: {problem}")
+    if not hasattr(config, "workerinput"):
+        for option, path in (
+            ("--mem-report", settings.mem_report),
+            ("--mem-html", settings.mem_html),
+        ):
+            problem = None if path is None else report_path_problem(path)
+            if problem is not None:
+                raise pytest.UsageError(f"{option} {path!r}: {problem}")
     session = MemguardSession(config, settings, get_engine())
     config.stash[SESSION_KEY] = session
     manager = config.pluginmanager

@@ -99,7 +99,7 @@ class TestRecord:
     end of the session, rather than sorted out for every test as it finishes.
     """
 
-    __slots__ = ("nodeid", "outcome", "teardown_passed", "properties")
+    __slots__ = ("nodeid", "outcome", "teardown_passed", "properties", "explanation")
     __test__ = False  # not a test class, whatever pytest makes of the name
 
     def __init__(self, nodeid: str, properties: dict[str, Any] | None = None) -> None:
@@ -107,6 +107,7 @@ class TestRecord:
         self.outcome = "passed"
         self.teardown_passed = False
         self.properties: dict[str, Any] = {} if properties is None else properties
+        self.explanation: str | None = None  # the first failure's text, kept for --mem-html
 
     def __repr__(self) -> str:
         return f"TestRecord({self.nodeid!r}, outcome={self.outcome!r}, metrics={self.metrics!r})"
@@ -167,8 +168,19 @@ def report_json(
     records: Iterable[TestRecord],
     stored: Callable[[str], Mapping[str, int] | None] | None = None,
 ) -> str:
-    """``stored``: the baseline entry of a node id. A checked test carries only its status
-    (and changes) as properties; the entry's figures are joined here from the file."""
+    document = report_document(scope, header, records, stored)
+    return json.dumps(document, indent=1, sort_keys=False) + "\n"
+
+
+def report_document(
+    scope: str,
+    header: str,
+    records: Iterable[TestRecord],
+    stored: Callable[[str], Mapping[str, int] | None] | None = None,
+) -> dict[str, Any]:
+    """The JSON report's document. ``stored``: the baseline entry of a node id. A checked test
+    carries only its status (and changes) as properties; the entry's figures are joined here
+    from the file."""
     tests = []
     for record in sorted(records, key=lambda r: r.nodeid):
         extra = record.extra  # worked out from the properties on each access: once here
@@ -188,8 +200,7 @@ def report_json(
         if others:
             entry["details"] = others
         tests.append(entry)
-    document = {"version": REPORT_VERSION, "scope": scope, "measured": header, "tests": tests}
-    return json.dumps(document, indent=1, sort_keys=False) + "\n"
+    return {"version": REPORT_VERSION, "scope": scope, "measured": header, "tests": tests}
 
 
 def _why_unmeasured(record: TestRecord) -> str:

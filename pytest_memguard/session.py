@@ -28,6 +28,7 @@ from .report import (
     TestRecord,
     atomic_write,
     render_baseline_summary,
+    report_document,
     report_json,
     summary_table,
     to_properties,
@@ -491,6 +492,8 @@ class MemguardSession:
             record = self.records[report.nodeid] = TestRecord(report.nodeid)
         teardown = report.when == "teardown"
         record.absorb(report.when, report.outcome, report.user_properties if teardown else ())
+        if report.failed and record.explanation is None and self.settings.mem_html is not None:
+            record.explanation = report.longreprtext  # the first failure says why
 
     # ------------------------------------------------------------------ the run's end
     def unfiltered(self) -> bool:
@@ -532,6 +535,18 @@ class MemguardSession:
                 atomic_write(self.settings.mem_report, text)
             except OSError as exc:
                 self.unwritten.append(f"--mem-report={self.settings.mem_report}: {_why(exc)}")
+                self.report_missing = True
+        if self.settings.mem_html is not None:
+            from .html_report import render_html
+
+            document = report_document(
+                self.scope, self.engine.describe(), records, self.baselines.entry
+            )
+            explanations = {r.nodeid: r.explanation for r in records if r.explanation}
+            try:
+                atomic_write(self.settings.mem_html, render_html(document, explanations))
+            except OSError as exc:
+                self.unwritten.append(f"--mem-html={self.settings.mem_html}: {_why(exc)}")
                 self.report_missing = True
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:
@@ -605,6 +620,10 @@ def _leak_properties(result: LeakResult) -> dict[str, Any]:
     if result.threads > 1:
         props["leak.threads"] = result.threads - 1  # others than the test's: readings count them
     props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})
+    if result.leaked or result.inconclusive:  # the judged runs, for the HTML report's charts
+        for metric in ("blocks", "bytes"):
+            if metric in result.series:
+                props[f"leak.{metric}_series"] = list(result.series[metric])
     return props
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_memguard import baseline as b
+from pytest_memguard import cli
 from pytest_memguard.cli import main
 from pytest_memguard.tolerance import Tolerance
 
@@ -382,3 +384,39 @@ def test_a_lock_another_run_holds_too_long_is_an_error_naming_it(
         f"{path}: another run held the lock {lock} for 0.3 s; the baseline was not written"
     )
     assert path.read_bytes() == before
+
+
+def test_cli_diff_as_markdown_lists_regressions_first_and_stays_comment_sized(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def report(path: Path, tests: dict[str, int]) -> Path:
+        rows = [
+            {"nodeid": nodeid, "outcome": "passed", "metrics": {"allocations": n}}
+            for nodeid, n in tests.items()
+        ]
+        path.write_text(json.dumps({"version": 1, "scope": "cpython-3.11", "tests": rows}))
+        return path
+
+    old = report(tmp_path / "old.json", {"t.py::a": 1000, "t.py::b|`x`": 1000, "t.py::gone": 5})
+    new = report(tmp_path / "new.json", {"t.py::a": 100, "t.py::b|`x`": 5000, "t.py::c": 5})
+    args = ["diff", str(old), str(new), "--metrics", "allocations", "--format=markdown"]
+    assert main(args) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "### memguard: memory against the baseline"
+    assert lines[2].startswith("**1 regressed**, 1 improved")
+    assert lines[2].endswith("1 new, 1 gone.")
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0] == "| | test | change |"
+    # The id's "|" escaped, its backticks inside a longer fence.
+    assert table[1] == (
+        "| :x: | `` [cpython-3.11] t.py::b\\|`x` `` | allocations: baseline 1,000, now 5,000 "
+        "(+400.0%; tolerance 5%+64) |"
+    )
+    assert table[2].startswith("| :white_check_mark: | `[cpython-3.11] t.py::a` |")
+    assert [row.split(" | ")[0] for row in table[3:]] == ["| new", "| gone"]
+    # Past the comment limit, the rest is counted.
+    monkeypatch.setattr(cli, "MARKDOWN_LIMIT", 450)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert len(out) < 450
+    assert re.search(r"\.\.\. and [1-3] more \(see the job's log\)", out)
