@@ -21,7 +21,9 @@ from pytest_memguard.html_report import charts_of, downsample, render_html, svg_
 from .conftest import Runner
 
 
-def _test(nodeid: str, outcome: str = "passed", **details: Any) -> dict[str, Any]:
+def _test(
+    nodeid: str, outcome: str = "passed", details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "nodeid": nodeid,
         "outcome": outcome,
@@ -71,7 +73,8 @@ def test_charts_come_from_soak_and_leak_series_failed_first() -> None:
     tests = [
         _test(
             "t.py::test_soak",
-            **{
+            "passed",
+            {
                 "soak.iterations": 300,
                 "soak.growing": False,
                 "soak.positions": [100, 200, 300],
@@ -81,15 +84,15 @@ def test_charts_come_from_soak_and_leak_series_failed_first() -> None:
         _test(
             "t.py::test_leak",
             "failed",
-            **{
+            {
                 "leak.calls": 32,
                 "leak.leaked": True,
                 "leak.blocks_series": [1, 2, 3, 4],
                 "leak.bytes_series": [16, 32, 48, 64],
             },
         ),
-        _test("t.py::test_bad", **{"soak.positions": [1, 2], "soak.heap": ["x", 1]}),
-        _test("t.py::test_clean", **{"leak.calls": 7, "leak.leaked": False}),
+        _test("t.py::test_bad", "passed", {"soak.positions": [1, 2], "soak.heap": ["x", 1]}),
+        _test("t.py::test_clean", "passed", {"leak.calls": 7, "leak.leaked": False}),
     ]
     charts = charts_of(tests)
     assert [c.nodeid for c in charts] == ["t.py::test_leak", "t.py::test_soak"]
