@@ -82,6 +82,11 @@ def load(path: str) -> dict[str, dict[str, Entry]]:
         return {}
     except OSError as exc:
         raise BaselineError(f"{path}: cannot read baseline: {exc}") from None
+    return parse(path, data)
+
+
+def parse(path: str, data: bytes) -> dict[str, dict[str, Entry]]:
+    """All scopes of a baseline file's bytes (read from disk or from git); errors name ``path``."""
     return _validate(path, _parse_json(path, data))
 
 

@@ -5,6 +5,7 @@ compares two JSON reports or two baseline files and exits 1 when a gated figure 
 beyond tolerance, so a CI job can gate on reports produced elsewhere (nightly runs, other
 machines of the same interpreter version); ``--format=markdown`` writes it as a table for a
 pull-request comment. ``memguard html REPORT`` makes the HTML report of a saved JSON report.
+``memguard history [PATH]`` shows tests' figures over the git history of their baselines.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 from . import __version__
 from .baseline import DIRNAME, STORED, BaselineError, compare, load
+from .history import HistoryError
 from .measurement import format_metric
 from .options import DEFAULT_BASELINE_METRICS, DEFAULT_TOLERANCE, GATEABLE
 from .tolerance import Tolerance, ToleranceError
@@ -220,6 +222,76 @@ def html_page(report: str, output: str) -> int:
     return 0
 
 
+def history(
+    path: str,
+    metric: str,
+    scope: str | None,
+    tolerance: Tolerance,
+    limit: int,
+    top: int,
+    html: str | None,
+) -> int:
+    """``memguard history``: each test's figure over the commits that changed its baseline."""
+    import datetime
+
+    from .history import read_history, scopes_in
+    from .measurement import interpreter_scope
+    from .messages import sparkline
+
+    if not os.path.exists(path):
+        raise BaselineError(f"{path}: no such file or directory")
+    if scope is None:
+        found = scopes_in(path)
+        scope = interpreter_scope()
+        if found and scope not in found:
+            print(f"(no {scope} figures in the working tree's baselines: showing {found[0]})")
+            scope = found[0]
+    found_history = read_history(path, metric, scope, tolerance, limit)
+    commits = found_history.commits
+    for problem in found_history.problems:
+        print(f"skipped: {_printable(problem)}")
+    if not commits:
+        print(f"no commits changed a baseline file under {path}")
+        return 0
+
+    def day(when: int) -> str:
+        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
+
+    print(
+        f"{metric} in {scope} over {len(commits)} commits that changed baselines "
+        f"({commits[0].sha[:10]} {day(commits[0].when)} .. {commits[-1].sha[:10]} "
+        f"{day(commits[-1].when)})"
+    )
+    moved = [t for t in found_history.tests if t.moves]
+    moved.sort(key=lambda t: (-abs(t.change), t.nodeid))
+    print(
+        f"{len(moved)} of {len(found_history.tests)} tests moved beyond tolerance {tolerance}"
+        + (":" if moved else ".")
+    )
+    for test in moved[:top]:
+        values = [v for v in test.values if v is not None]
+        first = format_metric(metric, test.first)
+        last = format_metric(metric, test.last)
+        print(
+            f"  {sparkline(values, width=24):<24}  {first} -> {last} ({test.change:+.1%})  "
+            f"{_printable(test.nodeid)}"
+        )
+        for move in test.moves:
+            print(
+                f"      {move.commit.sha[:10]} {format_metric(metric, move.before)} -> "
+                f"{format_metric(metric, move.after)}  {_printable(move.commit.subject)}"
+            )
+    if len(moved) > top:
+        print(f"  ... and {len(moved) - top} more (--top)")
+    if html is not None:
+        from .html_report import render_history_html
+        from .report import atomic_write
+
+        atomic_write(html, render_history_html(found_history))
+        print(f"wrote {html}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memguard", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -250,12 +322,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     html_cmd = commands.add_parser("html", help="make the HTML report of a saved JSON report")
     html_cmd.add_argument("report", help="a JSON report written by --mem-report")
     html_cmd.add_argument("-o", "--output", default="memguard.html", help="default memguard.html")
+    history_cmd = commands.add_parser(
+        "history", help="tests' figures over the git history of their baseline files"
+    )
+    history_cmd.add_argument("path", nargs="?", default=".", help="a directory in a git checkout")
+    history_cmd.add_argument(
+        "--metric", default="heap_peak", choices=STORED, help="default heap_peak"
+    )
+    history_cmd.add_argument(
+        "--scope", default=None, help="interpreter scope, e.g. cpython-3.12 (default: this one)"
+    )
+    history_cmd.add_argument(
+        "--tolerance",
+        default=DEFAULT_TOLERANCE,
+        help=f"a move beyond this is listed; default {DEFAULT_TOLERANCE}".replace("%", "%%"),
+    )
+    history_cmd.add_argument("--limit", type=int, default=50, help="commits to read (default 50)")
+    history_cmd.add_argument("--top", type=int, default=20, help="tests to list (default 20)")
+    history_cmd.add_argument("--html", default=None, help="also write the history as HTML here")
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
             return show(args.path)
         if args.command == "html":
             return html_page(args.report, args.output)
+        if args.command == "history":
+            try:
+                history_tolerance = Tolerance.parse(args.tolerance, "--tolerance")
+            except ToleranceError as exc:
+                parser.error(str(exc))
+            if args.limit < 1 or args.top < 1:
+                parser.error("--limit and --top: expected a number of at least 1")
+            return history(
+                args.path,
+                args.metric,
+                args.scope,
+                history_tolerance,
+                args.limit,
+                args.top,
+                args.html,
+            )
         try:
             tolerance = Tolerance.parse(args.tolerance, "--tolerance")
         except ToleranceError as exc:
@@ -265,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"--metrics: unknown {', '.join(unknown)}; expected some of {GATEABLE}")
         return diff(args.old, args.new, tolerance, metrics, args.format)
-    except (BaselineError, OSError) as exc:
+    except (BaselineError, HistoryError, OSError) as exc:
         print(f"memguard: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 from .measurement import COUNT_METRICS, format_metric
+
+if TYPE_CHECKING:
+    from .history import History
 
 MAX_TESTS = 20_000
 MAX_CHARTS = 200
@@ -318,3 +321,60 @@ def render_html(
         "</body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"
+
+
+def render_history_html(history: History, title: str = "memguard history") -> str:
+    """The page of ``memguard history``: for each test that moved beyond tolerance, its figure
+    at each commit that changed the baselines, as a chart, and the commits that moved it."""
+    import datetime
+
+    def day(when: int) -> str:
+        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
+
+    e = html.escape
+    commits = history.commits
+    moved = sorted((t for t in history.tests if t.moves), key=lambda t: (-abs(t.change), t.nodeid))
+    unit = "blocks" if history.metric in COUNT_METRICS else "bytes"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p><b>{e(history.metric)}</b> ({e(METRIC_MEANINGS.get(history.metric, ''))}) in "
+        f"<b>{e(history.scope)}</b>, over {len(commits):,} commits that changed baseline files. "
+        f"{len(moved):,} of {len(history.tests):,} tests moved beyond tolerance.</p>",
+    ]
+    if history.problems:
+        parts.append("<p>Skipped (could not be read):</p><ul>")
+        parts.extend(f"<li>{e(problem)}</li>" for problem in history.problems)
+        parts.append("</ul>")
+    for test in moved[:MAX_CHARTS]:
+        points = [(i + 1, v) for i, v in enumerate(test.values) if v is not None]
+        parts.append(f"<h3>{e(test.nodeid)}</h3>")
+        if len(points) >= 2:
+            series = Series(
+                f"{history.metric} at each commit",
+                [float(i) for i, _ in points],
+                [float(v) for _, v in points],
+                "blocks" if unit == "blocks" else "bytes",
+            )
+            parts.append(svg_chart(series))
+        parts.append("<ul>")
+        parts.extend(
+            f"<li><code>{e(move.commit.sha[:10])}</code> {e(day(move.commit.when))} "
+            f"{e(format_metric(history.metric, move.before))} &rarr; "
+            f"{e(format_metric(history.metric, move.after))}: {e(move.commit.subject)}</li>"
+            for move in test.moves
+        )
+        parts.append("</ul>")
+    if len(moved) > MAX_CHARTS:
+        parts.append(f"<p>{len(moved) - MAX_CHARTS:,} more tests moved (not drawn).</p>")
+    parts.append("<h2>Commits (x axis: their number)</h2><table><tr><th>#</th><th>commit</th>")
+    parts.append("<th>date</th><th>subject</th></tr>")
+    parts.extend(
+        f"<tr><td class='n'>{i}</td><td><code>{e(c.sha[:10])}</code></td><td>{e(day(c.when))}"
+        f"</td><td>{e(c.subject)}</td></tr>"
+        for i, c in enumerate(commits, 1)
+    )
+    parts += ["</table>", "</body></html>"]
+    return "\n".join(parts) + "\n"
