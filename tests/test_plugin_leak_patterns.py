@@ -186,7 +186,8 @@ def test_a_property_test_repeats_with_few_examples_and_hypothesis_caches_cleared
     # Judged clean by the first or second stage; with the cache left to fill (1,024 entries),
     # its growth stopped only in the fourth (256 runs).
     assert 32 <= runs <= 64
-    assert row["details"]["leak.blocks_per_call"] == 0
+    # Net of the judged runs: a resize here or there (+0.2 a run seen), not the cache's ~30.
+    assert abs(row["details"]["leak.blocks_per_call"]) < 1
     # 50 examples in the official run, 10 in each repetition.
     result.stdout.fnmatch_lines([f"examples run: {50 + 10 * runs}"])
 
