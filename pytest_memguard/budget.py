@@ -15,7 +15,7 @@ from .tolerance import Tolerance, ToleranceError
 from .units import SizeError, parse_size
 
 BUDGET_METRICS = ("peak", "retained", "private", "allocations")
-_KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance", "no_survivors")
+_KEYWORDS = ("limit", *BUDGET_METRICS, "tolerance", "no_survivors", "children")
 
 
 class BudgetError(ValueError):
@@ -31,6 +31,9 @@ class Budget:
     tolerance: Tolerance | None = None
     # Classes (or "module.Class" names) of which nothing the test made may outlive it.
     no_survivors: tuple[type | str, ...] = ()
+    # The processes the test starts count too: their private memory is added to peak and
+    # private (see ``Measurement.with_children``).
+    children: bool | None = None
     source: str = "mem_budget"
 
     def limits(self) -> dict[str, int]:
@@ -51,6 +54,7 @@ class Budget:
             for m in (*BUDGET_METRICS, "tolerance")
         }
         values["no_survivors"] = self.no_survivors or farther.no_survivors
+        values["children"] = self.children if self.children is not None else farther.children
         return replace(self, **values)
 
 
@@ -60,11 +64,17 @@ class Violation:
     limit: int
     value: int
     source: str = "mem_budget"
+    children: int | None = None  # the part of ``value`` that is the test's children's
 
     def message(self) -> str:
+        what = f"{self.metric} {format_metric(self.metric, self.value)}"
+        if self.children is not None:
+            what += (
+                f" (this process {format_metric(self.metric, self.value - self.children)}, "
+                f"the processes it started {format_metric(self.metric, self.children)})"
+            )
         return (
-            f"{self.metric} {format_metric(self.metric, self.value)} exceeds {self.source} "
-            f"{format_metric(self.metric, self.limit)} by "
+            f"{what} exceeds {self.source} {format_metric(self.metric, self.limit)} by "
             f"{format_metric(self.metric, self.value - self.limit)}"
         )
 
@@ -107,6 +117,18 @@ def _parse_kinds(value: object, what: str) -> tuple[type | str, ...]:
     if not items:
         raise BudgetError(f"invalid {what} {value!r}: expected at least one class")
     return tuple(items)
+
+
+def _parse_switch(value: object, what: str) -> bool:
+    """True or False; the ini form's text too (``children=true``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise BudgetError(f"invalid {what} {value!r}: expected True or False")
 
 
 def lifts_budgets(args: tuple[object, ...], kwargs: Mapping[str, object]) -> bool:
@@ -163,7 +185,15 @@ def parse_budget(
         parsed["no_survivors"] = _parse_kinds(
             values["no_survivors"], f"{source} no_survivors on {where}"
         )
+    if values.get("children") is not None:
+        parsed["children"] = _parse_switch(values["children"], f"{source} children on {where}")
     budget = Budget(source=source, **parsed)
+    if budget.children and budget.peak is None and budget.private is None:
+        raise BudgetError(
+            f"invalid mem_budget on {where}: children=True counts the processes the test "
+            "starts in peak and private; give one of them, e.g. "
+            "mem_budget(peak='200MB', children=True)"
+        )
     if not budget.limits() and budget.tolerance is None and not budget.no_survivors:
         raise BudgetError(
             f"invalid mem_budget on {where}: no limit given; expected e.g. "
@@ -203,10 +233,14 @@ def check(budget: Budget, measurement: Measurement) -> Verdict:
     unmeasured: list[str] = []
     for metric, limit in budget.limit_items():
         value = getattr(measurement, metric)
+        share = None
+        if value is not None and budget.children and metric in ("peak", "private"):
+            share = measurement.children_share(metric)
+            value += share
         if value is None:
             unmeasured.append(metric)
         elif value > limit:
-            violations.append(Violation(metric, limit, value, budget.source))
+            violations.append(Violation(metric, limit, value, budget.source, share))
     if not violations and not unmeasured:
         return PASSED
     return Verdict(tuple(violations), tuple(unmeasured))

@@ -25,6 +25,7 @@ from .units import format_count, format_size
 if TYPE_CHECKING:
     # Imported where used: a native window (Linux, extension built) needs none of it, so most
     # runs never load the module.
+    from .children import ChildUsage, ChildWatch
     from .process import ProcessProbe
     from .retainers import Kind, Retainers, Survivors
 
@@ -68,6 +69,16 @@ class Measurement:
     types: list[TypeGrowth] = field(default_factory=list)
     # Why the objects of those types are still alive: reference paths from roots.
     retainers: Retainers | None = None
+    # The processes the window started, where it watched them (``Meter(children=True)``).
+    children: list[ChildUsage] = field(default_factory=list)
+
+    def children_share(self, metric: str) -> int:
+        """What the watched children add to ``metric``: their highest private memory for
+        ``peak`` (an upper bound: each child at its own highest sample), the private memory of
+        those still alive at the end for ``private``."""
+        if metric == "peak":
+            return sum(child.peak for child in self.children)
+        return sum(child.private or 0 for child in self.children)
 
     def fill(self, values: tuple[int | None, ...]) -> None:
         """From ``Meter.read()`` (the extension's window_read() tuple)."""
@@ -238,6 +249,8 @@ class Meter:
 
     __slots__ = (
         "engine",
+        "want_children",
+        "_children",
         "use_heap",
         "want_retained",
         "want_private",
@@ -264,8 +277,12 @@ class Meter:
         fds: bool = True,
         result: Measurement | None = None,
         trim: bool = False,
+        children: bool = False,
     ) -> None:
         self.engine = engine
+        # Watch the processes the window starts (a thread samples their private memory).
+        self.want_children = children
+        self._children: ChildWatch | None = None
         self.use_heap = heap
         self.want_retained = retained
         self.want_private = private
@@ -287,6 +304,11 @@ class Meter:
     def start(self) -> None:
         self._closed = False
         self._stopped = False
+        if self.want_children:  # before the window: its thread and lists are not the test's
+            from .children import ChildWatch
+
+            self._children = ChildWatch(pause=self.engine.heap.pause)
+            self._children.start()
         self._modules = len(sys.modules)
         if self.want_private:
             from .process import release_free_memory
@@ -340,6 +362,9 @@ class Meter:
             result = self.result = Measurement()
         result.fill(values)
         result.imports = max(0, len(sys.modules) - self._modules)
+        if self._children is not None:
+            result.children = self._children.stop()
+            self._children = None
         return result
 
     def read(self) -> tuple[int | None, ...]:
@@ -446,6 +471,9 @@ class Meter:
             self.close()
 
     def close(self) -> None:
+        if self._children is not None:  # a window left without stop(): end the thread
+            self._children.stop()
+            self._children = None
         if self._collecting:
             self._collecting = False
             self.engine.collector.end()

@@ -70,6 +70,21 @@ def render_measurement(m: Measurement) -> str:
     return "measured: " + ", ".join(parts)
 
 
+def render_children(m: Measurement) -> list[str]:
+    """The processes the test started, with their private memory (watched with
+    ``children=True``)."""
+    if not m.children:
+        return []
+    lines = ["Processes the test started (private memory: highest sample, every 5 ms; at the end):"]
+    for child in m.children:
+        end = "exited" if child.private is None else format_size(child.private)
+        lines.append(
+            f"  pid {child.pid:<7} peak {format_size(child.peak):>10}  at the end {end:>10}  "
+            f"{child.name}"
+        )
+    return lines
+
+
 def render_failure(headlines: Iterable[str], m: Measurement, scale: int = 0) -> str:
     lines = list(headlines)
     if m.kernel_peak is not None and m.heap_peak is not None:
@@ -78,6 +93,7 @@ def render_failure(headlines: Iterable[str], m: Measurement, scale: int = 0) -> 
             f"and the Python-heap peak {format_size(m.heap_peak)})"
         )
     lines.append(render_measurement(m))
+    lines.extend(render_children(m))
     lines.extend(render_sites(m.sites, m.sites_alive))
     lines.extend(render_types(m.types, scale))
     if m.retainers is not None:

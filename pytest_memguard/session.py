@@ -67,6 +67,7 @@ class TestPlan:
     baseline: bool = False
     isolate: bool = False
     trim: bool = False  # a peak budget: trim malloc first (see Meter)
+    children: bool = False  # watch the processes the test starts (mem_budget children=True)
     tolerance: Tolerance | None = None  # the baseline's, where not the run's
     # Where the window opens (``window_kind``): "function", "unittest" or "call".
     window: str = "call"
@@ -172,6 +173,7 @@ class MemguardSession:
             retained=retained,
             private=budget is not None and budget.private is not None,
             trim=budget is not None and budget.peak is not None,
+            children=budget is not None and bool(budget.children),
             tolerance=self._tolerance(item, budget) if tracked else None,
             baseline=tracked,
             isolate=isolate,
@@ -265,7 +267,14 @@ class MemguardSession:
             # with how many such classes earlier tests made (attrs' test_repr: 1,590 calls in
             # file order, 2,220 at a random order). Its next reader re-reads a file from disk.
             linecache.clearcache()
-        meter = Meter(self.engine, plan.heap, plan.retained, plan.private, trim=plan.trim)
+        meter = Meter(
+            self.engine,
+            plan.heap,
+            plan.retained,
+            plan.private,
+            trim=plan.trim,
+            children=plan.children,
+        )
         meter.start()
         return meter
 
@@ -345,6 +354,13 @@ class MemguardSession:
                 regressions = checked.regressions
             properties = to_properties(metrics)
             properties.extend(baseline_properties)
+            if plan.children:
+                children = {
+                    "children.count": len(measurement.children),
+                    "children.peak": measurement.children_share("peak"),
+                    "children.private": measurement.children_share("private"),
+                }
+                properties.extend(to_properties({}, children))
             if budget is not None:
                 properties.extend(
                     to_properties({}, {f"budget.{k}": v for k, v in budget.limit_items()})
