@@ -183,9 +183,10 @@ def test_a_property_test_repeats_with_few_examples_and_hypothesis_caches_cleared
     result.assert_outcomes(passed=1)
     (row,) = json.loads(report.read_text())["tests"]
     runs = row["details"]["leak.calls"]
-    # Judged clean by the first or second stage; with the cache left to fill (1,024 entries),
-    # its growth stopped only in the fourth (256 runs).
-    assert 32 <= runs <= 64
+    # Judged clean by the second or third stage (64 runs on 3.11, 128 on 3.15, as a property
+    # test that fills nothing); with the cache left to fill (1,024 entries), its growth stopped
+    # only at 256 runs on 3.11, and failed the test on 3.15.
+    assert 32 <= runs <= 128
     # Net of the judged runs: a resize here or there (+0.2 a run seen), not the cache's ~30.
     assert abs(row["details"]["leak.blocks_per_call"]) < 1
     # 50 examples in the official run, 10 in each repetition.
