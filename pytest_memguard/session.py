@@ -335,7 +335,9 @@ class MemguardSession:
             metrics = measurement.metrics()
             regressions: list[Change] = []
             baseline_properties: list[tuple[str, Any]] = []
-            if plan.baseline:
+            # Only a body that passed is compared: an xfailed or failing test's figures are of a
+            # partial run, never recorded, and "new" on every check would be a lie.
+            if plan.baseline and judge:
                 tolerance = plan.tolerance
                 checked = self.baselines.compare(item.nodeid, metrics, tolerance)
                 cold = measurement.imports > 0 or checked.status == "regressed"
