@@ -96,6 +96,9 @@ class TracemallocBackend:
             rows.append((max(1, stat.size // max(1, stat.count)), float(stat.size), True, stack))
         return aggregate_sites(rows, limit, alive_only, by_count)
 
+    def call_sites(self, call: Callable[[], object], limit: int, by_count: bool) -> list[Site]:
+        return []  # tracemalloc keeps no record of freed blocks: nothing honest to show
+
     def growth_sites(
         self,
         token: _TmToken,

@@ -72,6 +72,11 @@ class HeapBackend(Protocol):
         limit: int,
     ) -> list[Site]: ...
 
+    def call_sites(self, call: Callable[[], object], limit: int, by_count: bool) -> list[Site]:
+        """Every allocation ``call`` makes, traced, grouped by site (freed ones included);
+        empty where the backend cannot see freed blocks."""
+        ...
+
 
 # What open_window() returns and close_window() takes back: (mark, saved peak, first sample,
 # own bytes at the start). Kept whole until the window closes (see open_window in the C file).
@@ -146,6 +151,15 @@ class ExtBackend:
     def own_bytes(self) -> int:
         """Bytes of the hook's own tables and samples (in the C heap, not the user's)."""
         return int(self._ext.own_bytes()[0])
+
+    def call_sites(self, call: Callable[[], object], limit: int, by_count: bool) -> list[Site]:
+        first = self._ext.sample_count()
+        old = self._ext.set_sampling(1)  # every allocation
+        try:
+            call()
+        finally:
+            self._ext.set_sampling(old)
+        return aggregate_sites(self._rows(first), limit, alive_only=False, by_count=by_count)
 
     def growth_sites(
         self,

@@ -322,6 +322,7 @@ class MemguardSession:
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         """Close the window, attach the figures to the item and, where ``judge`` (the test
         itself passed), fail it on a budget it exceeded or a baseline regression."""
+        explained: Meter | None = None  # the warm window of a regressed test, to explain it
         try:
             measurement = meter.stop()
             budget = plan.budget
@@ -347,8 +348,13 @@ class MemguardSession:
                 if cold and judge and meter.closed and repeatable:
                     warm = self._remeasure(item, plan)
                     if warm is not None:
-                        metrics = {k: _least(v, warm.get(k)) for k, v in metrics.items()}
+                        warm_metrics = warm.result.metrics() if warm.result else {}
+                        metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         checked = self.baselines.compare(item.nodeid, metrics, tolerance)
+                        if checked.regressions:
+                            explained = warm  # still tracking: says where, in _judge
+                        else:
+                            warm.close()
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if checked.moved:
                     text = "; ".join(c.describe() for c in checked.moved)
@@ -369,43 +375,58 @@ class MemguardSession:
                 )
             item.user_properties.extend(properties)
             if judge:
-                self._judge(item, meter, regressions, verdict)
+                self._judge(item, meter, regressions, verdict, explained)
         finally:
             meter.close()
+            if explained is not None:
+                explained.close()
 
-    def _remeasure(self, item: pytest.Item, plan: TestPlan) -> dict[str, int | None] | None:
-        """The figures of a second, warm call of a test (same fixture values) whose first
-        window paid for first use (a module imported in it) or that looks regressed: what
-        the test itself costs, whichever test ran before it. None where the body cannot run
-        twice (it raised): then the first figures stand."""
+    def _remeasure(self, item: pytest.Item, plan: TestPlan) -> Meter | None:
+        """A second, warm call of a test (same fixture values) whose first window paid for
+        first use (a module imported in it) or that looks regressed: what the test itself
+        costs, whichever test ran before it. The meter is returned stopped but still tracking
+        (``explain`` can follow; the caller closes it). None where the body cannot run twice
+        (it raised): then the first figures stand."""
         # A unittest case reports its failures to the item (pytest keeps them in
         # ``_excinfo`` and raises them after the call phase): a failed re-run must not count.
         failures = item.__dict__.get("_excinfo")
         kept = list(failures) if failures is not None else None
         self.repeating = True
         meter = self.start(plan)  # as the first window opened: the same clears and trim
+        done = False
         try:
             try:
                 item.runtest()
             except (Exception, *_OUTCOMES):  # pytest.fail/skip/xfail are BaseExceptions
                 return None
-            measurement = meter.stop()
+            meter.stop()
             if len(item.__dict__.get("_excinfo") or ()) != len(kept or ()):
                 return None
-            return measurement.metrics()
+            done = True
+            return meter
         finally:
-            meter.close()
+            if not done:
+                meter.close()
             self.repeating = False
             if "_excinfo" in item.__dict__:
                 item.__dict__["_excinfo"] = kept
 
     def _judge(
-        self, item: pytest.Item, meter: Meter, regressions: list[Change], verdict: Verdict | None
+        self,
+        item: pytest.Item,
+        meter: Meter,
+        regressions: list[Change],
+        verdict: Verdict | None,
+        warm: Meter | None = None,
     ) -> None:
-        """Fail the test on a baseline regression or a budget it exceeded (explained: the top
-        allocation sites and the types that grew); warn of limits that cannot be checked."""
+        """Fail the test on a baseline regression (explained from its warm call where there
+        was one) or a budget it exceeded (explained: the top allocation sites and the types
+        that grew); warn of limits that cannot be checked."""
         if regressions:
-            pytest.fail(render_regression(regressions), pytrace=False)
+            message = render_regression(regressions)
+            if warm is not None:
+                message += self._regression_sites(item, regressions)
+            pytest.fail(message, pytrace=False)
         if verdict is None:
             return
         for metric in verdict.unmeasured:
@@ -428,6 +449,27 @@ class MemguardSession:
 
             message = render_failure((v.message() for v in verdict.violations), measurement, scale)
             pytest.fail(message, pytrace=False)
+
+    def _regression_sites(self, item: pytest.Item, regressions: list[Change]) -> str:
+        """Where a regressed test allocates: a third call with every allocation traced (the
+        second, warm one confirmed the regression; sampled sites of a small test say nothing).
+        Empty where that call raises or the backend cannot show freed blocks."""
+        counts = all(c.metric == "allocations" for c in regressions)
+        self.repeating = True
+        try:
+            sites = self.engine.heap.call_sites(item.runtest, 5, by_count=counts)
+        except (Exception, *_OUTCOMES):
+            return ""
+        finally:
+            self.repeating = False
+        from .messages import render_sites  # after the call: its import is not the test's
+
+        rows = render_sites(sites, alive_only=False)[1:]
+        if not rows:
+            return ""
+        return "\nWhere a third call of the test allocates (every allocation traced):\n" + (
+            "\n".join(rows)
+        )
 
     def _why_unmeasured(self, metric: str) -> str:
         if metric == "allocations":

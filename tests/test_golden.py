@@ -228,6 +228,11 @@ EXPECTED_FAILURES = {
         "heap_peak: baseline SIZE, now SIZE (N%; tolerance N%SIZE)",
         "(if this is intended, record it: pytest --mem-baseline=update, "
         "and commit the __memguard__ files)",
+        "Where a third call of the test allocates (every allocation traced):",
+        # Its rows: the test's own line first; the rest (pytest's) vary by version.
+        "SIZE N blocks test_mod.py:N in <listcomp>"
+        if sys.version_info < (3, 12)
+        else "SIZE N blocks test_mod.py:N in test_within",
     ],
     "test_over": [
         "peak SIZE exceeds mem_budget SIZE by SIZE",
@@ -289,7 +294,9 @@ def test_report_properties_summary_and_baseline_are_pinned(
         for case in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
         for failure in case.iter("failure")
     }
-    assert failures == EXPECTED_FAILURES
+    # The regression's site rows after the first are pytest's own frames: not pinned.
+    within = len(EXPECTED_FAILURES["test_within"])
+    assert {**failures, "test_within": failures["test_within"][:within]} == EXPECTED_FAILURES
 
     assert memguard_lines(checked.stdout.str()) == EXPECTED_SUMMARY
 

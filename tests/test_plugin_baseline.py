@@ -62,6 +62,9 @@ def test_update_check_regress_update_check(pytester: pytest.Pytester, run: Runne
             "memory regressed beyond the baseline:",
             "  allocations: baseline *, now * (+*%; tolerance 5%+64)",
             "*--mem-baseline=update*",
+            # Where: a third call, every allocation traced (the warm second one confirmed it).
+            "Where a third call of the test allocates (every allocation traced):",
+            "*KiB  * blocks  test_mod.py:6 in *",
         ]
     )
     run("--mem-baseline=update", env={"MEMGUARD_TEST_SIZE": "3000"}).assert_outcomes(passed=3)
