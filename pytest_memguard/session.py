@@ -322,7 +322,8 @@ class MemguardSession:
     def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
         """Close the window, attach the figures to the item and, where ``judge`` (the test
         itself passed), fail it on a budget it exceeded or a baseline regression."""
-        explained: Meter | None = None  # the warm window of a regressed test, to explain it
+        # A regressed test's warm window, left open: the hook traces a third call in it.
+        explained: Meter | None = None
         try:
             measurement = meter.stop()
             budget = plan.budget
@@ -352,7 +353,7 @@ class MemguardSession:
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         checked = self.baselines.compare(item.nodeid, metrics, tolerance)
                         if checked.regressions:
-                            explained = warm  # still tracking: says where, in _judge
+                            explained = warm
                         else:
                             warm.close()
                 baseline_properties.append((BASELINE_STATUS, checked.status))
@@ -419,9 +420,10 @@ class MemguardSession:
         verdict: Verdict | None,
         warm: Meter | None = None,
     ) -> None:
-        """Fail the test on a baseline regression (explained from its warm call where there
-        was one) or a budget it exceeded (explained: the top allocation sites and the types
-        that grew); warn of limits that cannot be checked."""
+        """Fail the test on a baseline regression (with where a third call allocates, traced
+        in ``warm``, the window of the call that confirmed it, still open) or a budget it
+        exceeded (explained: the top allocation sites and the types that grew); warn of limits
+        that cannot be checked."""
         if regressions:
             message = render_regression(regressions)
             if warm is not None:
