@@ -32,7 +32,7 @@ class Budget:
     # Classes (or "module.Class" names) of which nothing the test made may outlive it.
     no_survivors: tuple[type | str, ...] = ()
     # The processes the test starts count too: their private memory is added to peak and
-    # private (see ``Measurement.with_children``).
+    # private (see ``Measurement.children_share``).
     children: bool | None = None
     source: str = "mem_budget"
 

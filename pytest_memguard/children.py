@@ -80,16 +80,10 @@ def _name(pid: int) -> str:
 
 
 class ChildWatch:
-    """The processes this process starts while the watch runs (subprocess, multiprocessing,
-    fork; their own children too): a thread samples each one's private memory every
-    ``interval`` seconds, and ``stop()`` lists them.
-
-    Private memory, not resident memory: a forked child maps its parent's pages and a
-    subprocess its shared libraries, which resident memory counts and which are not the
-    child's. The kernel keeps no high-water mark of private memory, so the peak is the highest
-    sample: a spike shorter than the interval, or a child that starts and exits between two
-    samples, is missed. ``pause`` (the heap's) keeps the thread's own allocations out of the
-    test's figures."""
+    """The processes this process starts while the watch runs: a thread samples each one's
+    private memory every ``interval`` seconds, and ``stop()`` lists them. A spike shorter than
+    the interval, or a child that starts and exits between two samples, is missed. ``pause``
+    (the heap's) keeps the thread's own allocations out of the test's figures."""
 
     INTERVAL = 0.005
 
