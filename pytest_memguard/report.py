@@ -99,7 +99,7 @@ class TestRecord:
     end of the session, rather than sorted out for every test as it finishes.
     """
 
-    __slots__ = ("nodeid", "outcome", "teardown_passed", "properties", "explanation")
+    __slots__ = ("nodeid", "outcome", "teardown_passed", "properties", "explanation", "xfailed")
     __test__ = False  # not a test class, whatever pytest makes of the name
 
     def __init__(self, nodeid: str, properties: dict[str, Any] | None = None) -> None:
@@ -108,6 +108,7 @@ class TestRecord:
         self.teardown_passed = False
         self.properties: dict[str, Any] = {} if properties is None else properties
         self.explanation: str | None = None  # the first failure's text, kept for --mem-html
+        self.xfailed = False  # its call failed as an xfail expected (outcome "skipped")
 
     def __repr__(self) -> str:
         return f"TestRecord({self.nodeid!r}, outcome={self.outcome!r}, metrics={self.metrics!r})"
@@ -160,6 +161,14 @@ class TestRecord:
         ``--setup-only``, the one mode that skips it). A test cut short before teardown
         (``pytest.exit``, Ctrl-C) has no teardown report."""
         return self.outcome == "passed" and self.teardown_passed
+
+    @property
+    def recordable(self) -> bool:
+        """Its figures may be a baseline: it fully passed, or its call failed as an xfail
+        expected (the figures up to the expected error repeat) and its teardown passed."""
+        return self.fully_passed or (
+            self.teardown_passed and self.outcome == "skipped" and self.xfailed
+        )
 
 
 def report_json(

@@ -283,8 +283,8 @@ class MemguardSession:
         meter = self.start(plan)
         try:
             result = yield
-        except BaseException:
-            self.finish(item, plan, meter, judge=False)
+        except BaseException as exc:
+            self.finish(item, plan, meter, judge=False, compare=_expected_failure(item, exc))
             raise
         self.finish(item, plan, meter, judge=True)
         return result
@@ -319,9 +319,13 @@ class MemguardSession:
                 self.finish(item, plan, meter, judge=not failed)
         return result
 
-    def finish(self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool) -> None:
+    def finish(
+        self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool, compare: bool = False
+    ) -> None:
         """Close the window, attach the figures to the item and, where ``judge`` (the test
-        itself passed), fail it on a budget it exceeded or a baseline regression."""
+        itself passed), fail it on a budget it exceeded or a baseline regression. ``compare``:
+        the body raised what it was expected to (xfail), so its figures are compared with the
+        baseline too, though nothing can fail a test expected to fail."""
         # A regressed test's warm window, left open: the hook traces a third call in it.
         explained: Meter | None = None
         try:
@@ -337,9 +341,10 @@ class MemguardSession:
             metrics = measurement.metrics()
             regressions: list[Change] = []
             baseline_properties: list[tuple[str, Any]] = []
-            # Only a body that passed is compared: an xfailed or failing test's figures are of a
-            # partial run, never recorded, and "new" on every check would be a lie.
-            if plan.baseline and judge:
+            # Only a body that passed, or failed as expected (xfail: its figures up to the
+            # expected error repeat, and are recorded), is compared: a failing test's figures
+            # are of a partial run, never recorded, and "new" on every check would be a lie.
+            if plan.baseline and (judge or compare):
                 tolerance = plan.tolerance
                 checked = self.baselines.compare(item.nodeid, metrics, tolerance)
                 cold = measurement.imports > 0 or checked.status == "regressed"
@@ -554,6 +559,8 @@ class MemguardSession:
             record = self.records[report.nodeid] = TestRecord(report.nodeid)
         teardown = report.when == "teardown"
         record.absorb(report.when, report.outcome, report.user_properties if teardown else ())
+        if report.when == "call" and report.skipped and hasattr(report, "wasxfail"):
+            record.xfailed = True
         if report.failed and record.explanation is None and self.settings.mem_html is not None:
             record.explanation = report.longreprtext  # the first failure says why
 
@@ -579,9 +586,9 @@ class MemguardSession:
                 (r.nodeid, status)
                 for r in records
                 if (status := r.properties.get(BASELINE_STATUS)) is not None
-                and (status != "new" or r.fully_passed)
+                and (status != "new" or r.recordable)
             ),
-            passed=((r.nodeid, r.metrics) for r in records if r.measured and r.fully_passed),
+            passed=((r.nodeid, r.metrics) for r in records if r.measured and r.recordable),
             collected=self.collected.union(item.nodeid for item in items) or self.records,
             full_run=self.unfiltered(),
         )
@@ -669,6 +676,27 @@ def _cut_short_line(record: TestRecord) -> str:
         if (value := record.get(f"leak.{metric}_per_call"))
     ]
     return f"  {record.nodeid}: {', '.join(growth) or 'moved'} over {record.get('leak.calls')} runs"
+
+
+def _expected_failure(item: pytest.Item, exc: BaseException) -> bool:
+    """The test body raised what an xfail expects: ``pytest.xfail()``, or any error under an
+    ``xfail`` mark that runs the test (pytest's own evaluation, read from the item's stash;
+    ``raises=`` narrows it as pytest does)."""
+    from _pytest.outcomes import XFailed
+    from _pytest.skipping import xfailed_key
+
+    if isinstance(exc, XFailed):
+        return True
+    xfailed = item.stash.get(xfailed_key, None)
+    if xfailed is None or not xfailed.run or not isinstance(exc, Exception):
+        return False
+    raises: Any = xfailed.raises
+    if raises is None:
+        return True
+    if isinstance(raises, (type, tuple)):
+        return isinstance(exc, raises)
+    matches = getattr(raises, "matches", None)  # pytest 9's RaisesExc
+    return bool(matches(exc)) if callable(matches) else True
 
 
 def _drop_warning(*args: object, **kwargs: object) -> None:
