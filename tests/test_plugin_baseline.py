@@ -166,12 +166,17 @@ def test_failing_test_is_not_recorded(pytester: pytest.Pytester, run: Runner) ->
         @pytest.mark.xfail(reason="known", strict=True)
         def test_xpassed_strictly():
             data = [0] * 1000
+
+        @pytest.mark.xfail(reason="raises nothing yet")
+        def test_xfailed_by_pytest_fail():
+            with pytest.raises(ValueError):  # "DID NOT RAISE" is a BaseException
+                data = [0] * 1000
         """
     )
-    run("--mem-baseline=update").assert_outcomes(passed=2, failed=2, errors=2, skipped=1, xfailed=1)
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=2, errors=2, skipped=1, xfailed=2)
     # An xfailed test failed as expected: its figures up to the expected error are recorded
     # (see test_a_test_skipped_at_run_time_is_not_new_on_every_check); a strict xpass failed.
-    assert set(entries(pytester)) == {"test_ok", "test_xfailed"}
+    assert set(entries(pytester)) == {"test_ok", "test_xfailed", "test_xfailed_by_pytest_fail"}
 
 
 @pytest.mark.parametrize("scope", ["call", "test"])
