@@ -258,3 +258,14 @@ def test_the_page_loads_in_a_real_browser(
     )
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert shot.stat().st_size > 10_000
+    # A page of 10,000 tests: the script builds every row.
+    big = tmp_path / "big.html"
+    big.write_text(
+        render_html(_document([_test(f"t.py::test_{i}") for i in range(10_000)])),
+        encoding="utf-8",
+    )
+    dom = subprocess.run(
+        [*browser, "--dump-dom", big.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('<tr class="passed"') == 10_000

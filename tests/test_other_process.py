@@ -143,6 +143,28 @@ def test_a_process_that_is_gone_is_said_to_be() -> None:
         WatchedProcess(finished.pid)
 
 
+def test_a_target_that_exits_mid_soak_is_a_clear_error_not_a_hang() -> None:
+    server = Server()
+    assert server.send("drop") == "ok"
+    watched = watch(server.process)
+    pid = server.process.pid
+    assert server.process.stdin is not None
+    stdin = server.process.stdin
+
+    def soak_while_the_server_quits() -> None:
+        for i in watched.soak(200, samples=20):
+            if i == 50:  # the server goes away in the middle of the soak
+                stdin.write("quit\n")
+                stdin.flush()
+                server.process.wait(10)
+
+    with pytest.raises(ProcessGone, match=f"process {pid} has exited"):
+        soak_while_the_server_quits()
+    server.process.stdin.close()
+    assert server.process.stdout is not None
+    server.process.stdout.close()
+
+
 def test_the_fixture_watches_a_server_from_a_test(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_server=f"""
