@@ -32,6 +32,7 @@ from _pytest.runner import runtestprotocol
 
 from .leaks import InterpreterCleanup
 from .options import CHILD_OPTION
+from .process import trim_malloc
 
 # Forces the spawn path where fork exists, to test it (and to compare the two).
 SPAWN_ENV = "MEMGUARD_ISOLATE_SPAWN"
@@ -85,6 +86,10 @@ def _child(
         # did so far; start every child from the same clean slate.
         InterpreterCleanup()()
         gc.collect()
+        # Free heap memory the parent left resident would be reused without raising the
+        # child's resident set (a copy-on-write page replaces a shared one), hiding a test's
+        # peak from the kernel's high-water mark: handed back first.
+        trim_malloc()
         if protocol is not None:
             reports = protocol()
         else:
