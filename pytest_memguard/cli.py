@@ -232,8 +232,6 @@ def history(
     html: str | None,
 ) -> int:
     """``memguard history``: each test's figure over the commits that changed its baseline."""
-    import datetime
-
     from .history import read_history, scopes_in
     from .measurement import interpreter_scope
     from .messages import sparkline
@@ -254,13 +252,10 @@ def history(
         print(f"no commits changed a baseline file under {path}")
         return 0
 
-    def day(when: int) -> str:
-        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
-
     print(
         f"{metric} in {scope} over {len(commits)} commits that changed baselines "
-        f"({commits[0].sha[:10]} {day(commits[0].when)} .. {commits[-1].sha[:10]} "
-        f"{day(commits[-1].when)})"
+        f"({commits[0].sha[:10]} {commits[0].day} .. {commits[-1].sha[:10]} "
+        f"{commits[-1].day})"
     )
     moved = [t for t in found_history.tests if t.moves]
     moved.sort(key=lambda t: (-abs(t.change), t.nodeid))

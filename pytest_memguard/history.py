@@ -10,6 +10,7 @@ counts differ between Python versions.
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 from collections.abc import Sequence
@@ -23,6 +24,13 @@ class Commit(NamedTuple):
     sha: str
     when: int  # commit time, seconds since the epoch
     subject: str
+
+    @property
+    def day(self) -> str:
+        """The commit's date, UTC (``2026-12-05``)."""
+        return datetime.datetime.fromtimestamp(self.when, datetime.timezone.utc).strftime(
+            "%Y-%m-%d"
+        )
 
 
 class Move(NamedTuple):

@@ -326,11 +326,6 @@ def render_html(
 def render_history_html(history: History, title: str = "memguard history") -> str:
     """The page of ``memguard history``: for each test that moved beyond tolerance, its figure
     at each commit that changed the baselines, as a chart, and the commits that moved it."""
-    import datetime
-
-    def day(when: int) -> str:
-        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
-
     e = html.escape
     commits = history.commits
     moved = sorted((t for t in history.tests if t.moves), key=lambda t: (-abs(t.change), t.nodeid))
@@ -361,7 +356,7 @@ def render_history_html(history: History, title: str = "memguard history") -> st
             parts.append(svg_chart(series))
         parts.append("<ul>")
         parts.extend(
-            f"<li><code>{e(move.commit.sha[:10])}</code> {e(day(move.commit.when))} "
+            f"<li><code>{e(move.commit.sha[:10])}</code> {e(move.commit.day)} "
             f"{e(format_metric(history.metric, move.before))} &rarr; "
             f"{e(format_metric(history.metric, move.after))}: {e(move.commit.subject)}</li>"
             for move in test.moves
@@ -372,7 +367,7 @@ def render_history_html(history: History, title: str = "memguard history") -> st
     parts.append("<h2>Commits (x axis: their number)</h2><table><tr><th>#</th><th>commit</th>")
     parts.append("<th>date</th><th>subject</th></tr>")
     parts.extend(
-        f"<tr><td class='n'>{i}</td><td><code>{e(c.sha[:10])}</code></td><td>{e(day(c.when))}"
+        f"<tr><td class='n'>{i}</td><td><code>{e(c.sha[:10])}</code></td><td>{e(c.day)}"
         f"</td><td>{e(c.subject)}</td></tr>"
         for i, c in enumerate(commits, 1)
     )
