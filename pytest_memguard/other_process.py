@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from .children import descendants
 from .process import IS_LINUX, MemoryUsage, PeakSampler, kib_fields, proc_usage, psutil_usage
 from .soak import DEFAULT_SAMPLES, SoakVerdict, judge_curve
 from .units import format_size, parse_size
@@ -114,13 +115,9 @@ class WatchedProcess:
         """The watched process, then (with ``children``) its descendants alive now."""
         if not self.children:
             return [self.pid]
-        import psutil
-
-        try:
-            kids = psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            raise ProcessGone(f"process {self.pid} has exited") from None
-        return [self.pid, *(kid.pid for kid in kids)]
+        if not self._alive(self.pid):
+            raise ProcessGone(f"process {self.pid} has exited")
+        return [self.pid, *descendants(self.pid)]
 
     def _read(self, pid: int) -> MemoryUsage:
         try:
