@@ -142,11 +142,9 @@ def describe(report: pytest.TestReport) -> str:
 REPEATED_EXAMPLES = 10
 
 
-def _fewer_examples(function: object) -> object | None:
-    """Settings for repeating a hypothesis test with fewer examples, or None (not a hypothesis
-    test, or few enough already). ``@given`` leaves the settings on the function, where each
-    call reads them: hypothesis' private attribute, feature-detected."""
-    own = getattr(function, "_hypothesis_internal_use_settings", None)
+def _fewer_examples(own: object) -> object | None:
+    """Settings for repeating a hypothesis test with fewer examples than its own settings
+    ``own``, or None (not a hypothesis test, or few enough already)."""
     examples = getattr(own, "max_examples", None)
     hypothesis: Any = sys.modules.get("hypothesis")
     if hypothesis is None or not isinstance(examples, int) or examples <= REPEATED_EXAMPLES:
@@ -178,8 +176,10 @@ class Repetition:
         self._next = cast("pytest.Item", item.parent)
         obj = getattr(item, "obj", None)
         self._function = getattr(obj, "__func__", obj)  # a test method's function
-        self._fewer = _fewer_examples(self._function)
+        # ``@given`` leaves its settings on the function, where each call reads them:
+        # hypothesis' private attribute, feature-detected.
         self._own = getattr(self._function, "_hypothesis_internal_use_settings", None)
+        self._fewer = _fewer_examples(self._own)
 
     def __call__(self) -> None:
         item = self.item
