@@ -16,6 +16,17 @@ except ImportError:  # pragma: no cover
 
 Runner = Callable[..., pytest.RunResult]
 
+# CPython 3.8-3.10 give a code object its opcache (two blocks) on its 1,024th call; release
+# builds only: debug builds turn it off because it confuses refleak hunting (bpo-37146). A test
+# repeated through pytest's protocol reaches that call in one function after another for ~250
+# runs, so on 3.10 clean tests take more runs and can read as slow leaks (docs/leaks.md). The
+# tests that pin those figures are expected to fail there, strictly: they report if it changes.
+OPCACHE_310 = pytest.mark.xfail(
+    sys.version_info < (3, 11),
+    strict=True,
+    reason="3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)",
+)
+
 
 @pytest.fixture(
     params=[

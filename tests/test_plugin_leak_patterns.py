@@ -11,18 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import Runner
+from .conftest import OPCACHE_310, Runner
 from .test_plugin_budget import outcomes
-
-# On CPython 3.10 whole repetitions of any pytest test grow by ~150 blocks over their first
-# ~250 runs, then stop, with pytest alone (sys.getallocatedblocks; tracemalloc does not see the
-# blocks): clean tests take more runs, and unittest cases can read as leaking. docs/leaks.md.
-# Strict: these tests must start passing if that changes.
-SLOW_WARMING_310 = pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    strict=True,
-    reason="3.10: repetitions warm the interpreter for ~250 runs (docs/leaks.md)",
-)
 
 PATTERNS = '''
 import json
@@ -118,7 +108,7 @@ def answer():
 '''
 
 
-@SLOW_WARMING_310
+@OPCACHE_310
 def test_real_suite_patterns_are_each_checked_and_pass(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
@@ -154,7 +144,7 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     assert rows["test_fresh_import"]["details"].get("leak.blocks_per_call", 0) < 5
 
 
-@SLOW_WARMING_310
+@OPCACHE_310
 def test_a_property_test_repeats_with_few_examples_and_hypothesis_caches_cleared(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -394,7 +384,7 @@ def test_growth_the_budget_cannot_judge_is_listed_not_failed(
     )
 
 
-@SLOW_WARMING_310
+@OPCACHE_310
 @pytest.mark.skipif(
     sys.version_info >= (3, 14),
     reason="3.14+: the dicts are not rebuilt (repetition._REBUILD); clean tests take 9-10 runs",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import Runner
+from .conftest import OPCACHE_310, Runner
 from .test_plugin_budget import outcomes
 
 CORPUS = """
@@ -183,6 +183,7 @@ def test_leak_corpus_each_on_its_side(
     assert "native" in text
 
 
+@OPCACHE_310
 def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_one="""
@@ -211,6 +212,7 @@ def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: R
     )
 
 
+@OPCACHE_310
 def test_option_checks_every_test_and_marker_opts_out(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
