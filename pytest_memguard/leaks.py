@@ -584,6 +584,9 @@ class LeakResult:
     # filling) could be told from a leak: not failed, and said.
     inconclusive: bool = False
     budget: float | None = None  # seconds, where the check had a time budget
+    # Seconds of CPU a run took where one run showed that no verdict fits in the time budget:
+    # the check stopped there, neither passed nor failed, and said.
+    too_slow: float | None = None
 
     def message(self, what: str = "memory", unit: str = "call") -> str:
         from .messages import render_leak
@@ -667,12 +670,14 @@ class LeakRunner:
             began = clock()
             budget: float | None = None
 
-            def affords(more: int) -> bool:
-                """``more`` calls fit in the time budget, at the mean time of a call so far."""
-                if budget is None:
+            def affords(more: int, within: float | None = None) -> bool:
+                """``more`` calls fit in the time budget (or ``within``), at the mean time of a
+                call so far."""
+                limit = budget if within is None else within
+                if limit is None:
                     return True
                 spent = clock() - began
-                return spent + more * spent / max(1, calls) <= budget
+                return spent + more * spent / max(1, calls) <= limit
 
             read(0)
             columns = (blocks, nbytes, fds, native) if use_native else (blocks, nbytes, fds)
@@ -686,6 +691,21 @@ class LeakRunner:
                 read(calls)  # again: the floats just made are the check's, not the test's
                 if not affords(warmup + QUIET - calls):
                     warmup = min(warmup, 2)  # a slow test: the least warm-up that works
+                    suspect_budget = max(settings.suspect_floor, settings.time_runs * first)
+                    if not affords(warmup + QUIET - calls, suspect_budget):
+                        # Not even the screen's runs fit in the larger budget a suspect gets:
+                        # the 2-3 runs it allows can neither pass the test nor judge growth.
+                        # dateutil's 53 tests of 0.1-4 s spent 3-4 runs each on that, about a
+                        # third of its whole leak check. Said, not repeated.
+                        return LeakResult(
+                            leaked=False,
+                            calls=calls,
+                            judged=0,
+                            series=window(0),
+                            threads=threading.active_count(),
+                            budget=budget,
+                            too_slow=first,
+                        )
                 run_to(warmup)
                 quiet = 0  # calls in a row that moved no reading
                 resized = False  # a block grew in place: see below

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from .retainers import Survivors
 
 HYPOTHESIS_SLACK = 0.25
+# Tests listed by name under "too slow to check for leaks"; the JSON report has them all.
+TOO_SLOW_LISTED = 20
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
 BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
 BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
@@ -651,6 +653,27 @@ class MemguardSession:
                     ],
                 )
             )
+        too_slow = [r for r in self.records.values() if r.get("leak.too_slow")]
+        if too_slow:
+            shown = [
+                f"  {r.nodeid}: {_seconds(r.get('leak.too_slow'))} of CPU a run"
+                for r in too_slow[:TOO_SLOW_LISTED]
+            ]
+            if len(too_slow) > TOO_SLOW_LISTED:
+                more = len(too_slow) - TOO_SLOW_LISTED
+                shown.append(f"  and {more} more (leak.too_slow in the JSON report)")
+            sections.append(
+                (
+                    "memguard: tests too slow to check for leaks in their time budget",
+                    [
+                        "one run took so long that the time budget holds neither the screen nor "
+                        "the first stage of the full check, so no verdict was possible; to check "
+                        "one, give it its own number of runs: "
+                        "@pytest.mark.mem_leak_check(iterations=30)",
+                        *shown,
+                    ],
+                )
+            )
         unrepeatable = [r for r in self.records.values() if r.get("leak.cannot_repeat")]
         if unrepeatable:
             sections.append(
@@ -665,6 +688,10 @@ class MemguardSession:
         if self.unwritten:  # last: next to the run's final line
             sections.append(("memguard: reports not written", [*self.unwritten]))
         return sections
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
 def _cut_short_line(record: TestRecord) -> str:
@@ -709,6 +736,8 @@ def _leak_properties(result: LeakResult) -> dict[str, Any]:
     props: dict[str, Any] = {"leak.calls": result.calls, "leak.leaked": result.leaked}
     if result.inconclusive:
         props["leak.inconclusive"] = True
+    if result.too_slow is not None:
+        props["leak.too_slow"] = round(result.too_slow, 3)
     if result.threads > 1:
         props["leak.threads"] = result.threads - 1  # others than the test's: readings count them
     props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})

@@ -309,6 +309,34 @@ def test_a_slow_clean_test_runs_within_its_time_budget() -> None:
     assert 2 <= result.calls <= result.budget / 0.02 + 1
 
 
+def test_a_test_too_slow_for_any_verdict_stops_after_one_run() -> None:
+    """0.15 s a run: the suspect's budget (4 runs' worth) holds 4 runs, the screen needs 7, so
+    no verdict fits; one run says so, where 3-4 more used to decide nothing."""
+    runs = [0]
+
+    def slow() -> None:
+        runs[0] += 1
+        busy(0.15)
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(slow)
+    assert (result.calls, runs[0]) == (1, 1)
+    assert not result.leaked
+    assert not result.inconclusive
+    assert result.too_slow is not None
+    assert 0.14 <= result.too_slow <= 1.0
+
+
+def test_a_slow_test_the_budget_can_screen_is_not_too_slow() -> None:
+    """0.05 s a run: 7 runs fit in the suspect's 0.5 s, so it is checked as before."""
+
+    def slow() -> None:
+        busy(0.05)
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(slow)
+    assert result.too_slow is None
+    assert 2 <= result.calls <= 10
+
+
 def test_a_slow_growing_test_out_of_time_is_inconclusive_not_failed() -> None:
     sink: list[object] = []
 

@@ -299,6 +299,65 @@ def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
     assert 2 <= row["details"]["leak.calls"] <= 6
 
 
+def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A run of 0.15 s: the time budget holds no verdict, so the check stops after its first
+    run and the summary lists the test (the first TOO_SLOW_LISTED of them), not a pass."""
+    pytester.makepyfile(
+        test_slow="""
+        import time
+
+        import pytest
+
+        RUNS = {}
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_slow(n):
+            RUNS[n] = RUNS.get(n, 0) + 1
+            end = time.process_time() + 0.15
+            while time.process_time() < end:
+                pass
+
+        def test_fast():
+            pass
+        """
+    )
+    pytester.makeconftest(
+        """
+        import sys
+
+        import pytest_memguard.session
+
+        pytest_memguard.session.TOO_SLOW_LISTED = 2
+
+        def pytest_terminal_summary(terminalreporter):
+            runs = sys.modules["test_slow"].RUNS
+            terminalreporter.write_line(f"runs: {sorted(runs.values())}")
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-p", "no:randomly", "--mem-leak-check", f"--mem-report={report}")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*memguard: tests too slow to check for leaks in their time budget*",
+            "one run took so long that the time budget holds neither the screen nor*",
+            "  test_slow.py::test_slow[[]0]: 1?? ms of CPU a run",
+            "  test_slow.py::test_slow[[]1]: 1?? ms of CPU a run",
+            "  and 1 more (leak.too_slow in the JSON report)",
+            "runs: [[]2, 2, 2]",  # the official run and one more each
+        ]
+    )
+    rows = {row["nodeid"]: row["details"] for row in json.loads(report.read_text())["tests"]}
+    for n in range(3):
+        details = rows[f"test_slow.py::test_slow[{n}]"]
+        assert details["leak.calls"] == 1
+        assert 0.14 <= details["leak.too_slow"] <= 1.0
+        assert details["leak.leaked"] is False
+    assert "leak.too_slow" not in rows["test_slow.py::test_fast"]
+
+
 def test_an_isolated_test_is_repeated_in_its_child(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_iso="""
