@@ -620,9 +620,10 @@ class LeakRunner:
         use_native = _native_allocated is not None
         counts_blocks = heap.counts_calls
         collector = self.engine.collector
-        # The call counter as ints made before the window: past 256 (the last cached small int)
-        # every `calls += 1` would allocate, and the step from the cached 256 to a heap-allocated
-        # 257 is one block that stays, which a long run once judged as growth.
+        # The call counter as ints made before the window: past the last cached small int (256;
+        # 1,024 from 3.15) every `calls += 1` would allocate, and the step from the last cached
+        # int to a heap-allocated one is one block that stays, which a long run once judged as
+        # growth.
         numbers = list(range(size + 1))
         cleanup()
         collector.begin()
