@@ -289,6 +289,8 @@ def test_bad_leak_marker_is_an_error_naming_the_test(
 def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_fixture="""
+        import time
+
         import pytest
 
         def test_clean_returns_the_result(memguard):
@@ -302,9 +304,21 @@ def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
         def test_bad_arguments(memguard):
             with pytest.raises(ValueError, match="iterations"):
                 memguard.check_leaks(sorted, [], iterations=0)
+
+        def test_too_slow_for_the_budget_runs_in_full(memguard):
+            calls = [0]
+
+            def slow():  # 0.08 s: the budget holds no verdict; asked for, it runs in full
+                calls[0] += 1
+                end = time.process_time() + 0.08
+                while time.process_time() < end:
+                    pass
+
+            memguard.check_leaks(slow)
+            assert 1 + 32 <= calls[0] <= 1 + 2 * 32
         """
     )
-    run().assert_outcomes(passed=3)
+    run().assert_outcomes(passed=4)
 
 
 def test_threads_alive_during_a_check_are_noted_in_a_leak_and_never_warned(
