@@ -353,6 +353,33 @@ def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
     assert "leak.too_slow" not in rows["test_slow.py::test_fast"]
 
 
+def test_a_marked_test_too_slow_for_the_budget_is_checked_in_full(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A marker asks for the test's check: where the budget holds no verdict, its runs run in
+    full (32 for a clean test) and it is not listed as too slow."""
+    pytester.makepyfile(
+        test_slow="""
+        import time
+
+        import pytest
+
+        @pytest.mark.mem_leak_check
+        def test_slow_marked():
+            end = time.process_time() + 0.08
+            while time.process_time() < end:
+                pass
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-p", "no:randomly", f"--mem-report={report}")
+    result.assert_outcomes(passed=1)
+    assert "too slow" not in result.stdout.str()
+    (row,) = json.loads(report.read_text())["tests"]
+    assert 32 <= row["details"]["leak.calls"] <= 64
+    assert "leak.too_slow" not in row["details"]
+
+
 def test_an_isolated_test_is_repeated_in_its_child(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_iso="""
