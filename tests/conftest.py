@@ -26,6 +26,13 @@ OPCACHE_310 = pytest.mark.xfail(
     strict=True,
     reason="3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)",
 )
+# The same, where whether a function reaches its 1,024th call inside the check depends on what
+# ran before it in the worker (passed in one full run on 3.10, failed serially).
+OPCACHE_310_AT_TIMES = pytest.mark.xfail(
+    sys.version_info < (3, 11),
+    strict=False,
+    reason="3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)",
+)
 
 
 @pytest.fixture(

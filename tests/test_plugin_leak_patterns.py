@@ -353,6 +353,7 @@ def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
     assert "leak.too_slow" not in rows["test_slow.py::test_fast"]
 
 
+@OPCACHE_310
 def test_a_marked_test_too_slow_for_the_budget_is_checked_in_full(
     pytester: pytest.Pytester, run: Runner
 ) -> None:

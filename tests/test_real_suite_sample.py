@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import HAS_XDIST, Runner
+from .conftest import HAS_XDIST, OPCACHE_310_AT_TIMES, Runner
 
 toolz_tests = pytest.importorskip("toolz.tests")
 
@@ -106,6 +106,7 @@ def test_toolz_baselines_hold_in_every_context_and_catch_a_regression(
         assert regressed == callers, args
 
 
+@OPCACHE_310_AT_TIMES
 def test_leak_check_on_real_tests_fails_only_the_known_leak(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
