@@ -426,12 +426,7 @@ class MemguardFixture:
         def call() -> None:
             last[:] = [fn(*args, **kwargs)]
 
-        result = LeakRunner(self._engine, settings).run(call)
-        if result.too_slow is not None:
-            # Asked for by name, a check the time budget cannot hold runs its runs in full,
-            # as with a number of runs given.
-            full = dataclasses.replace(settings, screen=None)
-            result = LeakRunner(self._engine, full).run(call)
+        result = LeakRunner(self._engine, settings).run(call, named=True)
         if result.leaked:
             raise AssertionError(result.message(f"{where}:"))
         value = last[0]

@@ -529,12 +529,8 @@ class MemguardSession:
                 # The official run showed the test's warnings; the repetitions' are dropped
                 # (kept, they would be growth the check itself made).
                 warnings.showwarning = _drop_warning
-                result = LeakRunner(self.engine, settings).run(repetition)
-                if result.too_slow is not None and item.get_closest_marker("mem_leak_check"):
-                    # A test whose marker asks for its check gets its runs in full where the
-                    # time budget holds no verdict, as a number of runs given would.
-                    full = replace(settings, screen=None)
-                    result = LeakRunner(self.engine, full).run(repetition)
+                named = item.get_closest_marker("mem_leak_check") is not None
+                result = LeakRunner(self.engine, settings).run(repetition, named=named)
         except CannotRepeat as exc:
             result = exc
         finally:

@@ -21,18 +21,11 @@ Runner = Callable[..., pytest.RunResult]
 # repeated through pytest's protocol reaches that call in one function after another for ~250
 # runs, so on 3.10 clean tests take more runs and can read as slow leaks (docs/leaks.md). The
 # tests that pin those figures are expected to fail there, strictly: they report if it changes.
-OPCACHE_310 = pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    strict=True,
-    reason="3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)",
-)
+_OPCACHE = "3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)"
+OPCACHE_310 = pytest.mark.xfail(sys.version_info < (3, 11), strict=True, reason=_OPCACHE)
 # The same, where whether a function reaches its 1,024th call inside the check depends on what
 # ran before it in the worker (passed in one full run on 3.10, failed serially).
-OPCACHE_310_AT_TIMES = pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    strict=False,
-    reason="3.10: code objects get their opcache on their 1,024th call (docs/leaks.md)",
-)
+OPCACHE_310_AT_TIMES = pytest.mark.xfail(sys.version_info < (3, 11), strict=False, reason=_OPCACHE)
 
 
 @pytest.fixture(
