@@ -353,13 +353,13 @@ class MemguardSession:
                 # Not where the window closes after teardown (its fixtures are gone), nor for
                 # items whose call cannot be repeated alone (doctests clear their globals).
                 repeatable = plan.window != "call" and not self.scope_test
-                if cold and judge and meter.closed and repeatable:
-                    warm = self._remeasure(item, plan)
+                if cold and (judge or compare) and meter.closed and repeatable:
+                    warm = self._remeasure(item, plan, expected=compare)
                     if warm is not None:
                         warm_metrics = warm.result.metrics() if warm.result else {}
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         checked = self.baselines.compare(item.nodeid, metrics, tolerance)
-                        if checked.regressions:
+                        if checked.regressions and judge:
                             explained = warm
                         else:
                             warm.close()
@@ -389,12 +389,13 @@ class MemguardSession:
             if explained is not None:
                 explained.close()
 
-    def _remeasure(self, item: pytest.Item, plan: TestPlan) -> Meter | None:
+    def _remeasure(self, item: pytest.Item, plan: TestPlan, expected: bool = False) -> Meter | None:
         """A second, warm call of a test (same fixture values) whose first window paid for
         first use (a module imported in it) or that looks regressed: what the test itself
         costs, whichever test ran before it. The meter is returned stopped but still tracking
         (``explain`` can follow; the caller closes it). None where the body cannot run twice
-        (it raised): then the first figures stand."""
+        (it raised; with ``expected``, the first call failed as an xfail expects, and this one
+        must fail the same way): then the first figures stand."""
         # A unittest case reports its failures to the item (pytest keeps them in
         # ``_excinfo`` and raises them after the call phase): a failed re-run must not count.
         failures = item.__dict__.get("_excinfo")
@@ -405,8 +406,12 @@ class MemguardSession:
         try:
             try:
                 item.runtest()
-            except (Exception, *_OUTCOMES):  # pytest.fail/skip/xfail are BaseExceptions
-                return None
+            except (Exception, *_OUTCOMES) as exc:  # pytest.fail/skip/xfail: BaseExceptions
+                if not (expected and _expected_failure(item, exc)):
+                    return None
+            else:
+                if expected:
+                    return None
             meter.stop()
             if len(item.__dict__.get("_excinfo") or ()) != len(kept or ()):
                 return None
