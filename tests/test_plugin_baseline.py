@@ -466,16 +466,15 @@ def test_an_xfailed_test_is_measured_warm_before_it_reads_as_regressed(
     )
     run("--mem-baseline=update").assert_outcomes(passed=1, xfailed=1)
 
-    def status(*env: str) -> str:
-        args = ("-k", "test_b", "--mem-report=r.json")
-        result = run(*args, env=dict([env])) if env else run(*args)
+    def status(env: dict[str, str] | None = None) -> str:
+        result = run("-k", "test_b", "--mem-report=r.json", env=env)
         result.assert_outcomes(xfailed=1)
         (row,) = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
         return str(row["baseline"]["status"])
 
     # Lower than at update is fine: the update measured its first call, after test_a.
     assert status() in ("ok", "improved")
-    assert status("MEMGUARD_TEST_GROW", "3000") == "regressed"
+    assert status({"MEMGUARD_TEST_GROW": "3000"}) == "regressed"
 
 
 HYPOTHESIS = """
