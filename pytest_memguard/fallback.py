@@ -7,6 +7,7 @@ switches it on only for tests that ask for heap figures. Loaded only where it is
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,32 @@ def _tracemalloc() -> Any:
     import tracemalloc
 
     return tracemalloc
+
+
+# Every way CPython starts a process raises one of these audit events (PEP 578), and a thread
+# one of the last two from 3.12 (earlier, threads go unseen here; the hook sees them allocate).
+_STARTS = frozenset(
+    {
+        "subprocess.Popen",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.system",
+        "os.startfile",
+        "_thread.start_new_thread",
+        "_thread.start_joinable_thread",
+    }
+)
+_started = [0]  # a list: the audit hook, which cannot be removed, must not hold the backend
+
+
+def _note_start(event: str, _args: tuple[object, ...]) -> None:
+    if event in _STARTS:
+        _started[0] += 1
+
+
+sys.addaudithook(_note_start)
 
 
 class TracemallocBackend:
@@ -124,6 +151,9 @@ class TracemallocBackend:
             size = max(1, stat.size_diff // max(1, stat.count_diff))
             rows.append((size, float(stat.size_diff), True, stack))
         return per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
+
+    def concurrency(self) -> int:
+        return _started[0]
 
     def own_bytes(self) -> int:
         return 0  # tracemalloc's own memory is subtracted where the native heap is read

@@ -59,6 +59,11 @@ class HeapBackend(Protocol):
         ...
 
     def own_bytes(self) -> int: ...
+    def concurrency(self) -> int:
+        """A count that grows while the measured code runs work beside its own thread: threads
+        it started (allocating), processes it started. Compared between two readings."""
+        ...
+
     def pause(self, flag: bool) -> bool:
         """Leave this thread's allocations out of every figure while ``flag``; returns the
         previous flag. A backend that cannot (tracemalloc) returns False and counts them."""
@@ -152,6 +157,9 @@ class ExtBackend:
         """Bytes of the hook's own tables and samples (in the C heap, not the user's)."""
         return int(self._ext.own_bytes()[0])
 
+    def concurrency(self) -> int:
+        return int(self._ext.concurrency())
+
     def call_sites(self, call: Callable[[], object], limit: int, by_count: bool) -> list[Site]:
         first = self._ext.sample_count()
         old = self._ext.set_sampling(1)  # every allocation
@@ -198,6 +206,7 @@ EXT_API = (
     "set_sampling",
     "block_size",
     "own_bytes",
+    "concurrency",
     "open_window",
     "close_window",
     "pause",

@@ -63,6 +63,10 @@ class Measurement:
     # Modules first imported in the window: the test paid a first-use cost that whichever
     # test comes first pays (see the plugin's warm re-measure for baselines).
     imports: int = 0
+    # The window ran work beside the test's own thread: threads it started allocated, or it
+    # started a process. Its own thread's count then depends on the scheduler (how often it
+    # polled a pipe or woke on a future), and its peak on how the threads interleaved.
+    concurrent: bool = False
     sites: list[Site] = field(default_factory=list)
     # The sites count only blocks still alive at the end (asked for, or all the backend sees).
     sites_alive: bool = False
@@ -264,6 +268,7 @@ class Meter:
         "_collecting",
         "_stopped",
         "_modules",
+        "_concurrency0",
         "_shmem0",
         "want_trim",
     )
@@ -299,6 +304,7 @@ class Meter:
         self._collecting = False
         self._stopped = False
         self._modules = 0
+        self._concurrency0 = 0
         self._shmem0 = 0
 
     def start(self) -> None:
@@ -310,6 +316,7 @@ class Meter:
             self._children = ChildWatch(pause=self.engine.heap.pause)
             self._children.start()
         self._modules = len(sys.modules)
+        self._concurrency0 = self.engine.heap.concurrency()
         if self.want_private:
             from .process import release_free_memory
 
@@ -362,6 +369,7 @@ class Meter:
             result = self.result = Measurement()
         result.fill(values)
         result.imports = max(0, len(sys.modules) - self._modules)
+        result.concurrent = self.engine.heap.concurrency() > self._concurrency0
         if self._children is not None:
             result.children = self._children.stop()
             self._children = None

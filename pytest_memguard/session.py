@@ -48,6 +48,7 @@ TOO_SLOW_LISTED = 20
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
 BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
 BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
+BASELINE_CONCURRENT = f"{PROPERTY_PREFIX}baseline.concurrent"
 
 
 class MemguardWarning(pytest.PytestWarning):
@@ -342,13 +343,14 @@ class MemguardSession:
                 meter.close()  # the tracking stays on only to explain a failed budget
             metrics = measurement.metrics()
             regressions: list[Change] = []
+            concurrent = measurement.concurrent
             baseline_properties: list[tuple[str, Any]] = []
             # Only a body that passed, or failed as expected (xfail: its figures up to the
             # expected error repeat, and are recorded), is compared: a failing test's figures
             # are of a partial run, never recorded, and "new" on every check would be a lie.
             if plan.baseline and (judge or compare):
                 tolerance = plan.tolerance
-                checked = self.baselines.compare(item.nodeid, metrics, tolerance)
+                checked = self.baselines.compare(item.nodeid, metrics, tolerance, concurrent)
                 cold = measurement.imports > 0 or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone), nor for
                 # items whose call cannot be repeated alone (doctests clear their globals).
@@ -358,12 +360,17 @@ class MemguardSession:
                     if warm is not None:
                         warm_metrics = warm.result.metrics() if warm.result else {}
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
-                        checked = self.baselines.compare(item.nodeid, metrics, tolerance)
+                        concurrent = concurrent or bool(warm.result and warm.result.concurrent)
+                        checked = self.baselines.compare(
+                            item.nodeid, metrics, tolerance, concurrent
+                        )
                         if checked.regressions and judge:
                             explained = warm
                         else:
                             warm.close()
                 baseline_properties.append((BASELINE_STATUS, checked.status))
+                if concurrent:
+                    baseline_properties.append((BASELINE_CONCURRENT, True))
                 if checked.moved:
                     text = "; ".join(c.describe() for c in checked.moved)
                     baseline_properties.append((BASELINE_CHANGES, text))
@@ -383,7 +390,7 @@ class MemguardSession:
                 )
             item.user_properties.extend(properties)
             if judge:
-                self._judge(item, meter, regressions, verdict, explained)
+                self._judge(item, meter, regressions, verdict, explained, concurrent)
         finally:
             meter.close()
             if explained is not None:
@@ -431,13 +438,14 @@ class MemguardSession:
         regressions: list[Change],
         verdict: Verdict | None,
         warm: Meter | None = None,
+        concurrent: bool = False,
     ) -> None:
         """Fail the test on a baseline regression (with where a third call allocates, traced
         in ``warm``, the window of the call that confirmed it, still open) or a budget it
         exceeded (explained: the top allocation sites and the types that grew); warn of limits
         that cannot be checked."""
         if regressions:
-            message = render_regression(regressions)
+            message = render_regression(regressions, concurrent)
             if warm is not None:
                 message += self._regression_sites(item, regressions)
             pytest.fail(message, pytrace=False)

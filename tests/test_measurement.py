@@ -143,6 +143,37 @@ def test_allocation_in_another_thread_is_seen() -> None:
     assert m.peak >= 0.95 * 40 * MiB
 
 
+@pytest.mark.parametrize("backend", ["engine", "fallback"])
+@pytest.mark.usefixtures("engine_kind")
+def test_a_window_that_runs_threads_or_processes_is_concurrent(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "fallback":
+        from pytest_memguard.fallback import TracemallocBackend
+
+        fallback = Engine(heap=TracemallocBackend(), native=False)
+        monkeypatch.setattr(measurement, "get_engine", lambda: fallback)
+
+    def work() -> None:
+        assert len([str(i) for i in range(1000)]) == 1000
+
+    with pm.measure() as alone:
+        work()
+    with pm.measure() as threaded:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    with pm.measure() as spawned:
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    # The fallback sees threads by their audit event, which CPython raises from 3.12.
+    sees_threads = backend == "engine" or sys.version_info >= (3, 12)
+    assert (alone.concurrent, threaded.concurrent, spawned.concurrent) == (
+        False,
+        sees_threads,
+        True,
+    )
+
+
 @pytest.mark.usefixtures("engine_kind")
 def test_retained_counts_what_stays_and_not_what_goes() -> None:
     kept: list[bytearray] = []

@@ -111,6 +111,11 @@ static PyObject *ext_set_sampling(PyObject *self, PyObject *arg)
     return PyLong_FromSize_t(old);
 }
 
+static PyObject *ext_concurrency(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromSize_t(LOAD(concurrent_events));
+}
+
 static PyObject *ext_sample_count(PyObject *self, PyObject *unused)
 {
     return PyLong_FromSize_t(n_samples);
@@ -187,6 +192,8 @@ static PyMethodDef methods[] = {
     {"open_window", ext_open_window, METH_VARARGS,
      "open_window(interval, frames) -> (mark, saved peak, first sample, own bytes)."},
     {"close_window", ext_close_window, METH_VARARGS, "close_window(mark, saved peak)."},
+    {"concurrency", ext_concurrency, METH_NOARGS,
+     "Allocations of threads started in a window, and processes started in one, so far."},
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
 #ifdef __linux__
@@ -227,6 +234,12 @@ PyMODINIT_FUNC PyInit__allochook(void)
         atfork_registered = pthread_atfork(NULL, NULL, note_fork) == 0;
     }
 #endif
+    static int audit_hooked = 0;
+    if (!audit_hooked) {
+        /* Refused only when another hook objects; then processes go unseen, nothing worse. */
+        audit_hooked = PySys_AddAuditHook(note_process_start, NULL) == 0;
+        PyErr_Clear();
+    }
     if (raw_lock == NULL) {
         raw_lock = PyThread_allocate_lock();
         if (raw_lock == NULL) {

@@ -103,6 +103,11 @@ static inline int other_thread_role(void)
     }
     return owner == 0 ? COUNTED : TRACKED;
 }
+/* Evidence that a window ran work concurrently with the test's own thread: allocations of
+   threads it started, and processes it started (an audit hook, below). What such a test
+   allocates on its own thread depends on the scheduler (how often it polls a pipe or waits on
+   a future), so its count is no property of the test. Monotonic; Python takes differences. */
+static size_t concurrent_events = 0;
 static int installed = 0;
 static int enabled = 0;         /* read from any thread */
 static int table_failed = 0;    /* a table could not grow: live/peak are lower bounds */

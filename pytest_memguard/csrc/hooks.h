@@ -12,6 +12,9 @@ HOT void *traced(int domain, int role, void *ptr, size_t size)
     if (role == COUNTED) {
         count_call(domain, 1, size);
     }
+    else {
+        ADD(concurrent_events, 1);
+    }
     if (ptr != NULL) {
         note_alloc(domain, ptr, size);
     }
@@ -53,6 +56,9 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
     void *ptr = o->realloc(o->ctx, old, size);
     if (role == COUNTED) {
         count_call(DOMAIN(ctx), 1, size);
+    }
+    else if (role == TRACKED) {
+        ADD(concurrent_events, 1);
     }
     if (ptr != NULL) {
         /* The old block is gone (or reused in place): forget it, then trace the new one. */
@@ -104,4 +110,28 @@ static int hooks_current(void)
         }
     }
     return 1;
+}
+
+/* ---------------------------------------------------------------- processes started
+
+   Every way CPython starts a process raises one of these audit events (PEP 578) in the thread
+   that starts it. An audit hook cannot be removed, so it stays as cheap as a hook can be while
+   no window is open: one load. */
+
+static const char *const process_events[] = {"subprocess.Popen", "os.fork",  "os.forkpty",
+                                             "os.posix_spawn",   "os.spawn", "os.system",
+                                             "os.startfile",     NULL};
+
+static int note_process_start(const char *event, PyObject *args, void *data)
+{
+    if (!LOAD(enabled) || (event[0] != 's' && event[0] != 'o')) {
+        return 0;
+    }
+    for (const char *const *name = process_events; *name != NULL; name++) {
+        if (strcmp(event, *name) == 0) {
+            ADD(concurrent_events, 1);
+            break;
+        }
+    }
+    return 0;
 }
