@@ -218,14 +218,18 @@ class MemguardHooks:
         """The window of other items (innermost wrapper of the call phase; a unittest case's
         from its ``startTest`` to its ``stopTest``)."""
         session = self.session
-        plan = self._window_plan(item, "unittest")
-        if plan is not None:
-            result = yield from session.measured_unittest(item, plan)
-        elif (plan := self._window_plan(item, "call")) is not None:
-            result = yield from session.measured(item, plan)
-        else:
-            result = yield
-        return result
+        calling, session.calling = session.calling, True
+        try:
+            plan = self._window_plan(item, "unittest")
+            if plan is not None:
+                result = yield from session.measured_unittest(item, plan)
+            elif (plan := self._window_plan(item, "call")) is not None:
+                result = yield from session.measured(item, plan)
+            else:
+                result = yield
+            return result
+        finally:
+            session.calling = calling
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
@@ -275,6 +279,8 @@ class MemguardHooks:
         heap = self.session.engine.heap
         before = heap.pause(True)
         try:
+            if self.session.calling:  # the test's own report comes after its call phase
+                self.session.subtests += 1
             if not self.session.is_worker:
                 self.session.absorb(report)
             return (yield)

@@ -49,6 +49,7 @@ OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "m
 BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
 BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
 BASELINE_CONCURRENT = f"{PROPERTY_PREFIX}baseline.concurrent"
+BASELINE_SUBTESTS = f"{PROPERTY_PREFIX}baseline.subtests"
 
 
 class MemguardWarning(pytest.PytestWarning):
@@ -134,6 +135,10 @@ class MemguardSession:
         self.memray = bool(config.getoption("memray", False))
         self.report_missing = False  # the --mem-report the user asked for could not be written
         self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
+        # In a test's call phase (a report logged now is a subtest's), and the subtests
+        # reported since the test's window opened.
+        self.calling = False
+        self.subtests = 0
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
 
@@ -264,6 +269,7 @@ class MemguardSession:
             self._warmed = True
             with Meter(self.engine, heap=plan.heap, retained=plan.retained):
                 pass
+        self.subtests = 0
         if plan.baseline:
             # linecache only grows: code generators (attrs, dataclasses) register their source
             # under a name and count up past the names taken, so what a test allocates grew
@@ -344,13 +350,16 @@ class MemguardSession:
             metrics = measurement.metrics()
             regressions: list[Change] = []
             concurrent = measurement.concurrent
+            subtests = self.subtests
             baseline_properties: list[tuple[str, Any]] = []
             # Only a body that passed, or failed as expected (xfail: its figures up to the
             # expected error repeat, and are recorded), is compared: a failing test's figures
             # are of a partial run, never recorded, and "new" on every check would be a lie.
             if plan.baseline and (judge or compare):
                 tolerance = plan.tolerance
-                checked = self.baselines.compare(item.nodeid, metrics, tolerance, concurrent)
+                checked = self.baselines.compare(
+                    item.nodeid, metrics, tolerance, concurrent, subtests > 0
+                )
                 cold = measurement.imports > 0 or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone), nor for
                 # items whose call cannot be repeated alone (doctests clear their globals).
@@ -362,7 +371,7 @@ class MemguardSession:
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         concurrent = concurrent or bool(warm.result and warm.result.concurrent)
                         checked = self.baselines.compare(
-                            item.nodeid, metrics, tolerance, concurrent
+                            item.nodeid, metrics, tolerance, concurrent, subtests > 0
                         )
                         if checked.regressions and judge:
                             explained = warm
@@ -371,6 +380,8 @@ class MemguardSession:
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))
+                if subtests:
+                    baseline_properties.append((BASELINE_SUBTESTS, subtests))
                 if checked.moved:
                     text = "; ".join(c.describe() for c in checked.moved)
                     baseline_properties.append((BASELINE_CHANGES, text))
@@ -390,7 +401,7 @@ class MemguardSession:
                 )
             item.user_properties.extend(properties)
             if judge:
-                self._judge(item, meter, regressions, verdict, explained, concurrent)
+                self._judge(item, meter, regressions, verdict, explained, concurrent, subtests > 0)
         finally:
             meter.close()
             if explained is not None:
@@ -410,6 +421,7 @@ class MemguardSession:
         self.repeating = True
         meter = self.start(plan)  # as the first window opened: the same clears and trim
         done = False
+        calling, self.calling = self.calling, True
         try:
             try:
                 item.runtest()
@@ -425,6 +437,7 @@ class MemguardSession:
             done = True
             return meter
         finally:
+            self.calling = calling
             if not done:
                 meter.close()
             self.repeating = False
@@ -439,13 +452,14 @@ class MemguardSession:
         verdict: Verdict | None,
         warm: Meter | None = None,
         concurrent: bool = False,
+        subtests: bool = False,
     ) -> None:
         """Fail the test on a baseline regression (with where a third call allocates, traced
         in ``warm``, the window of the call that confirmed it, still open) or a budget it
         exceeded (explained: the top allocation sites and the types that grew); warn of limits
         that cannot be checked."""
         if regressions:
-            message = render_regression(regressions, concurrent)
+            message = render_regression(regressions, concurrent, subtests)
             if warm is not None:
                 message += self._regression_sites(item, regressions)
             pytest.fail(message, pytrace=False)

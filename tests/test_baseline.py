@@ -169,6 +169,20 @@ def test_a_concurrent_test_is_gated_on_bytes_with_more_slack_and_not_on_its_coun
     assert "threads" not in b.render_regression(regressed)
 
 
+def test_a_test_with_subtests_is_gated_on_its_count_and_on_bytes_with_more_slack() -> None:
+    base = {"allocations": 1000, "heap_peak": 100_000}
+    tol = Tolerance(relative=0.05, absolute=1000)
+    now = {"allocations": 1115, "heap_peak": 126_000}
+    regressed = b.compare(base, now, base, tol, subtests=True).regressions
+    assert [c.metric for c in regressed] == ["allocations"]
+    assert "tolerance 5%+64" in regressed[0].describe()
+    beyond = b.compare(base, {"heap_peak": 126_001}, base, tol, subtests=True).regressions
+    assert [c.metric for c in beyond] == ["heap_peak"]
+    message = b.render_regression(beyond, subtests=True)
+    assert "reported subtests, whose reports pytest keeps" in message
+    assert "threads" not in message
+
+
 def test_count_slack_is_part_of_the_spec() -> None:
     assert Tolerance.parse("5%").count_absolute == 64
     spec = Tolerance.parse("5%+1KiB+10 allocations")
