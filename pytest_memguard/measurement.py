@@ -316,7 +316,6 @@ class Meter:
             self._children = ChildWatch(pause=self.engine.heap.pause)
             self._children.start()
         self._modules = len(sys.modules)
-        self._concurrency0 = self.engine.heap.concurrency()
         if self.want_private:
             from .process import release_free_memory
 
@@ -326,6 +325,8 @@ class Meter:
             from .process import trim_malloc
 
             trim_malloc()
+        # After the trims: the first one finds libc with ctypes, which runs ldconfig.
+        self._concurrency0 = engine.heap.concurrency()
         if engine.native is not None:
             # No local may outlive the window's start: its free would count in the window.
             engine.collector.begin()
