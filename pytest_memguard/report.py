@@ -236,12 +236,17 @@ def summary_table(tests: Iterable[tuple[str, Mapping[str, Any]]], top: int) -> l
     ]
     if not ranked:
         return []
-    widths = [max(len(c), 10) for c in _SUMMARY_COLUMNS]
-    lines = [
-        "  ".join(f"{c:>{w}}" for c, w in zip(_SUMMARY_COLUMNS, widths)) + "  test",
+    rows = heapq.nsmallest(top, ranked)
+    # A column none of these tests measured is left out (heap figures where nothing read them).
+    columns = [
+        c
+        for c in _SUMMARY_COLUMNS
+        if c == "peak" or any(found.get(PROPERTY_PREFIX + c) is not None for *_, found in rows)
     ]
-    for _, nodeid, found in heapq.nsmallest(top, ranked):
-        cells = [format_metric(c, found.get(PROPERTY_PREFIX + c)) for c in _SUMMARY_COLUMNS]
+    widths = [max(len(c), 10) for c in columns]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  test"]
+    for _, nodeid, found in rows:
+        cells = [format_metric(c, found.get(PROPERTY_PREFIX + c)) for c in columns]
         lines.append("  ".join(f"{v:>{w}}" for v, w in zip(cells, widths)) + f"  {nodeid}")
     return lines
 

@@ -89,7 +89,11 @@ def test_summary_table_lists_the_largest_peaks_first_ties_by_name() -> None:
     assert lines[1].endswith("t.py::test_a_big")
     assert lines[2].endswith("t.py::test_b_big")
     assert "2.0 MiB" in lines[2]
-    assert lines[2].split() == ["2.0", "MiB", "n/a", "n/a", "5", "t.py::test_b_big"]
+    # Columns no listed test measured (heap_peak, retained) are left out.
+    assert lines[0].split() == ["peak", "allocations", "test"]
+    assert lines[1].split() == ["2.0", "MiB", "n/a", "t.py::test_a_big"]
+    assert lines[2].split() == ["2.0", "MiB", "5", "t.py::test_b_big"]
+    assert summary_table(tests[:1], top=5)[0].split() == ["peak", "test"]
     assert summary_table(tests, top=0) == []
     assert summary_table(tests[3:], top=5) == []
 
