@@ -176,10 +176,9 @@ class MemguardSession:
         )
         # The hook costs 1.1-1.25x on allocation-heavy suites (attrs, dateutil), so heap figures
         # are measured where something reads them: a budget (whose failure names the sites),
-        # a baseline, a report file. Elsewhere the kernel's figures are the whole report.
-        wanted = (
-            budget is not None or retained or self.settings.mem_report or self.settings.mem_html
-        )
+        # a baseline, a leak check, a report file. Elsewhere the kernel's figures are all.
+        wanted = budget is not None or retained or leak is not None
+        wanted = wanted or bool(self.settings.mem_report or self.settings.mem_html)
         return TestPlan(
             budget=budget,
             leak=leak,

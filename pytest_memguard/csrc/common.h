@@ -85,24 +85,6 @@ static unsigned long window_thread = 0; /* 0: no window, every thread counts */
 
 enum { COUNTED, TRACKED, IGNORED };
 
-static inline int other_thread_role(void)
-{
-    unsigned long owner = LOAD(window_thread);
-    int n = LOAD(n_excluded);
-    if (owner == 0 && n == 0) {
-        return COUNTED;
-    }
-    unsigned long me = PyThread_get_thread_ident();
-    if (me == owner) {
-        return COUNTED;
-    }
-    for (int i = 0; i < n; i++) {
-        if (excluded[i] == me) {
-            return IGNORED;
-        }
-    }
-    return owner == 0 ? COUNTED : TRACKED;
-}
 /* Evidence that a window ran work concurrently with the test's own thread: allocations of
    threads it started, and processes it started (an audit hook, below). What such a test
    allocates on its own thread depends on the scheduler (how often it polls a pipe or waits on
@@ -123,6 +105,32 @@ static __thread int in_hook FAST_TLS = 0;
    subtest from inside the test's call, whose cost depends on the plugins installed: the
    terminal's or xdist's). Frees still untrack blocks, so live bytes stay exact. */
 static __thread int paused FAST_TLS = 0;
+/* This thread's ident, asked for once: every allocator call in a window needs it, and the calls
+   into the interpreter for it were a tenth of the hooks' instructions (callgrind, a loop of
+   small allocations). A forked child's thread keeps its ident, as CPython's does. */
+static __thread unsigned long my_ident FAST_TLS = 0;
+
+static inline int other_thread_role(void)
+{
+    unsigned long owner = LOAD(window_thread);
+    int n = LOAD(n_excluded);
+    if (owner == 0 && n == 0) {
+        return COUNTED;
+    }
+    unsigned long me = my_ident;
+    if (me == 0) {
+        me = my_ident = PyThread_get_thread_ident();
+    }
+    if (me == owner) {
+        return COUNTED;
+    }
+    for (int i = 0; i < n; i++) {
+        if (excluded[i] == me) {
+            return IGNORED;
+        }
+    }
+    return owner == 0 ? COUNTED : TRACKED;
+}
 
 /* COUNTED, TRACKED or IGNORED (above) for the calling thread. */
 static inline int thread_role(void)
