@@ -32,6 +32,7 @@ def _tracemalloc() -> Any:
 
 # Every way CPython starts a process raises one of these audit events (PEP 578), and a thread
 # one of the last two from 3.12 (earlier, threads go unseen here; the hook sees them allocate).
+# The process events are the extension's ``process_events`` (csrc/hooks.h): keep them alike.
 _STARTS = frozenset(
     {
         "subprocess.Popen",

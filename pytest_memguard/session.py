@@ -177,12 +177,12 @@ class MemguardSession:
         # The hook costs 1.1-1.25x on allocation-heavy suites (attrs, dateutil), so heap figures
         # are measured where something reads them: a budget (whose failure names the sites),
         # a baseline, a leak check, a report file. Elsewhere the kernel's figures are all.
-        wanted = budget is not None or retained or leak is not None
-        wanted = wanted or bool(self.settings.mem_report or self.settings.mem_html)
+        reported = bool(self.settings.mem_report or self.settings.mem_html)
+        read = budget is not None or leak is not None or reported
         return TestPlan(
             budget=budget,
             leak=leak,
-            heap=needs_heap or retained or (self.engine.heap.cheap and bool(wanted)),
+            heap=needs_heap or retained or (self.engine.heap.cheap and read),
             retained=retained,
             private=budget is not None and budget.private is not None,
             trim=budget is not None and budget.peak is not None,
@@ -356,6 +356,7 @@ class MemguardSession:
             regressions: list[Change] = []
             concurrent = measurement.concurrent
             subtests = self.subtests
+            had_subtests = subtests > 0
             baseline_properties: list[tuple[str, Any]] = []
             # Only a body that passed, or failed as expected (xfail: its figures up to the
             # expected error repeat, and are recorded), is compared: a failing test's figures
@@ -363,7 +364,7 @@ class MemguardSession:
             if plan.baseline and (judge or compare):
                 tolerance = plan.tolerance
                 checked = self.baselines.compare(
-                    item.nodeid, metrics, tolerance, concurrent, subtests > 0
+                    item.nodeid, metrics, tolerance, concurrent, had_subtests
                 )
                 cold = measurement.imports > 0 or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone), nor for
@@ -376,7 +377,7 @@ class MemguardSession:
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         concurrent = concurrent or bool(warm.result and warm.result.concurrent)
                         checked = self.baselines.compare(
-                            item.nodeid, metrics, tolerance, concurrent, subtests > 0
+                            item.nodeid, metrics, tolerance, concurrent, had_subtests
                         )
                         if checked.regressions and judge:
                             explained = warm
@@ -406,7 +407,7 @@ class MemguardSession:
                 )
             item.user_properties.extend(properties)
             if judge:
-                self._judge(item, meter, regressions, verdict, explained, concurrent, subtests > 0)
+                self._judge(item, meter, regressions, verdict, explained, concurrent, had_subtests)
         finally:
             meter.close()
             if explained is not None:

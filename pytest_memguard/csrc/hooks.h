@@ -116,7 +116,8 @@ static int hooks_current(void)
 
    Every way CPython starts a process raises one of these audit events (PEP 578) in the thread
    that starts it. An audit hook cannot be removed, so it stays as cheap as a hook can be while
-   no window is open: one load. */
+   no window is open: one load. The tracemalloc fallback watches the same events (_STARTS in
+   fallback.py): keep them alike. */
 
 static const char *const process_events[] = {"subprocess.Popen", "os.fork",  "os.forkpty",
                                              "os.posix_spawn",   "os.spawn", "os.system",
