@@ -341,3 +341,37 @@ def test_hooks_are_in_only_while_a_window_is_open_and_never_cut_off_a_wrapper() 
         [sys.executable, "-c", program], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["False", "True", "False", "True", "True"]
+
+
+@needs_hook
+def test_sampling_under_a_tracemalloc_started_inside_a_window_does_not_hang() -> None:
+    """tracemalloc wraps the hooks and allocates its tables through them while holding the lock
+    its hook on every new object takes: a stack sampled there (a frame object made) hung the
+    process. The sampled bytes are kept; their stacks are left empty until it stops."""
+    program = textwrap.dedent(
+        """
+        import threading, tracemalloc
+        from pytest_memguard import _allochook as ext
+
+        def work():
+            return [str(i) for i in range(1000)]
+
+        token = ext.open_window(512, 8)
+        tracemalloc.start(25)
+        work()
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        wrapped = ext.samples()
+        tracemalloc.stop()
+        work()
+        ext.close_window(token[0], token[1])
+        ours = ext.samples(len(wrapped))
+        print(len(wrapped) > 50, any(stack for *_, stack in wrapped))
+        print(len(ours) > 5, all(stack for *_, stack in ours))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["True", "False", "True", "True"]

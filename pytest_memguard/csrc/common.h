@@ -37,6 +37,8 @@
 #define D_RAW 0
 #define D_MEM 1
 #define D_OBJ 2
+static const PyMemAllocatorDomain domains[N_DOMAINS] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
+                                                      PYMEM_DOMAIN_OBJ};
 #define MAX_FRAMES 8
 #define MAX_SAMPLES 65536
 

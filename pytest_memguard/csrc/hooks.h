@@ -97,15 +97,17 @@ static void hook_free(void *ctx, void *ptr)
     in_hook = 0;
 }
 
-static const PyMemAllocatorDomain domains[N_DOMAINS] = {
-    PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
+static int hook_outermost(int domain)
+{
+    PyMemAllocatorEx now;
+    PyMem_GetAllocator(domains[domain], &now);
+    return now.malloc == hook_malloc && now.ctx == (void *)(intptr_t)domain;
+}
 
 static int hooks_current(void)
 {
     for (int d = 0; d < N_DOMAINS; d++) {
-        PyMemAllocatorEx now;
-        PyMem_GetAllocator(domains[d], &now);
-        if (now.malloc != hook_malloc || now.ctx != (void *)(intptr_t)d) {
+        if (!hook_outermost(d)) {
             return 0;
         }
     }

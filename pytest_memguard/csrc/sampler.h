@@ -150,10 +150,16 @@ static uint32_t pooled_name(PyObject *str)
     return offset;
 }
 
+static int hook_outermost(int domain); /* hooks.h */
+
 /* Record the Python stack for an allocation. Called with the GIL held and in_hook set, so the
    frame objects that 3.11+ may create here pass through the hooks untraced. On 3.10 and 3.11
    creating a GC object can start a collection on the spot, which must not run inside an
-   arbitrary allocator call: the collector is paused around the walk. */
+   arbitrary allocator call: the collector is paused around the walk.
+   The stack is left empty when another allocator wraps ours: it may be calling us with its own
+   lock held, and a new object passes back through it. tracemalloc does both: it allocates its
+   tables through the RAW allocator it found (ours) under the lock that its hook on every new
+   object takes, so the frame object made here waited on that lock for ever. */
 static int32_t take_sample(int domain, size_t size, double weight)
 {
     if (n_samples >= cap_samples) {
@@ -184,7 +190,7 @@ static int32_t take_sample(int domain, size_t size, double weight)
     s->nframes = 0;
 
     PyThreadState *ts = current_tstate();
-    if (ts != NULL) {
+    if (ts != NULL && hook_outermost(domain)) {
 #if PY_VERSION_HEX >= 0x030C0000
         PyObject *exc = PyErr_GetRaisedException();
 #else
