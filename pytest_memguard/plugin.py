@@ -34,6 +34,7 @@ from .session import (
 from .units import parse_size
 
 if TYPE_CHECKING:
+    from .isolate import ForkServer
     from .leaks import LeakSettings
     from .other_process import WatchedProcess
     from .process import MemoryUsage
@@ -316,8 +317,33 @@ class MemguardHooks:
                 terminalreporter.write_line(line)
 
 
+def _isolated_protocol(item: pytest.Item) -> Callable[[], list[pytest.TestReport]] | None:
+    """What an isolated test's child runs instead of pytest's protocol: its leak check, if any."""
+    plan = item.stash.get(PLAN_KEY, None)
+    leak = None if plan is None else plan.leak_check
+    if leak is None:
+        return None
+    return partial(item.config.stash[SESSION_KEY].leak_checked_run, item, None, leak)
+
+
 class IsolateHooks:
     """Registered when a test is to run in a child process."""
+
+    def __init__(self) -> None:
+        self._server: ForkServer | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Before the first test: the process the children are forked from (see ForkServer)."""
+        from .isolate import ForkServer, method
+
+        if method() == "fork" and not session.config.option.collectonly:
+            self._server = ForkServer(session.items, _isolated_protocol)
+
+    def pytest_sessionfinish(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
@@ -333,11 +359,7 @@ class IsolateHooks:
 
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         if method() == "fork":
-            session = item.config.stash[SESSION_KEY]
-            leak = plan.leak_check
-            reports = run_isolated(
-                item, None if leak is None else partial(session.leak_checked_run, item, None, leak)
-            )
+            reports = run_isolated(item, _isolated_protocol(item), self._server)
         else:
             reports = run_spawned(item)
         for report in reports:

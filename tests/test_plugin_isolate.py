@@ -62,6 +62,44 @@ def test_numbers_are_identical_alone_and_after_a_hungry_sibling(
     assert measured(pytester)[0] < alone[0] // 2
 
 
+SETTING = """
+import pytest
+
+CACHE = {"size": 8}
+KEPT = []
+
+def test_a_shrinks_the_cache():
+    CACHE["size"] = 1
+
+@pytest.mark.mem_isolate
+def test_b_fills_the_cache():
+    for _ in range(20):
+        KEPT.append(bytearray(64 * 1024))
+        del KEPT[: -CACHE["size"]]
+"""
+
+
+@needs_fork
+def test_an_isolated_test_does_not_see_what_unisolated_tests_changed(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Forked from the session, the child inherited the cache size the first test left (as
+    python-dateutil's test_gettz_weakref leaves gettz's), and peaked at 2 buffers instead of 9.
+    The children are forked from a process made before the first test ran."""
+    pytester.makepyfile(test_setting=SETTING)
+    peaks = []
+    for args in ((), ("-k", "test_b")):
+        run("--mem-report=report.json", "-p", "no:randomly", *args).assert_outcomes(
+            passed=2 - len(args) // 2
+        )
+        report = json.loads((pytester.path / "report.json").read_text())
+        [test] = [t for t in report["tests"] if t["nodeid"].endswith("test_b_fills_the_cache")]
+        peaks.append(test["metrics"]["heap_peak"])
+    after_the_change, alone = peaks
+    assert 9 * 64 * 1024 <= alone <= 10 * 64 * 1024
+    assert abs(after_the_change - alone) <= 4096
+
+
 @needs_fork
 def test_marker_isolates_one_test_and_reports_come_back(
     pytester: pytest.Pytester, run: Runner
