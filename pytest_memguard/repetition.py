@@ -106,9 +106,14 @@ _REBUILD = sys.version_info < (3, 14)
 
 
 def _rebuild(table: object) -> None:
-    """Give a dict a freshly allocated table holding what it holds."""
+    """Give a dict a freshly allocated table holding what it holds.
+
+    Refilled pair by pair: a dict copied from a dict with no deleted entries clones its table,
+    with the free-slot count that ``popitem`` (the setup stack's) does not give back, so the
+    table still filled up every few runs and resized then (every fifth run of a unittest test
+    in a nested package: 32 runs to pass a clean test instead of 7)."""
     if _REBUILD and isinstance(table, dict) and table:
-        saved = dict(table)
+        saved = list(table.items())
         table.clear()
         table.update(saved)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 
 import pytest
@@ -471,21 +472,32 @@ def test_growth_the_budget_cannot_judge_is_listed_not_failed(
     sys.version_info >= (3, 14),
     reason="3.14+: the dicts are not rebuilt (repetition._REBUILD); clean tests take 9-10 runs",
 )
-def test_a_clean_test_is_passed_by_the_shortest_screen(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("folder", ["", "pkg/tests"], ids=["flat", "nested"])
+def test_a_clean_test_is_passed_by_the_shortest_screen(
+    pytester: pytest.Pytester, folder: str
+) -> None:
     """pytest's own per-run bookkeeping (the setup stack, the item's stash, os.environ's
     PYTEST_CURRENT_TEST) empties and refills dicts made before the check; their resizes read as
-    a block of growth in run 3-5 and cost every clean test more runs (9-14 instead of 7)."""
-    pytester.makepyfile(
-        test_clean="""
-        import unittest
+    a block of growth in run 3-5 and cost every clean test more runs (9-14 instead of 7). In a
+    package inside a folder (simplejson's ``simplejson/tests``) the setup stack is one node
+    deeper, and it resized every fifth run: a unittest test took 32 runs."""
+    where = pytester.path / folder
+    where.mkdir(parents=True, exist_ok=True)
+    if folder:
+        (where / "__init__.py").write_text("")
+    (where / "test_clean.py").write_text(
+        textwrap.dedent(
+            """
+            import unittest
 
-        def test_function():
-            pass
+            def test_function():
+                pass
 
-        class Case(unittest.TestCase):
-            def test_method(self):
-                self.assertEqual(1, 1)
-        """
+            class Case(unittest.TestCase):
+                def test_method(self):
+                    self.assertEqual(1, 1)
+            """
+        )
     )
     pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
     report = pytester.path / "report.json"
