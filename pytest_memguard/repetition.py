@@ -99,20 +99,15 @@ def _broader_fixtures(item: pytest.Item) -> list[Any]:
     ]
 
 
-# On 3.14 and 3.15 a table rebuilt every run read as one more block every run (a clean test
-# took 32 runs and a slow leak hid in the noise; why is not pinned down): rebuilt only where
-# it was measured to net to zero.
-_REBUILD = sys.version_info < (3, 14)
-
-
 def _rebuild(table: object) -> None:
     """Give a dict a freshly allocated table holding what it holds.
 
     Refilled pair by pair: a dict copied from a dict with no deleted entries clones its table,
     with the free-slot count that ``popitem`` (the setup stack's) does not give back, so the
     table still filled up every few runs and resized then (every fifth run of a unittest test
-    in a nested package: 32 runs to pass a clean test instead of 7)."""
-    if _REBUILD and isinstance(table, dict) and table:
+    in a nested package: 32 runs to pass a clean test instead of 7). Copied so, the rebuilt
+    table also read as one block every run on 3.14 and 3.15."""
+    if isinstance(table, dict) and table:
         saved = list(table.items())
         table.clear()
         table.update(saved)

@@ -468,10 +468,6 @@ def test_growth_the_budget_cannot_judge_is_listed_not_failed(
 
 
 @OPCACHE_310
-@pytest.mark.skipif(
-    sys.version_info >= (3, 14),
-    reason="3.14+: the dicts are not rebuilt (repetition._REBUILD); clean tests take 9-10 runs",
-)
 @pytest.mark.parametrize("folder", ["", "pkg/tests"], ids=["flat", "nested"])
 def test_a_clean_test_is_passed_by_the_shortest_screen(
     pytester: pytest.Pytester, folder: str
@@ -501,6 +497,9 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
     )
     pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
     report = pytester.path / "report.json"
+    # 2 warm-up runs and 5 quiet ones: the least the screen does. On 3.15 the first test checked
+    # keeps one block of 32 bytes in its third run, once (a late first use), which costs it one.
+    least = {"test_function": 8 if sys.version_info >= (3, 15) else 7, "test_method": 7}
     sessions = []
     # A reading moves on a clean run now and then, which costs that test a few runs: CI saw the
     # unittest test take 11 once (not seen in 400 sessions here). The bookkeeping above costs
@@ -516,8 +515,9 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
         )
         result.assert_outcomes(passed=2)
         rows = json.loads(report.read_text())["tests"]
-        sessions.append([row["details"]["leak.calls"] for row in rows])
-        if sessions[-1] == [7, 7]:
+        sessions.append(
+            {row["nodeid"].rpartition(":")[2]: row["details"]["leak.calls"] for row in rows}
+        )
+        if sessions[-1] == least:
             break
-    # 2 warm-up runs and 5 quiet ones: the least the screen does.
-    assert [7, 7] in sessions, sessions
+    assert least in sessions, sessions
