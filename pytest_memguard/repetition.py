@@ -142,16 +142,28 @@ def describe(report: pytest.TestReport) -> str:
 REPEATED_EXAMPLES = 10
 
 
-def _fewer_examples(own: object) -> object | None:
-    """Settings for repeating a hypothesis test with fewer examples than its own settings
-    ``own``, or None (not a hypothesis test, or few enough already)."""
+def _repeat_settings(own: object) -> object | None:
+    """Settings for repeating a hypothesis test whose own settings are ``own``, or None (not a
+    hypothesis test, or nothing to change): at most REPEATED_EXAMPLES examples, and without the
+    health check on differing executors. pytest makes a new TestCase instance for every run of
+    a unittest method, which that check fails from the second run on: 17 of idna's property
+    tests could not be repeated."""
     examples = getattr(own, "max_examples", None)
     hypothesis: Any = sys.modules.get("hypothesis")
-    if hypothesis is None or not isinstance(examples, int) or examples <= REPEATED_EXAMPLES:
+    if hypothesis is None or not isinstance(examples, int):
+        return None
+    changes: dict[str, object] = {}
+    if examples > REPEATED_EXAMPLES:
+        changes["max_examples"] = REPEATED_EXAMPLES
+    check = getattr(getattr(hypothesis, "HealthCheck", None), "differing_executors", None)
+    suppressed = list(getattr(own, "suppress_health_check", ()))
+    if check is not None and check not in suppressed:
+        changes["suppress_health_check"] = [*suppressed, check]
+    if not changes:
         return None
     try:
-        return cast(object, hypothesis.settings(own, max_examples=REPEATED_EXAMPLES))
-    except Exception:  # a hypothesis whose settings take other arguments: run them all
+        return cast(object, hypothesis.settings(own, **changes))
+    except Exception:  # a hypothesis whose settings take other arguments: its own settings
         return None
 
 
@@ -179,7 +191,7 @@ class Repetition:
         # ``@given`` leaves its settings on the function, where each call reads them:
         # hypothesis' private attribute, feature-detected.
         self._own = getattr(self._function, "_hypothesis_internal_use_settings", None)
-        self._fewer = _fewer_examples(self._own)
+        self._repeated = _repeat_settings(self._own)
 
     def __call__(self) -> None:
         item = self.item
@@ -209,13 +221,13 @@ class Repetition:
         scratch = _Scratch(item)
         active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
         session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
-        if self._fewer is not None:
-            self._function._hypothesis_internal_use_settings = self._fewer  # type: ignore[union-attr]
+        if self._repeated is not None:
+            self._function._hypothesis_internal_use_settings = self._repeated  # type: ignore[union-attr]
         try:
             reports = runtestprotocol(item, log=False, nextitem=self._next)
         finally:
             del session.gethookproxy
-            if self._fewer is not None:
+            if self._repeated is not None:
                 self._function._hypothesis_internal_use_settings = self._own  # type: ignore[union-attr]
             # Each setup of a function-scoped fixture adds its teardown to the finalizers of
             # the broader fixtures it uses (pytest's bookkeeping: a session fixture's list grows

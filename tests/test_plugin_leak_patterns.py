@@ -196,6 +196,34 @@ def test_a_property_test_repeats_with_few_examples_and_hypothesis_caches_cleared
     result.stdout.fnmatch_lines([f"examples run: {50 + 10 * runs}"])
 
 
+def test_a_property_test_on_a_unittest_method_repeats(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """pytest makes a new TestCase instance for every run, and hypothesis fails a @given method
+    called from two instances (its differing-executors health check): idna's 17 property tests
+    could not be repeated. Repetitions run without that check; the official run keeps it."""
+    pytester.makepyfile(
+        test_property_case="""
+        import unittest
+
+        from hypothesis import given, settings, strategies as st
+
+        class Case(unittest.TestCase):
+            @settings(max_examples=5, database=None)
+            @given(st.integers())
+            def test_property(self, x):
+                self.assertEqual(x, x)
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-p", "no:randomly", "--mem-leak-check", f"--mem-report={report}")
+    result.assert_outcomes(passed=1)
+    assert "cannot repeat" not in result.stdout.str()
+    (row,) = json.loads(report.read_text())["tests"]
+    assert "leak.cannot_repeat" not in row["details"]
+    assert 7 <= row["details"]["leak.calls"] <= 64
+
+
 def test_a_fixture_that_leaks_is_the_leak_reported(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makeconftest(
         """
