@@ -530,9 +530,10 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
     least = {"test_function": 8 if sys.version_info >= (3, 15) else 7, "test_method": 7}
     sessions = []
     # A reading moves on a clean run now and then, which costs that test a few runs: CI saw the
-    # unittest test take 11 once (not seen in 400 sessions here). The bookkeeping above costs
-    # every session, so one in two is given the stray move.
-    for _ in range(2):
+    # unittest test take 11 once, and a loaded machine here both sessions of two once (not seen
+    # in 400 sessions under load otherwise). The bookkeeping above costs every session, so two
+    # in three are given the stray move.
+    for _ in range(3):
         result = pytester.runpytest_subprocess(
             "-p",
             "no:randomly",
