@@ -509,12 +509,31 @@ def _clear_module_caches() -> None:
         compile_pattern = getattr(fnmatch, "_compile_pattern", None)
         if compile_pattern is not None and hasattr(compile_pattern, "cache_clear"):
             compile_pattern.cache_clear()
-    # Hypothesis keeps the strategies a test builds in a bounded cache (1,024 entries) that a
-    # property test making classes per example (attrs') fills by a few entries a run, for ~300
-    # runs: the framework's bookkeeping, cleared through its own function.
+    clear_hypothesis_caches()
+
+
+def clear_hypothesis_caches() -> None:
+    """Empty hypothesis' memo caches: the framework's bookkeeping, not the test's. The
+    strategies a test builds (a bounded cache, 1,024 entries, that a property test making
+    classes per example, attrs', fills by a few entries a run for ~300 runs; cleared through
+    hypothesis' own function) and the codepoint intervals of each set of Unicode categories.
+    A gated window starts with them empty too, so that what a test adds to them does not depend
+    on the tests before it. Private names, feature-detected."""
+    modules = sys.modules
     strategies = modules.get("hypothesis.strategies._internal.utils")
     if (clear_strategies := getattr(strategies, "clear_strategy_cache", None)) is not None:
         clear_strategies()
+    charmap = modules.get("hypothesis.internal.charmap")
+    intervals = getattr(charmap, "category_index_cache", None)
+    if isinstance(intervals, dict):
+        empty: frozenset[str] = frozenset()
+        base = intervals.get(empty)  # the empty set's entry ends its recursion: kept
+        intervals.clear()
+        if base is not None:
+            intervals[empty] = base
+    limited = getattr(charmap, "limited_category_index_cache", None)
+    if isinstance(limited, dict):
+        limited.clear()
 
 
 # ---------------------------------------------------------------------------- native heap

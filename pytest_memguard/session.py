@@ -56,29 +56,6 @@ class MemguardWarning(pytest.PytestWarning):
     """A memory figure a test asked for could not be measured here."""
 
 
-def _clear_hypothesis_memos() -> None:
-    """Empty hypothesis' memo caches before a gated window, so that what a property test adds to
-    them does not depend on which tests filled them before it: the strategies it builds (1,024
-    entries, cleared through hypothesis' own function) and the codepoint intervals of each set
-    of Unicode categories. attrs' ``test_immutable`` retained 1.1 MiB serially and 1.5 MiB in
-    an xdist worker, most of it these two. Private names, feature-detected."""
-    modules = sys.modules
-    strategies = modules.get("hypothesis.strategies._internal.utils")
-    if (clear := getattr(strategies, "clear_strategy_cache", None)) is not None:
-        clear()
-    charmap = modules.get("hypothesis.internal.charmap")
-    intervals = getattr(charmap, "category_index_cache", None)
-    if isinstance(intervals, dict):
-        empty: frozenset[str] = frozenset()
-        base = intervals.get(empty)  # the empty set's entry ends its recursion: kept
-        intervals.clear()
-        if base is not None:
-            intervals[empty] = base
-    limited = getattr(charmap, "limited_category_index_cache", None)
-    if isinstance(limited, dict):
-        limited.clear()
-
-
 @dataclass(frozen=True)
 class TestPlan:
     """What to measure for one test, decided once at collection."""
@@ -304,7 +281,12 @@ class MemguardSession:
             # with how many such classes earlier tests made (attrs' test_repr: 1,590 calls in
             # file order, 2,220 at a random order). Its next reader re-reads a file from disk.
             linecache.clearcache()
-            _clear_hypothesis_memos()
+            # What a property test adds to hypothesis' memo caches depended on what earlier
+            # tests left there: attrs' test_immutable retained 1.1 MiB serially, 1.5 MiB in an
+            # xdist worker. Emptied, the figure is the cost of filling them.
+            from .leaks import clear_hypothesis_caches
+
+            clear_hypothesis_caches()
         meter = Meter(
             self.engine,
             plan.heap,
