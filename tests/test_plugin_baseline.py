@@ -514,6 +514,55 @@ def test_a_test_that_runs_threads_or_processes_gets_slack_for_the_scheduler(
     )
 
 
+INTERLEAVED = """
+import os
+import threading
+
+# What the consumer thread holds on each call: "2000,2000,0" lags twice (2 MB wait in its
+# buffer), then keeps up. The last figure repeats.
+HELD = [int(n) for n in os.environ.get("MEMGUARD_TEST_HELD", "0").split(",")]
+CALLS = []
+
+
+def test_consumers():
+    held = HELD[min(len(CALLS), len(HELD) - 1)]
+    CALLS.append(held)
+    with open("calls.txt", "a") as log:
+        log.write(f"{held}\\n")
+
+    def consume():
+        buffer = [bytearray(1000) for _ in range(held + 10)]
+        del buffer
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_test_that_runs_threads_is_called_again_while_it_reads_regressed(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    """A threaded test's peak can depend on one interleaving: it is called up to three more
+    times while it reads regressed, and the lowest figures stand; a peak that every call
+    shows still fails it."""
+    pytester.makepyfile(test_tee=INTERLEAVED)
+    run(*plugin_args, "--mem-baseline=update").assert_outcomes(passed=1)
+    calls = pytester.path / "calls.txt"
+    calls.unlink()
+    # The first call and two warm ones lag; the third warm one keeps up.
+    run(*plugin_args, env={"MEMGUARD_TEST_HELD": "2000,2000,2000,0"}).assert_outcomes(passed=1)
+    assert calls.read_text().split() == ["2000", "2000", "2000", "0"]
+    calls.unlink()
+    lagging = run(*plugin_args, env={"MEMGUARD_TEST_HELD": "2000"})
+    lagging.assert_outcomes(failed=1)
+    # The first call, three warm ones, and one more that the explanation traces.
+    assert calls.read_text().split() == ["2000"] * 5
+    lagging.stdout.fnmatch_lines(
+        ["memory regressed beyond the baseline:", "  heap_peak: baseline *, now * (+*%; *)"]
+    )
+
+
 SUBTESTS = """
 import os
 import unittest
