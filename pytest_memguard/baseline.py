@@ -46,6 +46,12 @@ CONTEXT_SLACK = 0.25
 # on unchanged code), so its count only fails at three times its baseline: a gross change of
 # its work (9x, idna's thread test with a regression injected) is still caught.
 CONCURRENT_COUNT_SLACK = 2.0
+# The peak of a test that ran threads or processes is recorded and reported but not compared:
+# it depends on how they interleaved. more-itertools' concurrent_tee test (100 consumer
+# threads of one producer) peaked at 20-28 MB in some runs of unchanged code and 57-88 MB in
+# others, and on a busy machine at 71-88 MB on each of four calls in a row. A budget on the
+# peak still holds such a test.
+INTERLEAVED = frozenset({"heap_peak", "peak"})
 
 Entry = dict[str, int]
 
@@ -283,8 +289,8 @@ def compare(
     subtests: bool = False,
 ) -> Comparison:
     """Gate ``gated`` metrics: a regression is ``now > base + abs + rel * base``.
-    ``concurrent``: the test ran threads or processes; ``subtests``: it reported subtests
-    (see ``CONTEXT_SLACK``)."""
+    ``concurrent``: the test ran threads or processes (see ``CONCURRENT_COUNT_SLACK`` and
+    ``INTERLEAVED``); ``subtests``: it reported subtests (see ``CONTEXT_SLACK``)."""
     for_bytes = for_counts = tolerance
     if concurrent or subtests:
         for_bytes = replace(tolerance, relative=max(tolerance.relative, CONTEXT_SLACK))
@@ -295,6 +301,8 @@ def compare(
     for metric in gated:
         old, new = base.get(metric), now.get(metric)
         if old is None or new is None or old == new:  # the common case, checked first
+            continue
+        if concurrent and metric in INTERLEAVED:
             continue
         count = metric in COUNTS
         slack = for_counts if count else for_bytes
@@ -318,7 +326,8 @@ def render_regression(
     if concurrent:
         lines.append(
             "  (the test ran threads or processes: its allocation count has at least "
-            f"{CONCURRENT_COUNT_SLACK:.0%} slack, its byte figures {CONTEXT_SLACK:.0%})"
+            f"{CONCURRENT_COUNT_SLACK:.0%} slack, its byte figures {CONTEXT_SLACK:.0%}, and "
+            "its peak, which depends on how they interleaved, is not compared)"
         )
     if subtests:
         lines.append(

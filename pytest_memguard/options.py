@@ -20,10 +20,10 @@ BASELINE_MODES = ("check", "update", "off")
 # Internal option of a spawned --mem-isolate child: where to write its reports.
 CHILD_OPTION = "--memguard-child-reports"
 SCOPES = ("call", "test")
-DEFAULT_TOLERANCE = "5%+64KiB"
+DEFAULT_TOLERANCE = "5%+48KiB"
 # Tolerance.parse(DEFAULT_TOLERANCE), written out so that no pattern is compiled at import (a
 # test checks that the two agree).
-DEFAULT_TOLERANCE_VALUE = Tolerance(relative=0.05, absolute=64 * 1024)
+DEFAULT_TOLERANCE_VALUE = Tolerance(relative=0.05, absolute=48 * 1024)
 DEFAULT_BASELINE_METRICS = ("allocations", "heap_peak", "retained")
 GATEABLE = ("peak", "heap_peak", "retained", "private", "allocations")
 

@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from .retainers import Survivors
 
 HYPOTHESIS_SLACK = 0.25
-# Warm calls at most of a test that ran threads and still reads regressed; the lowest of each
-# figure stands (an interleaving that holds more is not the test's steady cost).
-CONCURRENT_CALLS = 3
 # Tests listed by name under "too slow to check for leaks"; the JSON report has them all.
 TOO_SLOW_LISTED = 20
 OUR_MARKERS = frozenset({"mem_budget", "mem_leak_check", "no_mem_leak_check", "mem_isolate"})
@@ -380,31 +377,18 @@ class MemguardSession:
                 # items whose call cannot be repeated alone (doctests clear their globals).
                 repeatable = plan.window != "call" and not self.scope_test
                 if cold and (judge or compare) and meter.closed and repeatable:
-                    # A test that ran threads can read regressed on one interleaving only:
-                    # more-itertools' concurrent_tee test (100 consumer threads) peaked at
-                    # 20-25 MB in most runs and 57-88 MB in some, on unchanged code.
-                    calls = 0
-                    while calls < (CONCURRENT_CALLS if concurrent else 1):
-                        calls += 1
-                        if explained is not None:  # a window open in another confuses both
-                            explained.close()
-                            explained = None
-                        warm = self._remeasure(item, plan, expected=compare)
-                        if warm is None:
-                            break
+                    warm = self._remeasure(item, plan, expected=compare)
+                    if warm is not None:
                         warm_metrics = warm.result.metrics() if warm.result else {}
                         metrics = {k: _least(v, warm_metrics.get(k)) for k, v in metrics.items()}
                         concurrent = concurrent or bool(warm.result and warm.result.concurrent)
                         checked = self.baselines.compare(
                             item.nodeid, metrics, tolerance, concurrent, had_subtests
                         )
-                        if not checked.regressions:
+                        if checked.regressions and judge:
+                            explained = warm
+                        else:
                             warm.close()
-                            break
-                        explained = warm  # the last call that confirmed it explains it
-                    if not judge and explained is not None:
-                        explained.close()
-                        explained = None
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))

@@ -75,6 +75,32 @@ def test_update_check_regress_update_check(pytester: pytest.Pytester, run: Runne
     improved.stdout.fnmatch_lines(["*1 improved beyond tolerance*", "*test_grows"])
 
 
+KEEPS_ONE = """
+import os
+
+KEPT = []
+
+
+def test_keeps():
+    data = [str(i) for i in range(100)]
+    if os.environ.get("MEMGUARD_TEST_KEEP"):
+        KEPT.append(bytearray(64 * 1024))
+"""
+
+
+def test_one_more_64_kib_block_kept_fails_under_the_default_tolerance(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The smallest regression the issue names, one extra 64 KiB block kept by a test that
+    kept almost nothing, is beyond the default absolute slack, not at its edge."""
+    pytester.makepyfile(test_keep=KEEPS_ONE)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    assert 0 <= entries(pytester, "test_keep.json")["test_keeps"]["retained"] < 4096
+    kept = run(env={"MEMGUARD_TEST_KEEP": "1"})
+    kept.assert_outcomes(failed=1)
+    kept.stdout.fnmatch_lines(["  retained: baseline *, now 64.* KiB (+*%; tolerance 5%+48.0 KiB)"])
+
+
 def test_update_without_changes_is_byte_identical(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_mod=MODULE)
     run("--mem-baseline=update").assert_outcomes(passed=3)
@@ -473,8 +499,8 @@ def test_a_test_that_runs_threads_or_processes_gets_slack_for_the_scheduler(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
     """What a test's own thread allocates while it waits on its threads or processes depends
-    on the scheduler: its count fails at three times its baseline, and its byte figures get
-    at least 25% slack; a regression beyond that still fails it."""
+    on the scheduler: its count fails at three times its baseline, its byte figures get at
+    least 25% slack and its peak is not compared; a regression beyond that still fails it."""
     pytester.makepyfile(test_conc=CONCURRENT)
     run(*plugin_args, "--mem-baseline=update").assert_outcomes(passed=3)
     report = pytester.path / "report.json"
@@ -490,7 +516,7 @@ def test_a_test_that_runs_threads_or_processes_gets_slack_for_the_scheduler(
     for nodeid in ("test_conc.py::test_runs_a_process", "test_conc.py::test_runs_a_thread"):
         assert (baselines[nodeid]["status"], baselines[nodeid]["concurrent"]) == ("ok", True)
     assert "concurrent" not in baselines["test_conc.py::test_alone"]
-    # +15% of a 1 MiB peak: beyond 5%+64 KiB, within 25%+64 KiB.
+    # +15% of a 1 MiB peak: beyond 5%+48 KiB; the peaks of the others are not compared.
     kept = run(*plugin_args, "-rA", env={"MEMGUARD_TEST_KEEP": "150"})
     assert outcomes(kept) == {
         "test_alone": "FAILED",
@@ -507,9 +533,9 @@ def test_a_test_that_runs_threads_or_processes_gets_slack_for_the_scheduler(
             "*_ test_runs_a_process _*",
             "memory regressed beyond the baseline:",
             "  allocations: baseline *, now * (+*%; tolerance 200%+64)",
-            "  heap_peak: baseline *, now * (+*%; tolerance 25%+64.0 KiB)",
             "  (the test ran threads or processes: its allocation count has at least 200% "
-            "slack, its byte figures 25%)",
+            "slack, its byte figures 25%, and its peak, which depends on how they "
+            "interleaved, is not compared)",
         ]
     )
 
@@ -518,21 +544,18 @@ INTERLEAVED = """
 import os
 import threading
 
-# What the consumer thread holds on each call: "2000,2000,0" lags twice (2 MB wait in its
-# buffer), then keeps up. The last figure repeats.
-HELD = [int(n) for n in os.environ.get("MEMGUARD_TEST_HELD", "0").split(",")]
-CALLS = []
+# How much the consumer thread holds while it runs (thousands of 1 KB items): how far it lags
+# behind its producer, which the scheduler decides.
+HELD = int(os.environ.get("MEMGUARD_TEST_HELD", "0"))
+KEPT = []
 
 
 def test_consumers():
-    held = HELD[min(len(CALLS), len(HELD) - 1)]
-    CALLS.append(held)
-    with open("calls.txt", "a") as log:
-        log.write(f"{held}\\n")
-
     def consume():
-        buffer = [bytearray(1000) for _ in range(held + 10)]
+        buffer = [bytearray(1000) for _ in range(HELD + 10)]
         del buffer
+        if os.environ.get("MEMGUARD_TEST_KEEP"):
+            KEPT.append(bytearray(64 * 1024))
 
     thread = threading.Thread(target=consume)
     thread.start()
@@ -540,26 +563,29 @@ def test_consumers():
 """
 
 
-def test_a_test_that_runs_threads_is_called_again_while_it_reads_regressed(
+def test_the_peak_of_a_test_that_runs_threads_is_reported_not_compared(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
-    """A threaded test's peak can depend on one interleaving: it is called up to three more
-    times while it reads regressed, and the lowest figures stand; a peak that every call
-    shows still fails it."""
+    """How far a test's threads lag behind each other decides its peak, so a threaded test's
+    peak is recorded and reported but not compared; what it keeps still is."""
     pytester.makepyfile(test_tee=INTERLEAVED)
     run(*plugin_args, "--mem-baseline=update").assert_outcomes(passed=1)
-    calls = pytester.path / "calls.txt"
-    calls.unlink()
-    # The first call and two warm ones lag; the third warm one keeps up.
-    run(*plugin_args, env={"MEMGUARD_TEST_HELD": "2000,2000,2000,0"}).assert_outcomes(passed=1)
-    assert calls.read_text().split() == ["2000", "2000", "2000", "0"]
-    calls.unlink()
-    lagging = run(*plugin_args, env={"MEMGUARD_TEST_HELD": "2000"})
-    lagging.assert_outcomes(failed=1)
-    # The first call, three warm ones, and one more that the explanation traces.
-    assert calls.read_text().split() == ["2000"] * 5
-    lagging.stdout.fnmatch_lines(
-        ["memory regressed beyond the baseline:", "  heap_peak: baseline *, now * (+*%; *)"]
+    recorded = entries(pytester, "test_tee.json")["test_consumers"]
+    assert 0 < recorded["heap_peak"] < 200_000
+    lagging = run(*plugin_args, "--mem-report=r.json", env={"MEMGUARD_TEST_HELD": "2000"})
+    lagging.assert_outcomes(passed=1)
+    (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert 2_000_000 <= test["metrics"]["heap_peak"] <= 2_600_000
+    assert (test["baseline"]["status"], test["baseline"]["concurrent"]) == ("ok", True)
+    kept = run(*plugin_args, env={"MEMGUARD_TEST_KEEP": "1"})
+    kept.assert_outcomes(failed=1)
+    kept.stdout.fnmatch_lines(
+        [
+            "memory regressed beyond the baseline:",
+            "  retained: baseline *, now * (+*%; tolerance 25%+48.0 KiB)",
+            "  (the test ran threads or processes: * and its peak, which depends on how they "
+            "interleaved, is not compared)",
+        ]
     )
 
 
@@ -599,7 +625,7 @@ def test_a_test_that_reports_subtests_gets_more_slack_on_its_bytes(
     pytester.makepyfile(test_sub=SUBTESTS)
     report = pytester.path / "report.json"
     run("--mem-baseline=update").assert_outcomes(passed=2)
-    # +15% of ~1 MB kept: beyond 5%+64 KiB, within 25%+64 KiB.
+    # +15% of ~1 MB kept: beyond 5%+48 KiB, within 25%+48 KiB.
     kept = run("-rA", f"--mem-report={report}", env={"MEMGUARD_TEST_KEEP": "7500"})
     assert outcomes(kept) == {"test_in_subtests": "PASSED", "test_plain": "FAILED"}
     baselines = {t["nodeid"]: t["baseline"] for t in json.loads(report.read_text())["tests"]}
@@ -611,7 +637,7 @@ def test_a_test_that_reports_subtests_gets_more_slack_on_its_bytes(
         [
             "*_ TestKeeps.test_in_subtests _*",
             "memory regressed beyond the baseline:",
-            "  *: baseline *, now * (+*%; tolerance 25%+64.0 KiB)",
+            "  *: baseline *, now * (+*%; tolerance 25%+48.0 KiB)",
             "  (the test reported subtests, whose reports pytest keeps: byte figures have at "
             "least 25% slack)",
         ]
