@@ -126,6 +126,10 @@ class MemguardSession:
             settings.mem_baseline_metrics,
             settings.mem_tolerance,
         )
+        # See RANDOM_HASHES_NOTE; a seed given as a number is the same in every run.
+        self.random_hashes = sys.version_info >= (3, 13) and os.environ.get(
+            "PYTHONHASHSEED", "random"
+        ) in ("random", "")
         self.records: dict[str, TestRecord] = {}
         self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
         self.deselected = False
@@ -471,7 +475,7 @@ class MemguardSession:
         exceeded (explained: the top allocation sites and the types that grew); warn of limits
         that cannot be checked."""
         if regressions:
-            message = render_regression(regressions, concurrent, subtests)
+            message = render_regression(regressions, concurrent, subtests, self.random_hashes)
             if warm is not None:
                 message += self._regression_sites(item, regressions)
             pytest.fail(message, pytrace=False)

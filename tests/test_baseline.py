@@ -173,6 +173,17 @@ def test_a_concurrent_test_is_gated_with_more_slack_and_not_on_its_peak() -> Non
     assert "threads" not in b.render_regression(regressed)
 
 
+def test_a_count_regression_in_a_run_with_random_string_hashes_says_how_to_fix_the_seed() -> None:
+    tol = Tolerance(relative=0.05, absolute=1000)
+    base = {"allocations": 1000, "retained": 10_000}
+    counted = b.compare(base, {"allocations": 2000}, base, tol).regressions
+    kept = b.compare(base, {"retained": 20_000}, base, tol).regressions
+    assert "PYTHONHASHSEED=0" in b.render_regression(counted, random_hashes=True)
+    assert "PYTHONHASHSEED" not in b.render_regression(counted)
+    # Only counts follow the seed.
+    assert "PYTHONHASHSEED" not in b.render_regression(kept, random_hashes=True)
+
+
 def test_a_test_with_subtests_is_gated_on_its_count_and_on_bytes_with_more_slack() -> None:
     base = {"allocations": 1000, "heap_peak": 100_000}
     tol = Tolerance(relative=0.05, absolute=1000)

@@ -101,6 +101,23 @@ def test_one_more_64_kib_block_kept_fails_under_the_default_tolerance(
     kept.stdout.fnmatch_lines(["  retained: baseline *, now 64.* KiB (+*%; tolerance 5%+48.0 KiB)"])
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 13), reason="the compiler's work follows the hash seed from 3.13"
+)
+def test_a_count_regression_under_random_string_hashes_says_how_to_fix_the_seed(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_mod=MODULE)
+    run("--mem-baseline=update", env={"PYTHONHASHSEED": "0"}).assert_outcomes(passed=3)
+    grown = {"MEMGUARD_TEST_SIZE": "3000"}
+    randomized = run(env={**grown, "PYTHONHASHSEED": "random"})
+    randomized.assert_outcomes(failed=1, passed=2)
+    randomized.stdout.fnmatch_lines(["*this run hashes strings with a random seed*"])
+    fixed = run(env={**grown, "PYTHONHASHSEED": "0"})
+    fixed.assert_outcomes(failed=1, passed=2)
+    assert "random seed" not in fixed.stdout.str()
+
+
 def test_update_without_changes_is_byte_identical(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_mod=MODULE)
     run("--mem-baseline=update").assert_outcomes(passed=3)
