@@ -745,10 +745,11 @@ class LeakRunner:
                 # glibc's figure counts the chunks in its per-thread cache as in use, so a
                 # clean test's native memory can swing by a chunk from run to run (+-560 B on
                 # 3.14, where attrs' clean tests took 32-64 runs instead of 7). A run is quiet
-                # on it when it sets no new high; a leak sets one each time it leaks. Kept in
-                # an array made before the first reading: an object made or held between
-                # readings would be a block of them.
-                high[0] = max(native[: calls + 1])
+                # on it when it sets no new high since the warm-up (a higher reading during
+                # the warm-up would hide a slow leak until it got past it); a leak sets one
+                # each time it leaks. Kept in an array made before the first reading: an
+                # object made or held between readings would be a block of them.
+                high[0] = native[calls]
                 while quiet < QUIET and calls < warmup + screen and affords(1):
                     run_to(calls + 1)
                     still = all(col[calls] == col[calls - 1] for col in exact) and (
