@@ -752,8 +752,9 @@ class LeakRunner:
                 high[0] = native[calls]
                 while quiet < QUIET and calls < warmup + screen and affords(1):
                     run_to(calls + 1)
+                    # (Without glibc's figure the native column stays 0: always quiet.)
                     still = all(col[calls] == col[calls - 1] for col in exact) and (
-                        not use_native or native[calls] <= high[0]
+                        native[calls] <= high[0]
                     )
                     if native[calls] > high[0]:
                         high[0] = native[calls]
