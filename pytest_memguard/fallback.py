@@ -57,12 +57,20 @@ def _note_start(event: str, _args: tuple[object, ...]) -> None:
 sys.addaudithook(_note_start)
 
 
+def _stack(traceback: Any) -> tuple[Frame, ...]:
+    """A tracemalloc traceback as the hook gives stacks: the allocating frame first
+    (tracemalloc sorts its frames oldest first)."""
+    return tuple(Frame(f.filename, f.lineno) for f in reversed(traceback))
+
+
 class TracemallocBackend:
     """The fallback: the standard library's tracemalloc, with no call counts."""
 
     name = "tracemalloc (fallback: allocator hook unavailable)"
     counts_calls = False
-    cheap = False
+    # A repeated run of a trivial test: 4.2 ms traced by tracemalloc, 0.44 ms by the hook
+    # (CPython 3.11; 300 runs against 30 of a test marked mem_leak_check, CPU time).
+    slowdown = 9.5
     sees_freed = False
 
     def __init__(self, frames: int = DEFAULT_FRAMES, reason: str = "") -> None:
@@ -120,7 +128,7 @@ class TracemallocBackend:
         )
         rows = []
         for stat in snapshot.statistics("traceback"):
-            stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
+            stack = _stack(stat.traceback)
             rows.append((max(1, stat.size // max(1, stat.count)), float(stat.size), True, stack))
         return aggregate_sites(rows, limit, alive_only, by_count)
 
@@ -148,7 +156,7 @@ class TracemallocBackend:
         for stat in after.compare_to(before, "traceback"):
             if stat.size_diff <= 0:
                 continue
-            stack = tuple(Frame(f.filename, f.lineno) for f in stat.traceback)
+            stack = _stack(stat.traceback)
             size = max(1, stat.size_diff // max(1, stat.count_diff))
             rows.append((size, float(stat.size_diff), True, stack))
         return per_call(aggregate_sites(rows, limit * 4, alive_only=True), calls, limit)
