@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .process import IS_LINUX, proc_usage, psutil_usage
+from .platforms import IS_LINUX
+from .process import proc_usage, psutil_usage
 
 
 class ChildUsage(NamedTuple):

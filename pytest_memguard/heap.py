@@ -42,7 +42,9 @@ class HeapReading:
 class HeapBackend(Protocol):
     name: str
     counts_calls: bool
-    cheap: bool
+    # How many times longer a run of a fast pytest test takes with this backend tracing it than
+    # with the hook: time budgets sized in runs scale by it.
+    slowdown: float
     # Whether sites can include blocks freed before the window ended (a sampled history);
     # tracemalloc's snapshot holds live blocks only.
     sees_freed: bool
@@ -93,7 +95,7 @@ class ExtBackend:
 
     name = "allocator hook (_allochook)"
     counts_calls = True
-    cheap = True
+    slowdown = 1.0
     sees_freed = True
 
     def __init__(

@@ -38,7 +38,8 @@ from typing import Any, cast
 
 from .census import Site, TypeGrowth, census_types
 from .measurement import Engine
-from .process import IS_LINUX, open_fds
+from .platforms import IS_LINUX
+from .process import open_fds
 from .retainers import (
     Retainers,
     container_lengths,
@@ -700,6 +701,9 @@ class LeakRunner:
                 return self._window(first, calls, blocks, nbytes, fds, native)
 
             clock = time.process_time  # CPU time: a loaded machine does not shrink the budget
+            # The floors are sized in runs of a fast test under the hook; a backend that slows
+            # every run (tracemalloc) gets the same number of runs, not the same seconds.
+            slowdown = heap.slowdown
             began = clock()
             budget: float | None = None
 
@@ -720,11 +724,13 @@ class LeakRunner:
             if screen is not None and screen < settings.iterations:
                 run_to(1)
                 first = clock() - began
-                budget = max(settings.screen_floor, settings.time_runs * first)
+                budget = max(settings.screen_floor * slowdown, settings.time_runs * first)
                 read(calls)  # again: the floats just made are the check's, not the test's
                 if not affords(warmup + QUIET - calls):
                     warmup = min(warmup, 2)  # a slow test: the least warm-up that works
-                    suspect_budget = max(settings.suspect_floor, settings.time_runs * first)
+                    suspect_budget = max(
+                        settings.suspect_floor * slowdown, settings.time_runs * first
+                    )
                     if not affords(warmup + QUIET - calls, suspect_budget):
                         # Not even the screen's runs fit in the larger budget a suspect gets:
                         # the 2-3 runs it allows can neither pass the test nor judge growth.
@@ -783,7 +789,7 @@ class LeakRunner:
                         screened=True,
                         budget=budget,
                     )
-                budget = max(settings.suspect_floor, settings.time_runs * first)
+                budget = max(settings.suspect_floor * slowdown, settings.time_runs * first)
             judged_from = warmup
             staged = False
             extended = False

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .census import Site, TypeGrowth
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
+from .platforms import FORCE_PORTABLE_ENV, IS_LINUX
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -200,16 +201,21 @@ class Engine:
             if self.native is not None
             else self.probe.peak_method
         )
+        if IS_LINUX:
+            private = "anonymous memory after gc and malloc_trim"
+        else:
+            forced = f" - {FORCE_PORTABLE_ENV} is set" if os.environ.get(FORCE_PORTABLE_ENV) else ""
+            private = f"resident minus shared memory (psutil) after gc{forced}"
         return (
             f"peak = max({method}, Python-heap peak); "
             f"heap = {heap.name}{' - ' + reason if reason else ''}; "
-            "private = anonymous memory after gc and malloc_trim"
+            f"private = {private}"
         )
 
 
 def _native_windows(heap: HeapBackend) -> Any:
     """The extension when it can open whole windows here, else None."""
-    if not isinstance(heap, ExtBackend):
+    if not isinstance(heap, ExtBackend) or not IS_LINUX:
         return None
     module = heap.module
     if not hasattr(module, "window") or module.peak_method() != "clear_refs":

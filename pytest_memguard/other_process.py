@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .children import descendants
-from .process import IS_LINUX, MemoryUsage, PeakSampler, kib_fields, proc_usage, psutil_usage
+from .platforms import IS_LINUX
+from .process import MemoryUsage, PeakSampler, kib_fields, proc_usage, psutil_usage
 from .soak import DEFAULT_SAMPLES, SoakVerdict, judge_curve
 from .units import format_size, parse_size
 

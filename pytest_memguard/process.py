@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from .platforms import IS_LINUX
 from .units import format_size
 
-IS_LINUX = sys.platform.startswith("linux")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # ru_maxrss is KiB on Linux and the BSDs, bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
@@ -181,6 +181,8 @@ def trim_malloc() -> None:
 def _native() -> Any:
     """The extension's kernel calls (Linux), or None: the bracket's system calls cost ~10 us a
     test less from C than through Python objects."""
+    if not IS_LINUX:
+        return None
     try:
         import pytest_memguard._allochook as ext
     except ImportError:

@@ -171,22 +171,17 @@ class MemguardSession:
                 return TestPlan(error=problem)
         isolate = not self.is_child and (self.settings.mem_isolate or "mem_isolate" in names)
         retained = tracked or (budget is not None and budget.retained is not None)
-        # Where the peak is only sampled (no clear_refs: macOS, Windows), a peak budget also
-        # takes the heap peak, which sees a Python spike the sampler cannot preempt.
-        needs_heap = budget is not None and (
-            budget.retained is not None
-            or budget.allocations is not None
-            or (budget.peak is not None and not self.engine.exact_peak)
-        )
         # The hook costs 1.1-1.25x on allocation-heavy suites (attrs, dateutil), so heap figures
-        # are measured where something reads them: a budget (whose failure names the sites),
-        # a baseline, a leak check, a report file. Elsewhere the kernel's figures are all.
+        # are measured where something reads them: a budget (whose failure names the sites, and
+        # whose peak also takes the heap peak, which sees a Python spike a sampled peak cannot
+        # preempt), a baseline, a leak check, a report file. Elsewhere the kernel's figures are
+        # all. The same rule on the tracemalloc fallback, so that its figures are the hook's.
         reported = bool(self.settings.mem_report or self.settings.mem_html)
         read = budget is not None or leak is not None or reported
         return TestPlan(
             budget=budget,
             leak=leak,
-            heap=needs_heap or retained or (self.engine.heap.cheap and read),
+            heap=retained or read,
             retained=retained,
             private=budget is not None and budget.private is not None,
             trim=budget is not None and budget.peak is not None,
