@@ -6,7 +6,34 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from pytest_memguard.heap import ExtBackend
+from pytest_memguard.measurement import get_engine
+from pytest_memguard.platforms import IS_LINUX
+
 pytest_plugins = ["pytester"]
+
+# The suite runs end to end on each measurement path (docs/configuration.md): the allocator
+# hook, the tracemalloc fallback (MEMGUARD_FORCE_TRACEMALLOC=1, or no compiler) and the path
+# other platforms take (MEMGUARD_FORCE_PORTABLE=1). Inner runs inherit the environment, so a
+# test asserts what its path gives; what only the hook can give is marked.
+HOOK = isinstance(get_engine().heap, ExtBackend)
+needs_hook = pytest.mark.skipif(
+    not HOOK, reason="what only the allocator hook gives (call counts, freed blocks, pausing)"
+)
+# Tests of the leak check's time budget, sized in CPU seconds of busy tests against floors made
+# for the hook: the fallback's floors are its slowdown (9.5x) longer, and the same tests would
+# take minutes there. The scaling itself is unit-tested (test_leaks.py).
+budget_seconds = pytest.mark.skipif(
+    not HOOK, reason="calibrated to the hook's time floors (the fallback's are 9.5x longer)"
+)
+# Before 3.12 tracemalloc cannot find the traceback of an instance of a Python class (its
+# attributes sit in front of the object), so the fallback's census and reference paths miss them.
+traces_instances = pytest.mark.skipif(
+    not HOOK and sys.version_info < (3, 12),
+    reason="tracemalloc before 3.12 cannot tell which class instances it traced",
+)
+# The kernel's exact high-water mark (Linux's clear_refs); elsewhere the peak is sampled.
+needs_kernel_peak = pytest.mark.skipif(not IS_LINUX, reason="the kernel's exact peak (Linux)")
 
 HAS_XDIST = True
 try:

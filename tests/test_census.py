@@ -8,7 +8,7 @@ import pytest
 
 from pytest_memguard.census import census_types, type_name
 
-from .conftest import Runner
+from .conftest import Runner, traces_instances
 
 # Types a report meets in real processes: Cython 3 metatypes (numpy.random, memray) define
 # ``__module__`` as a descriptor for their instances, so on the metatype itself it reads as the
@@ -91,6 +91,7 @@ def test_leak_explained():
 )
 
 
+@traces_instances
 def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_hostile=HOSTILE_TESTS)
     result = run()

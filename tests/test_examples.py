@@ -54,7 +54,7 @@ def test_examples_pass_and_fail_as_documented(pytester: pytest.Pytester, run: Ru
             "  test_budgets.CACHE[[]…]  (12 of 12 bytes)",
             "*memory leaks: blocks*",
             "  test_leaks.SEEN[[]…]  (list, +1.0 entry per run)",
-            "*AssertionError: worker * holds * MiB of private memory (budget 8 MiB)*",
+            "*AssertionError: worker * holds * MiB of private memory (budget 16 MiB)*",
             *(["*memory of process * kept growing through a soak of 20,000*"] if compiler else []),
             "*memguard: top 5 tests by peak memory*",
         ]

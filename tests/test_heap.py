@@ -271,6 +271,23 @@ def test_forced_fallback_uses_tracemalloc_and_says_so() -> None:
     assert kind == "bytearray"
 
 
+def test_fallback_sites_name_the_line_that_allocated() -> None:
+    """tracemalloc sorts a traceback's frames oldest first; a site is the newest."""
+    backend = TracemallocBackend()
+    token = backend.begin()
+    try:
+        kept = [bytearray(1000) for _ in range(500)]
+        line = sys._getframe().f_lineno - 1
+        sites = backend.sites(token, 3, alive_only=True)
+    finally:
+        backend.end(token)
+    assert len(kept) == 500
+    top = sites[0]
+    assert (top.frame.filename, top.frame.lineno) == (__file__, line)
+    assert 500 * 1000 <= top.alive_bytes <= 600 * 1000
+    assert top.stack[1].filename == __file__  # then its caller: the comprehension's frame
+
+
 def test_load_backend_honours_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMGUARD_FORCE_TRACEMALLOC", "1")
     backend = load_backend()

@@ -13,6 +13,7 @@ import pytest
 from pytest_memguard.leaks import (
     QUIET,
     SCREEN,
+    SCREEN_FLOOR,
     LeakRunner,
     LeakSettings,
     LeakSettingsError,
@@ -23,7 +24,9 @@ from pytest_memguard.leaks import (
     theil_sen,
     trend,
 )
-from pytest_memguard.measurement import get_engine
+from pytest_memguard.measurement import Engine, get_engine
+
+from .conftest import HOOK, budget_seconds
 
 FLAT = [100] * 31
 # Made at import, before any window of this test run: exactly full, so that the first append
@@ -295,6 +298,7 @@ def busy(seconds: float) -> None:
         pass
 
 
+@budget_seconds
 def test_a_slow_clean_test_runs_within_its_time_budget() -> None:
     def slow() -> None:
         busy(0.02)
@@ -309,6 +313,7 @@ def test_a_slow_clean_test_runs_within_its_time_budget() -> None:
     assert 2 <= result.calls <= result.budget / 0.02 + 1
 
 
+@budget_seconds
 def test_a_test_too_slow_for_any_verdict_stops_after_one_run() -> None:
     """0.15 s a run: the suspect's budget (4 runs' worth) holds 4 runs, the screen needs 7, so
     no verdict fits; one run says so, where 3-4 more used to decide nothing."""
@@ -326,6 +331,26 @@ def test_a_test_too_slow_for_any_verdict_stops_after_one_run() -> None:
     assert 0.14 <= result.too_slow <= 1.0
 
 
+def test_the_time_floors_are_sized_in_runs_of_the_backend() -> None:
+    """tracemalloc makes each run of a fast test ~9.5x slower than the hook: its floors are
+    that much longer, so that a fast test gets as many runs (a leak of half a block a run is
+    told from a filling cache only after ~250 runs)."""
+    from pytest_memguard.fallback import TracemallocBackend
+
+    def quick() -> None:
+        pass
+
+    engines = [Engine(heap=TracemallocBackend(), native=False)]
+    if HOOK:
+        engines.append(get_engine())
+    for engine in engines:
+        result = LeakRunner(engine, LeakSettings()).run(quick)
+        assert not result.leaked
+        assert result.budget == pytest.approx(SCREEN_FLOOR * engine.heap.slowdown)
+    assert TracemallocBackend.slowdown == 9.5
+
+
+@budget_seconds
 def test_a_slow_test_the_budget_can_screen_is_not_too_slow() -> None:
     """0.05 s a run: 7 runs fit in the suspect's 0.5 s, so it is checked as before."""
 
@@ -337,6 +362,7 @@ def test_a_slow_test_the_budget_can_screen_is_not_too_slow() -> None:
     assert 2 <= result.calls <= 10
 
 
+@budget_seconds
 def test_a_slow_growing_test_out_of_time_is_inconclusive_not_failed() -> None:
     sink: list[object] = []
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import MiB, Runner
+from .conftest import HOOK, MiB, Runner, needs_hook
 
 CORPUS = """
 import mmap
@@ -208,9 +208,12 @@ def outcomes(result: pytest.RunResult) -> dict[str, str]:
 def assert_sides(result: pytest.RunResult) -> None:
     seen = outcomes(result)
     assert seen, result.stdout.str()
-    for name, outcome in seen.items():
-        expected = "PASSED" if "_pass_" in name else "FAILED"
-        assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
+    expected = {name: "PASSED" if "_pass_" in name else "FAILED" for name in seen}
+    if not HOOK and "test_pass_small_objects" in expected:
+        # tracemalloc's own tables (~160 B per live block) are in the kernel's peak: 200,000
+        # small objects peak at 46 MiB instead of 14 MiB (docs/configuration.md).
+        expected["test_pass_small_objects"] = "FAILED"
+    assert seen == expected, result.stdout.str()
 
 
 def test_budget_corpus_each_on_its_side(
@@ -246,13 +249,15 @@ def test_failure_says_where_the_memory_went(pytester: pytest.Pytester, run: Runn
             "*retained * exceeds mem_budget 1.0 MiB by *",
             "measured: peak *, heap_peak *, retained *",
             "Top allocation sites (still alive at the end; sampled, estimated):",
-            "*test_where.py:7 in *",
+            # (tracemalloc's frames carry no function names)
+            "*test_where.py:7 in *" if HOOK else "*test_where.py:7  <- *",
             "Object types allocated during the test and still alive:",
             "*5,000  bytearray",
         ]
     )
 
 
+@needs_hook  # elsewhere the budget warns that it cannot be checked (test_plugin_core)
 def test_allocations_budget(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_allocs=ALLOCATIONS)
     result = run("-rA")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import Runner
+from .conftest import HOOK, Runner
 from .test_plugin_budget import outcomes
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation forks")
@@ -59,7 +59,8 @@ def test_numbers_are_identical_alone_and_after_a_hungry_sibling(
     assert after_sibling == alone
     # Without isolation the sibling's warm regex cache makes the same test look far cheaper.
     run("--mem-report=report.json", "-p", "no:randomly").assert_outcomes(passed=2)
-    assert measured(pytester)[0] < alone[0] // 2
+    figure = 0 if HOOK else 1  # its count, or its heap peak where calls are not counted
+    assert measured(pytester)[figure] < alone[figure] // 2
 
 
 SETTING = """

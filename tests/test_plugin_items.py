@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import HAS_XDIST, MiB, Runner
+from .conftest import HAS_XDIST, HOOK, MiB, Runner, needs_hook
 
 UNITTEST = """
 import unittest
@@ -94,11 +94,12 @@ def test_every_kind_of_item_is_measured(
     small = by_name["test_small"]["metrics"]
     assert 3 * MiB <= small["peak"] < 4 * MiB
     assert 3 * MiB <= small["heap_peak"] < 3.2 * MiB
-    for name in ("test_small", "test_function"):  # > 500 if the conftest's work counted
-        assert 0 < by_name[name]["metrics"]["allocations"] < 400, name
-    # A doctest's window is its whole call phase: the doctest runner's work, and other
-    # plugins' implementations of the call hook.
-    assert 500 < by_name["add"]["metrics"]["allocations"] < 5000
+    if HOOK:  # (the tracemalloc fallback counts no calls)
+        for name in ("test_small", "test_function"):  # > 500 if the conftest's work counted
+            assert 0 < by_name[name]["metrics"]["allocations"] < 400, name
+        # A doctest's window is its whole call phase: the doctest runner's work, and other
+        # plugins' implementations of the call hook.
+        assert 500 < by_name["add"]["metrics"]["allocations"] < 5000
     assert by_name["test_fails"]["outcome"] == "failed"
     assert by_name["test_keeps_two_mib"]["outcome"] == "failed"
 
@@ -123,6 +124,7 @@ def test_pytest_subtests(subtests):
 
 @pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist not installed")
 @pytest.mark.skipif(int(pytest.__version__.split(".")[0]) < 9, reason="subtests: pytest 9")
+@needs_hook  # the hook leaves the reporting out; tracemalloc cannot
 def test_subtest_reporting_is_not_the_tests(pytester: pytest.Pytester, run: Runner) -> None:
     """Subtests are reported from inside the test's call; what that costs depends on who
     listens (the terminal, or xdist's serialisation), so it is left out of the figures: a
@@ -175,4 +177,4 @@ def test_every_test_that_ran_has_a_report_row(pytester: pytest.Pytester, run: Ru
     assert rows["test_setup_error"]["unmeasured"] == "its call did not run (error before it)"
     assert set(rows["test_skipped"]["metrics"].values()) == {None}
     assert "unmeasured" not in rows["test_runs"]
-    assert rows["test_runs"]["metrics"]["allocations"] > 0
+    assert rows["test_runs"]["metrics"]["allocations" if HOOK else "heap_peak"] > 0

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import OPCACHE_310, Runner
+from .conftest import HOOK, OPCACHE_310, Runner, budget_seconds
 from .test_plugin_budget import outcomes
 
 PATTERNS = '''
@@ -248,7 +248,9 @@ def test_a_fixture_that_leaks_is_the_leak_reported(pytester: pytest.Pytester, ru
     )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*blocks*grew*", "*conftest.py:7 in session_like*"])
+    # (tracemalloc's frames carry no function names)
+    where = "*conftest.py:7 in session_like*" if HOOK else "*conftest.py:7  <- *"
+    result.stdout.fnmatch_lines(["*blocks*grew*", where])
 
 
 def test_a_test_that_cannot_repeat_passes_as_itself_and_is_said_so(
@@ -307,6 +309,7 @@ def test_a_failing_test_fails_once_as_itself(pytester: pytest.Pytester, run: Run
     assert "cannot repeat" not in text
 
 
+@budget_seconds
 def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -328,6 +331,7 @@ def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
     assert 2 <= row["details"]["leak.calls"] <= 6
 
 
+@budget_seconds
 def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
@@ -468,6 +472,7 @@ def test_broader_fixtures_are_set_up_once_and_their_teardown_is_reported(
     )
 
 
+@budget_seconds
 def test_growth_the_budget_cannot_judge_is_listed_not_failed(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -547,9 +552,14 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
         sessions.append(
             {row["nodeid"].rpartition(":")[2]: row["details"]["leak.calls"] for row in rows}
         )
-        if sessions[-1] == least:
+        if sessions[-1] == least or not HOOK:
             break
-    assert least in sessions, sessions
+    if HOOK:
+        assert least in sessions, sessions
+    else:
+        # The fallback's block column is the interpreter's count of every block, pytest's
+        # resized dicts included (the hook takes those out): 9-13 runs, at times 32.
+        assert all(7 <= calls <= 32 for calls in sessions[-1].values()), sessions
 
 
 SWINGING = """
@@ -594,5 +604,6 @@ def test_native_memory_that_swings_without_growing_passes_the_screen(
     rows = {t["nodeid"].split("::")[1]: t for t in json.loads(report.read_text())["tests"]}
     # 2 warm-up runs, the swing's first high, then 5 runs that set no new one (32 or more
     # runs when a swing was a move).
-    assert 7 <= rows["test_swings"]["details"]["leak.calls"] <= 10
+    # (On the fallback a clean test's block column moves a few times more: up to 32.)
+    assert 7 <= rows["test_swings"]["details"]["leak.calls"] <= (10 if HOOK else 32)
     result.stdout.fnmatch_lines(["*native * grew*"])

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import OPCACHE_310, Runner
+from .conftest import HOOK, OPCACHE_310, Runner
 from .test_plugin_budget import outcomes
 
 CORPUS = """
@@ -208,7 +208,8 @@ def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: R
             "  net growth over the judged runs: blocks +1.*/run*",
             "  blocks  *",
             "Where the growing memory is allocated*",
-            "*test_one.py:7 in test_leaky*",
+            # (tracemalloc's frames carry no function names)
+            "*test_one.py:7 in test_leaky*" if HOOK else "*test_one.py:7  <- *",
             "Object types that grew (per run):",
             "*+1 * object",
         ]
@@ -306,6 +307,10 @@ def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
                 memguard.check_leaks(sorted, [], iterations=0)
 
         def test_too_slow_for_the_budget_runs_in_full(memguard):
+            from pytest_memguard.measurement import get_engine
+
+            if get_engine().heap.slowdown > 1:
+                pytest.skip("sized for the hook's time floors")
             calls = [0]
 
             def slow():  # 0.08 s: the budget holds no verdict; asked for, it runs in full
@@ -318,7 +323,7 @@ def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
             assert 1 + 32 <= calls[0] <= 1 + 2 * 32
         """
     )
-    run().assert_outcomes(passed=4)
+    run().assert_outcomes(passed=4 if HOOK else 3, skipped=0 if HOOK else 1)
 
 
 def test_threads_alive_during_a_check_are_noted_in_a_leak_and_never_warned(

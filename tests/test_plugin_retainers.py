@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import Runner
+from .conftest import Runner, needs_hook, traces_instances
 
 APP = """
 import functools
@@ -72,6 +72,7 @@ def test_a_failed_leak_check_says_who_holds_the_growth(
     assert "search cut short" not in result.stdout.str()
 
 
+@traces_instances
 def test_a_retained_budget_and_a_soak_say_who_holds_what_they_kept(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -165,6 +166,7 @@ def test_no_survivors_fails_a_test_that_leaves_an_object_behind(
     )
 
 
+@needs_hook  # tracemalloc cannot pause: the watch's heap walk is in the fallback's figures
 def test_the_survivors_fixture_is_left_out_of_the_tests_figures(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
