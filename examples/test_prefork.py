@@ -7,7 +7,8 @@ memory (RSS) does not move at all. ``gc.freeze()`` in the parent before the fork
 out of the collector's reach: the worker shares it for as long as it lives.
 
 The test reads the worker's private memory (``memguard.process``) after the worker collected
-once; the first test fails on purpose (~40 MiB copied), the second passes (under 1 MiB)."""
+once; the first test fails on purpose (~40-49 MiB copied), the second passes (6-8 MiB: what
+the worker's own collection and start-up write; CPython 3.11, Linux)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pytest_memguard.plugin import MemguardFixture
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="a pre-fork pool needs os.fork")
 
 MiB = 2**20
-WORKER_BUDGET = 8 * MiB
+WORKER_BUDGET = 16 * MiB
 
 
 def load_cache() -> list[dict[str, object]]:

@@ -28,6 +28,7 @@ import copyreg
 import functools
 import gc
 import importlib
+import os
 import sys
 import threading
 import time
@@ -38,7 +39,6 @@ from typing import Any, cast
 
 from .census import Site, TypeGrowth, census_types
 from .measurement import Engine
-from .platforms import IS_LINUX
 from .process import open_fds
 from .retainers import (
     Retainers,
@@ -543,8 +543,9 @@ def clear_hypothesis_caches() -> None:
 @functools.cache
 def native_allocated() -> Callable[[], int] | None:
     """glibc's allocated-bytes figure: the only place a C-level malloc leak shows. Loaded on
-    first use (ctypes is not imported at startup)."""
-    if not IS_LINUX:
+    first use (ctypes is not imported at startup). Where the C library has it (glibc 2.33+),
+    whichever way the OS is read."""
+    if os.name == "nt":
         return None
     import ctypes
 

@@ -169,7 +169,11 @@ class Soak:
                 positions[k] = bounds[k]
                 live[k] = reading.live or 0
                 blocks[k] = reading.live_blocks or 0
-                private[k] = engine.resident_and_anon()[1]
+                was = heap.pause(True)
+                try:
+                    private[k] = engine.resident_and_anon()[1]
+                finally:
+                    heap.pause(was)
             result.positions = positions.tolist()
             result.heap = live.tolist()
             result.blocks = blocks.tolist()

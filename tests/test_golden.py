@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_memguard import baseline as b
+from pytest_memguard.platforms import IS_LINUX
 from pytest_memguard.tolerance import Tolerance
 
 from .conftest import Runner
@@ -55,9 +56,7 @@ class TestCase(unittest.TestCase):
         self.assertEqual([1] * 10, [1] * 10)
 """
 
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the golden texts are those of Linux"
-)
+linux_only = pytest.mark.skipif(not IS_LINUX, reason="the golden texts are those of Linux")
 
 SIZE = re.compile(r"(?:(?<!\w)[+-])?\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)\b")
 NUMBER = re.compile(r"(?:(?<!\w)[+-])?\d+(?:,\d{3})*(?:\.\d+)?")

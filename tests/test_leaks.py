@@ -14,6 +14,7 @@ from pytest_memguard.leaks import (
     QUIET,
     SCREEN,
     SCREEN_FLOOR,
+    SUSPECT_FLOOR,
     LeakRunner,
     LeakSettings,
     LeakSettingsError,
@@ -346,7 +347,10 @@ def test_the_time_floors_are_sized_in_runs_of_the_backend() -> None:
     for engine in engines:
         result = LeakRunner(engine, LeakSettings()).run(quick)
         assert not result.leaked
-        assert result.budget == pytest.approx(SCREEN_FLOOR * engine.heap.slowdown)
+        # The screen's floor; or the suspect's, where a reading moved (the portable path's
+        # sampler thread makes blocks that tracemalloc, unlike the hook, cannot leave out).
+        floors = (SCREEN_FLOOR, SUSPECT_FLOOR)
+        assert result.budget in [pytest.approx(f * engine.heap.slowdown) for f in floors]
     assert TracemallocBackend.slowdown == 9.5
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from pytest_memguard.other_process import ProcessGone, WatchedProcess, watch
+from pytest_memguard.platforms import IS_LINUX
 
 from .conftest import Runner
 
 CHILD = Path(__file__).with_name("memory_child.py")
 MiB = 2**20
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="exact peaks of another process need /proc"
-)
+linux_only = pytest.mark.skipif(not IS_LINUX, reason="exact peaks of another process need /proc")
 
 
 class Server:

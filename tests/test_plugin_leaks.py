@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from pytest_memguard.leaks import native_allocated
+
 from .conftest import HOOK, OPCACHE_310, Runner
 from .test_plugin_budget import outcomes
 
@@ -178,12 +180,15 @@ def test_leak_corpus_each_on_its_side(
     seen = outcomes(result)
     assert sum(name.startswith("test_leak_") for name in seen) == 11
     assert sum(name.startswith("test_pass_") for name in seen) == 12
+    # A C-level leak shows only in the C library's own figure (glibc's mallinfo2).
+    glibc = native_allocated() is not None
     for name, outcome in seen.items():
-        expected = "FAILED" if name.startswith("test_leak_") else "PASSED"
+        leaks = name.startswith("test_leak_") and (glibc or name != "test_leak_c_malloc")
+        expected = "FAILED" if leaks else "PASSED"
         assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
     text = result.stdout.str()
     assert "fds" in text
-    assert "native" in text
+    assert ("native" in text) == glibc
 
 
 @OPCACHE_310

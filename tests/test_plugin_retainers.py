@@ -200,6 +200,7 @@ def test_the_survivors_fixture_is_left_out_of_the_tests_figures(
     tests = json.loads((pytester.path / "r.json").read_text())["tests"]
     allocations = {t["nodeid"].rpartition("::")[2]: t["metrics"]["allocations"] for t in tests}
     # Each watch walks the whole heap twice (hundreds of thousands of objects): counted, it
-    # would dwarf the few dozen calls of the test itself.
-    assert 0 < allocations["test_fixture"] < 2_000
-    assert 0 < allocations["test_api"] < 2_000
+    # would dwarf the calls of the test itself (2,050 on the portable path, which reads
+    # psutil in the window).
+    assert 0 < allocations["test_fixture"] < 5_000
+    assert 0 < allocations["test_api"] < 5_000
