@@ -628,10 +628,11 @@ class LeakRunner:
         """The verdict on ``call``. ``named``: the check was asked for by name (a test's own
         marker, ``check_leaks``), so one too slow for the time budget runs its runs in full, as
         with a number of runs given, rather than stopping with ``too_slow``."""
-        result = self._run(call, explain)
-        if named and result.too_slow is not None:
-            full = replace(self.settings, screen=None)
-            result = LeakRunner(self.engine, full)._run(call, explain)
+        with self.engine.sampling_suspended():
+            result = self._run(call, explain)
+            if named and result.too_slow is not None:
+                full = replace(self.settings, screen=None)
+                result = LeakRunner(self.engine, full)._run(call, explain)
         return result
 
     def _run(self, call: Callable[[], object], explain: bool) -> LeakResult:

@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +180,12 @@ class Engine:
 
             self._probe = ProcessProbe()
         return self._probe
+
+    def sampling_suspended(self) -> AbstractContextManager[None]:
+        """The peak sampler's thread stopped for a while, where one runs (see there)."""
+        if self._probe is None:
+            return nullcontext()
+        return self._probe.sampling_suspended()
 
     @property
     def exact_peak(self) -> bool:

@@ -1,5 +1,6 @@
-"""Which way this process reads the operating system: Linux's ``/proc`` and glibc, or the
-portable path other platforms take (psutil's figures, a peak sampled every millisecond).
+"""Which way this process reads the operating system: Linux's ``/proc``, or the portable path
+other platforms take (psutil's figures, a peak sampled every millisecond). The C library's
+features (glibc's ``malloc_trim``, ``mallinfo2``) are used wherever it has them, either way.
 
 A leaf module, so that the measurement engine can choose its path without loading the process
 probe, which a plain run on Linux never needs.
