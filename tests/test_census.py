@@ -8,7 +8,7 @@ import pytest
 
 from pytest_memguard.census import census_types, type_name
 
-from .conftest import Runner, traces_instances
+from .conftest import HOOK, Runner
 
 # Types a report meets in real processes: Cython 3 metatypes (numpy.random, memray) define
 # ``__module__`` as a descriptor for their instances, so on the metatype itself it reads as the
@@ -91,7 +91,6 @@ def test_leak_explained():
 )
 
 
-@traces_instances
 def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_hostile=HOSTILE_TESTS)
     result = run()
@@ -99,13 +98,18 @@ def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -
     text = result.stdout.str()
     assert "AttributeError" not in text
     assert "RuntimeError" not in text
-    result.stdout.fnmatch_lines(
-        [
-            "*retained * exceeds mem_budget 64.0 KiB by *",
-            "Object types allocated during the test and still alive:",
-            "*2,00? *?.?",
-            "*grew over 12 judged runs*",
-            "Object types that grew (per run):",
-            "*+1 *?.?",
-        ]
-    )
+    if HOOK:
+        result.stdout.fnmatch_lines(
+            [
+                "*retained * exceeds mem_budget 64.0 KiB by *",
+                "Object types allocated during the test and still alive:",
+                "*2,00? *?.?",
+                "*grew over 12 judged runs*",
+                "Object types that grew (per run):",
+                "*+1 *?.?",
+            ]
+        )
+    else:  # the fallback's census does not list these types (3.11 and 3.14 alike; not traced)
+        result.stdout.fnmatch_lines(
+            ["*retained * exceeds mem_budget 64.0 KiB by *", "*grew over 12 judged runs*"]
+        )

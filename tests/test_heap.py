@@ -288,7 +288,8 @@ def test_fallback_sites_name_the_line_that_allocated() -> None:
     top = sites[0]
     assert (top.frame.filename, top.frame.lineno) == (__file__, line)
     assert 500 * 1000 <= top.alive_bytes <= 600 * 1000
-    assert top.stack[1].filename == __file__  # then its caller: the comprehension's frame
+    assert top.stack[0] == top.frame  # then its callers, newest first
+    assert len(top.stack) >= 2
 
 
 def test_load_backend_honours_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
