@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .census import Site, TypeGrowth
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
-from .platforms import FORCE_PORTABLE_ENV, IS_LINUX
+from .platforms import FORCE_PORTABLE_ENV, IS_LINUX, PORTABLE_FORCED
 from .units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class Engine:
         if IS_LINUX:
             private = "anonymous memory after gc and malloc_trim"
         else:
-            forced = f" - {FORCE_PORTABLE_ENV} is set" if os.environ.get(FORCE_PORTABLE_ENV) else ""
+            forced = f" - {FORCE_PORTABLE_ENV} is set" if PORTABLE_FORCED else ""
             private = f"resident minus shared memory (psutil) after gc{forced}"
         return (
             f"peak = max({method}, Python-heap peak); "

@@ -13,4 +13,5 @@ import sys
 
 # Forces the portable path on Linux, so that it can be tested (and compared) there.
 FORCE_PORTABLE_ENV = "MEMGUARD_FORCE_PORTABLE"
-IS_LINUX = sys.platform.startswith("linux") and not os.environ.get(FORCE_PORTABLE_ENV)
+PORTABLE_FORCED = bool(os.environ.get(FORCE_PORTABLE_ENV))
+IS_LINUX = sys.platform.startswith("linux") and not PORTABLE_FORCED
