@@ -192,6 +192,17 @@ def _native() -> Any:
     return ext if hasattr(ext, "kernel") and hasattr(ext, "count_fds") else None
 
 
+def _resident_sampler() -> Any:
+    """The extension, where its C thread can sample this process's resident size (Linux,
+    macOS), or None."""
+    try:
+        import pytest_memguard._allochook as ext
+    except ImportError:
+        return None
+    prepare = getattr(ext, "sampler_prepare", None)
+    return ext if prepare is not None and prepare() else None
+
+
 # Held by the peak sampler while it reads and by the descriptor count while it counts: where
 # reading the resident set opens a file (psutil on Linux) or a handle (Windows), a count taken
 # while the sampler's thread had it open read one more, and a clean test's fds "grew".
@@ -244,6 +255,7 @@ class ProcessProbe:
     """
 
     def __init__(self, native: bool = True) -> None:
+        self._native = native
         self._windows: list[_Window] = []
         self._lock = threading.Lock()
         self._kernel: Callable[[int, int], tuple[int, int, int]] | None = (
@@ -269,7 +281,8 @@ class ProcessProbe:
             except OSError:
                 self._clear_refs = None
         if self._clear_refs is None:
-            self._sampler = PeakSampler(self.resident)
+            native = _resident_sampler() if self._native else None
+            self._sampler = PeakSampler(self.resident, native)
         self._pid = os.getpid()
 
     @property
@@ -282,7 +295,12 @@ class ProcessProbe:
     def peak_method(self) -> str:
         if self._clear_refs is not None:
             return "kernel high-water mark (clear_refs)"
-        return "RSS sampled every 1 ms (clear_refs unavailable; short spikes can be missed)"
+        if self._sampler is not None and self._sampler.native:
+            return "RSS sampled every 1 ms (clear_refs unavailable; shorter spikes can be missed)"
+        return (
+            "RSS sampled every 1 ms by a Python thread (clear_refs unavailable; spikes within "
+            "one call into C code can be missed)"
+        )
 
     def sampling_suspended(self) -> contextlib.AbstractContextManager[None]:
         """See ``PeakSampler.suspended`` (nothing to suspend where the peak is the kernel's)."""
@@ -411,20 +429,26 @@ class ProcessProbe:
 
 
 class PeakSampler:
-    """Fallback peak where clear_refs cannot be written: poll ``read`` (resident bytes) from a
-    thread at 1 ms.
+    """Fallback peak where clear_refs cannot be written: the highest of ``read`` (resident
+    bytes) taken every millisecond, while a window is open.
 
-    A Python thread waits for the GIL, so it misses spikes made inside C code; the report header
-    says so. It only runs while a window is open.
+    With the extension (``native``), its C thread reads this process's resident size: it runs
+    beside the interpreter and sees spikes inside C code. Without it, a Python thread polls
+    ``read``; it waits for the GIL, so it misses spikes made inside one stretch of C code (the
+    report header says so), and the other-process watchers, which read another process, use
+    it too.
     """
 
-    def __init__(self, read: Callable[[], int]) -> None:
+    def __init__(self, read: Callable[[], int], native: Any = None) -> None:
         self._read = read
+        self._native = native
         # In a C array: an int object replaced by the sampler's thread would free a block the
         # test's thread made (reset() runs there), a step in a leak check's block count.
         self._high = array.array("q", [0])
         self._users = 0
+        self._running = False
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
 
@@ -437,11 +461,16 @@ class PeakSampler:
             ext.pause(True)
         except (ImportError, AttributeError):
             pass
+        self._ready.set()
         while not self._stop.wait(0.001):
             with _READING:
                 value = self._read()
             if value > self._high[0]:
                 self._high[0] = value
+
+    @property
+    def native(self) -> bool:
+        return self._native is not None
 
     def acquire(self) -> None:
         with self._guard:
@@ -449,12 +478,19 @@ class PeakSampler:
             self._start()
 
     def _start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="memguard-peak-sampler", daemon=True
-            )
-            self._thread.start()
+        if self._running:
+            return
+        self._running = True
+        if self._native is not None:
+            self._native.sampler_start()
+            return
+        self._stop.clear()
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, name="memguard-peak-sampler", daemon=True)
+        self._thread.start()
+        # Until the thread has paused itself, what it allocates would land in the window the
+        # caller opens next.
+        self._ready.wait()
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
@@ -477,13 +513,22 @@ class PeakSampler:
                 self.stop()
 
     def stop(self) -> None:
+        self._running = False
+        if self._native is not None:
+            self._native.sampler_stop()
+            return
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
     def reset(self) -> None:
-        self._high[0] = self._read()
+        if self._native is not None:
+            self._native.sampler_reset()
+        else:
+            self._high[0] = self._read()
 
     def high(self) -> int:
+        if self._native is not None:
+            return int(self._native.sampler_high())
         return self._high[0]

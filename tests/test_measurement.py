@@ -18,7 +18,9 @@ from pytest_memguard.heap import ExtBackend
 from pytest_memguard.measurement import Engine, get_engine, interpreter_scope
 from pytest_memguard.platforms import IS_LINUX
 from pytest_memguard.process import (
+    PeakSampler,
     ProcessProbe,
+    _resident_sampler,
     open_fds,
     release_free_memory,
     trim_malloc,
@@ -307,6 +309,38 @@ def test_both_kernel_brackets_see_a_touched_buffer(native: bool) -> None:
         assert anon - anon0 >= 15 * MiB
         assert rss >= 15 * MiB
     finally:
+        probe.close()
+
+
+@pytest.mark.skipif(_resident_sampler() is None, reason="the extension's sampler (Linux, macOS)")
+def test_the_c_sampler_sees_a_spike_while_the_interpreter_is_busy() -> None:
+    """Its thread needs no GIL: spikes made and freed by a test that never lets go of the
+    interpreter are seen, which a Python thread polling the same figure cannot do."""
+    probe = ProcessProbe()
+    sampler = PeakSampler(probe.resident, _resident_sampler())
+    switch = sys.getswitchinterval()
+    try:
+        sampler.reset()
+        start = sampler.high()
+        sampler.acquire()
+        sys.setswitchinterval(5.0)
+        for _ in range(10):
+            len(b"\x01" * (64 * MiB))  # made, filled and freed while the GIL is held
+        sys.setswitchinterval(switch)
+        sampler.release()
+        assert 48 * MiB <= sampler.high() - start <= 256 * MiB
+        # Stopped, it reads no more, and starts again for the next window.
+        stopped = sampler.high()
+        buffer = b"\x01" * (64 * MiB)
+        assert sampler.high() == stopped
+        sampler.reset()
+        assert sampler.high() >= 48 * MiB + start
+        del buffer
+        sampler.acquire()
+        sampler.release()
+    finally:
+        sys.setswitchinterval(switch)
+        sampler.stop()
         probe.close()
 
 

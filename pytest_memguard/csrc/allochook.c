@@ -35,6 +35,7 @@
 #include "accounting.h"
 #include "hooks.h"
 #include "proc.h"
+#include "resident_sampler.h"
 #include "tracking.h"
 #include "heap_windows.h"
 #include "whole_windows.h"
@@ -213,6 +214,15 @@ static PyMethodDef methods[] = {
      "(resident bytes, anonymous bytes) now."},
     {"peak_method", ext_peak_method, METH_NOARGS,
      "'clear_refs' if windows can measure the kernel peak here, else None."},
+#endif
+#ifdef HAVE_RESIDENT_SAMPLER
+    {"sampler_prepare", ext_sampler_prepare, METH_NOARGS,
+     "Get ready to sample this process's resident size; False where it cannot be read."},
+    {"sampler_start", ext_sampler_start, METH_NOARGS,
+     "Read the resident size every millisecond, from a C thread, until sampler_stop()."},
+    {"sampler_stop", ext_sampler_stop, METH_NOARGS, "Stop the sampler's thread."},
+    {"sampler_reset", ext_sampler_reset, METH_NOARGS, "The high mark is the resident size now."},
+    {"sampler_high", ext_sampler_high, METH_NOARGS, "The highest resident size read, in bytes."},
 #endif
     {NULL, NULL, 0, NULL}};
 
