@@ -97,6 +97,28 @@ def test_update_merges_keeps_unchanged_and_removes(tmp_path: Path) -> None:
     assert set(b.load(path)) == {"s", "other"}
 
 
+def test_informational_figures_alone_do_not_rewrite_an_entry(tmp_path: Path) -> None:
+    """The kernel's peak moves by pages from run to run: a move of it alone, even beyond
+    tolerance, leaves the entry (and the file) as it was; it is refreshed with the rest when a
+    gated figure moves."""
+    path = str(tmp_path / "t.json")
+    gated = ("allocations", "heap_peak", "retained")
+    first = {"allocations": 434, "heap_peak": 23_294, "peak": 23_294, "retained": 216}
+    assert b.update_file(path, "s", {"a": first}, (), TOL, gated)
+    written = Path(path).read_bytes()
+    noisy = {**first, "peak": 73_728}
+    assert not b.update_file(path, "s", {"a": noisy}, (), TOL, gated)
+    assert Path(path).read_bytes() == written
+    # Gated on it (mem_baseline_metrics lists it), the same move rewrites the entry.
+    assert b.update_file(path, "s", {"a": noisy}, (), TOL, (*gated, "peak"))
+    assert b.load(path)["s"]["a"]["peak"] == 73_728
+    moved = {**first, "heap_peak": 200_000, "peak": 200_000}
+    assert b.update_file(path, "s", {"a": moved}, (), TOL, gated)
+    assert b.load(path)["s"]["a"] == moved
+    assert b.same_within(first, noisy, TOL, gated)
+    assert not b.same_within(first, noisy, TOL)
+
+
 def test_an_update_that_changes_nothing_takes_no_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
