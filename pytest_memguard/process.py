@@ -193,14 +193,13 @@ def _native() -> Any:
 
 
 def _resident_sampler() -> Any:
-    """The extension, where its C thread can sample this process's resident size (Linux,
+    """The extension, where it has C threads to sample this process's resident size (Linux,
     macOS), or None."""
     try:
         import pytest_memguard._allochook as ext
     except ImportError:
         return None
-    prepare = getattr(ext, "sampler_prepare", None)
-    return ext if prepare is not None and prepare() else None
+    return ext if hasattr(ext, "sampler_new") else None
 
 
 # Held by the peak sampler while it reads and by the descriptor count while it counts: where
@@ -432,8 +431,8 @@ class PeakSampler:
     """Fallback peak where clear_refs cannot be written: the highest of ``read`` (resident
     bytes) taken every millisecond, while a window is open.
 
-    With the extension (``native``), its C thread reads this process's resident size: it runs
-    beside the interpreter and sees spikes inside C code. Without it, a Python thread polls
+    With the extension (``native``), a C thread of its own reads this process's resident size:
+    it runs beside the interpreter and sees spikes inside C code. Without it, a Python thread polls
     ``read``; it waits for the GIL, so it misses spikes made inside one stretch of C code (the
     report header says so), and the other-process watchers, which read another process, use
     it too.
@@ -442,6 +441,10 @@ class PeakSampler:
     def __init__(self, read: Callable[[], int], native: Any = None) -> None:
         self._read = read
         self._native = native
+        # Where the extension can read the resident size, its own C sampler (None elsewhere).
+        self._c = native.sampler_new() if native is not None else None
+        if self._c is None:
+            self._native = None
         # In a C array: an int object replaced by the sampler's thread would free a block the
         # test's thread made (reset() runs there), a step in a leak check's block count.
         self._high = array.array("q", [0])
@@ -482,7 +485,7 @@ class PeakSampler:
             return
         self._running = True
         if self._native is not None:
-            self._native.sampler_start()
+            self._native.sampler_start(self._c)
             return
         self._stop.clear()
         self._ready.clear()
@@ -515,7 +518,7 @@ class PeakSampler:
     def stop(self) -> None:
         self._running = False
         if self._native is not None:
-            self._native.sampler_stop()
+            self._native.sampler_stop(self._c)
             return
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -524,11 +527,11 @@ class PeakSampler:
 
     def reset(self) -> None:
         if self._native is not None:
-            self._native.sampler_reset()
+            self._native.sampler_reset(self._c)
         else:
             self._high[0] = self._read()
 
     def high(self) -> int:
         if self._native is not None:
-            return int(self._native.sampler_high())
+            return int(self._native.sampler_high(self._c))
         return self._high[0]

@@ -315,20 +315,27 @@ def test_both_kernel_brackets_see_a_touched_buffer(native: bool) -> None:
 @pytest.mark.skipif(_resident_sampler() is None, reason="the extension's sampler (Linux, macOS)")
 def test_the_c_sampler_sees_a_spike_while_the_interpreter_is_busy() -> None:
     """Its thread needs no GIL: spikes made and freed by a test that never lets go of the
-    interpreter are seen, which a Python thread polling the same figure cannot do."""
+    interpreter are seen, which a Python thread polling the same figure cannot do. Each
+    sampler is its own: another's reset or stop does not touch it."""
     probe = ProcessProbe()
     sampler = PeakSampler(probe.resident, _resident_sampler())
+    other = PeakSampler(probe.resident, _resident_sampler())
+    assert sampler.native and other.native
     switch = sys.getswitchinterval()
     try:
         sampler.reset()
         start = sampler.high()
         sampler.acquire()
+        other.acquire()
         sys.setswitchinterval(5.0)
         for _ in range(10):
             len(b"\x01" * (64 * MiB))  # made, filled and freed while the GIL is held
         sys.setswitchinterval(switch)
-        sampler.release()
+        other.reset()
+        other.release()
         assert 48 * MiB <= sampler.high() - start <= 256 * MiB
+        assert other.high() - start < 16 * MiB
+        sampler.release()
         # Stopped, it reads no more, and starts again for the next window.
         stopped = sampler.high()
         buffer = b"\x01" * (64 * MiB)
@@ -341,6 +348,7 @@ def test_the_c_sampler_sees_a_spike_while_the_interpreter_is_busy() -> None:
     finally:
         sys.setswitchinterval(switch)
         sampler.stop()
+        other.stop()
         probe.close()
 
 

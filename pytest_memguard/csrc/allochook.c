@@ -216,13 +216,14 @@ static PyMethodDef methods[] = {
      "'clear_refs' if windows can measure the kernel peak here, else None."},
 #endif
 #ifdef HAVE_RESIDENT_SAMPLER
-    {"sampler_prepare", ext_sampler_prepare, METH_NOARGS,
-     "Get ready to sample this process's resident size; False where it cannot be read."},
-    {"sampler_start", ext_sampler_start, METH_NOARGS,
-     "Read the resident size every millisecond, from a C thread, until sampler_stop()."},
-    {"sampler_stop", ext_sampler_stop, METH_NOARGS, "Stop the sampler's thread."},
-    {"sampler_reset", ext_sampler_reset, METH_NOARGS, "The high mark is the resident size now."},
-    {"sampler_high", ext_sampler_high, METH_NOARGS, "The highest resident size read, in bytes."},
+    {"sampler_new", ext_sampler_new, METH_NOARGS,
+     "A sampler of this process's resident size (a C thread once started), or None where it "
+     "cannot be read."},
+    {"sampler_start", ext_sampler_start, METH_O,
+     "Read the resident size every millisecond until sampler_stop()."},
+    {"sampler_stop", ext_sampler_stop, METH_O, "Stop the sampler's thread."},
+    {"sampler_reset", ext_sampler_reset, METH_O, "Its high mark is the resident size now."},
+    {"sampler_high", ext_sampler_high, METH_O, "The highest resident size it read, in bytes."},
 #endif
     {NULL, NULL, 0, NULL}};
 
