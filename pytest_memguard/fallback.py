@@ -63,6 +63,16 @@ def _stack(traceback: Any) -> tuple[Frame, ...]:
     return tuple(Frame(f.filename, f.lineno) for f in reversed(traceback))
 
 
+def _ours(traceback: Any) -> bool:
+    """Allocated by the plugin's own code, directly or through code it called that was made at
+    run time (a named tuple's ``__new__`` is ``<string>``). tracemalloc cannot pause, so the
+    fallback's sites carried such rows (``<string>:16 <- pytest_memguard/measurement.py``)."""
+    for frame in reversed(traceback):  # the allocating frame first
+        if not frame.filename.startswith("<"):
+            return frame.filename.startswith(PACKAGE_DIR + os.sep)
+    return False
+
+
 class TracemallocBackend:
     """The fallback: the standard library's tracemalloc, with no call counts."""
 
@@ -128,6 +138,8 @@ class TracemallocBackend:
         )
         rows = []
         for stat in snapshot.statistics("traceback"):
+            if _ours(stat.traceback):
+                continue
             stack = _stack(stat.traceback)
             rows.append((max(1, stat.size // max(1, stat.count)), float(stat.size), True, stack))
         return aggregate_sites(rows, limit, alive_only, by_count)
@@ -143,10 +155,7 @@ class TracemallocBackend:
         calls: int,
         limit: int,
     ) -> list[Site]:
-        ignore = [
-            _tracemalloc().Filter(False, _tracemalloc().__file__),
-            _tracemalloc().Filter(False, f"{PACKAGE_DIR}{os.sep}*"),
-        ]
+        ignore = [_tracemalloc().Filter(False, _tracemalloc().__file__)]
         before = _tracemalloc().take_snapshot().filter_traces(ignore)
         for _ in range(calls):
             call()
@@ -154,7 +163,7 @@ class TracemallocBackend:
         after = _tracemalloc().take_snapshot().filter_traces(ignore)
         rows = []
         for stat in after.compare_to(before, "traceback"):
-            if stat.size_diff <= 0:
+            if stat.size_diff <= 0 or _ours(stat.traceback):
                 continue
             stack = _stack(stat.traceback)
             size = max(1, stat.size_diff // max(1, stat.count_diff))

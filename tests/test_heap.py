@@ -292,6 +292,28 @@ def test_fallback_sites_name_the_line_that_allocated() -> None:
     assert len(top.stack) >= 2
 
 
+def test_fallback_sites_leave_out_what_the_plugin_allocated() -> None:
+    """tracemalloc cannot pause: blocks the plugin made in a window (here named tuples, whose
+    ``__new__`` is generated code, ``<string>``) are left out of the sites by their stack."""
+    backend = TracemallocBackend()
+    token = backend.begin()
+    try:
+        kept = [bytearray(1000) for _ in range(100)]
+        line = sys._getframe().f_lineno - 1
+        rows = [(8, 8.0, True, (Frame(f"f{i}.py", i),)) for i in range(2000)]
+        ours = aggregate_sites(rows, 2000, alive_only=False)
+        sites = backend.sites(token, 50, alive_only=True)
+    finally:
+        backend.end(token)
+    assert len(kept) == 100
+    assert len(ours) == 2000
+    package = os.path.dirname(pm.__file__) + os.sep
+    named = [s.stack for s in sites if any(f.filename.startswith(package) for f in s.stack[:2])]
+    assert named == []
+    [mine] = [s for s in sites if (s.frame.filename, s.frame.lineno) == (__file__, line)]
+    assert 100 * 1000 <= mine.alive_bytes <= 120 * 1000
+
+
 def test_load_backend_honours_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMGUARD_FORCE_TRACEMALLOC", "1")
     backend = load_backend()
