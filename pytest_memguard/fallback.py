@@ -68,9 +68,17 @@ def _ours(traceback: Any) -> bool:
     run time (a named tuple's ``__new__`` is ``<string>``). tracemalloc cannot pause, so the
     fallback's sites carried such rows (``<string>:16 <- pytest_memguard/measurement.py``)."""
     for frame in reversed(traceback):  # the allocating frame first
-        if not frame.filename.startswith("<"):
-            return frame.filename.startswith(PACKAGE_DIR + os.sep)
+        filename: str = frame.filename
+        if not filename.startswith("<"):
+            return filename.startswith(PACKAGE_DIR + os.sep)
     return False
+
+
+def _traced(obj: object) -> bool:
+    """Made while tracing, and not by the plugin (see ``_ours``): a census or a reference chain
+    would otherwise name the plugin's own records of the window."""
+    traceback = _tracemalloc().get_object_traceback(obj)
+    return traceback is not None and not _ours(traceback)
 
 
 class TracemallocBackend:
@@ -177,13 +185,13 @@ class TracemallocBackend:
         return 0  # tracemalloc's own memory is subtracted where the native heap is read
 
     def is_new(self, obj: object) -> bool:
-        return _tracemalloc().is_tracing() and _tracemalloc().get_object_traceback(obj) is not None
+        return _tracemalloc().is_tracing() and _traced(obj)
 
     def census(self, token: _TmToken, limit: int) -> list[TypeGrowth]:
         if not _tracemalloc().is_tracing():
             return []
 
         def block_size(obj: object) -> int:
-            return -1 if _tracemalloc().get_object_traceback(obj) is None else 0
+            return 0 if _traced(obj) else -1
 
         return census_objects(block_size, limit)

@@ -294,7 +294,8 @@ def test_fallback_sites_name_the_line_that_allocated() -> None:
 
 def test_fallback_sites_leave_out_what_the_plugin_allocated() -> None:
     """tracemalloc cannot pause: blocks the plugin made in a window (here named tuples, whose
-    ``__new__`` is generated code, ``<string>``) are left out of the sites by their stack."""
+    ``__new__`` is generated code, ``<string>``) are left out of the sites, the census and the
+    reference chains by their stack."""
     backend = TracemallocBackend()
     token = backend.begin()
     try:
@@ -303,6 +304,9 @@ def test_fallback_sites_leave_out_what_the_plugin_allocated() -> None:
         rows = [(8, 8.0, True, (Frame(f"f{i}.py", i),)) for i in range(2000)]
         ours = aggregate_sites(rows, 2000, alive_only=False)
         sites = backend.sites(token, 50, alive_only=True)
+        # Nor are they "new" to a census or a reference chain; the test's own objects are.
+        assert not backend.is_new(ours[0])
+        assert backend.is_new(kept[0])
     finally:
         backend.end(token)
     assert len(kept) == 100

@@ -320,7 +320,8 @@ def test_the_c_sampler_sees_a_spike_while_the_interpreter_is_busy() -> None:
     probe = ProcessProbe()
     sampler = PeakSampler(probe.resident, _resident_sampler())
     other = PeakSampler(probe.resident, _resident_sampler())
-    assert sampler.native and other.native
+    assert sampler.native
+    assert other.native
     switch = sys.getswitchinterval()
     try:
         sampler.reset()
