@@ -254,7 +254,7 @@ class ProcessProbe:
     """
 
     def __init__(self, native: bool = True) -> None:
-        self._native = native
+        self._native_calls = native  # the extension's calls where it has them (tests turn off)
         self._windows: list[_Window] = []
         self._lock = threading.Lock()
         self._kernel: Callable[[int, int], tuple[int, int, int]] | None = (
@@ -280,8 +280,8 @@ class ProcessProbe:
             except OSError:
                 self._clear_refs = None
         if self._clear_refs is None:
-            native = _resident_sampler() if self._native else None
-            self._sampler = PeakSampler(self.resident, native)
+            ext = _resident_sampler() if self._native_calls else None
+            self._sampler = PeakSampler(self.resident, ext)
         self._pid = os.getpid()
 
     @property
@@ -440,11 +440,10 @@ class PeakSampler:
 
     def __init__(self, read: Callable[[], int], native: Any = None) -> None:
         self._read = read
-        self._native = native
-        # Where the extension can read the resident size, its own C sampler (None elsewhere).
-        self._c = native.sampler_new() if native is not None else None
-        if self._c is None:
-            self._native = None
+        # Where the extension can read the resident size: its own C sampler (a capsule) and
+        # the module whose functions drive it. None elsewhere, and the Python thread reads.
+        self._c: Any = native.sampler_new() if native is not None else None
+        self._ext: Any = native if self._c is not None else None
         # In a C array: an int object replaced by the sampler's thread would free a block the
         # test's thread made (reset() runs there), a step in a leak check's block count.
         self._high = array.array("q", [0])
@@ -473,7 +472,7 @@ class PeakSampler:
 
     @property
     def native(self) -> bool:
-        return self._native is not None
+        return self._c is not None
 
     def acquire(self) -> None:
         with self._guard:
@@ -484,8 +483,8 @@ class PeakSampler:
         if self._running:
             return
         self._running = True
-        if self._native is not None:
-            self._native.sampler_start(self._c)
+        if self._c is not None:
+            self._ext.sampler_start(self._c)
             return
         self._stop.clear()
         self._ready.clear()
@@ -517,8 +516,8 @@ class PeakSampler:
 
     def stop(self) -> None:
         self._running = False
-        if self._native is not None:
-            self._native.sampler_stop(self._c)
+        if self._c is not None:
+            self._ext.sampler_stop(self._c)
             return
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -526,12 +525,12 @@ class PeakSampler:
             thread.join()
 
     def reset(self) -> None:
-        if self._native is not None:
-            self._native.sampler_reset(self._c)
+        if self._c is not None:
+            self._ext.sampler_reset(self._c)
         else:
             self._high[0] = self._read()
 
     def high(self) -> int:
-        if self._native is not None:
-            return int(self._native.sampler_high(self._c))
+        if self._c is not None:
+            return int(self._ext.sampler_high(self._c))
         return self._high[0]
