@@ -765,6 +765,63 @@ def test_hypothesis_examples_are_fixed_while_baselines_are_gated(
     assert len(counts) > 1
 
 
+RANDOM_DRAWS = """
+import os
+import random
+import unittest
+
+EXTRA = int(os.environ.get("MEMGUARD_TEST_EXTRA", "0"))
+
+
+def draw(name):
+    n = random.randrange(1, 4000)
+    with open("draws.txt", "a") as out:
+        out.write(f"{name} {n}\\n")
+    return [str(i) for i in range(n + EXTRA)]
+
+
+def test_draws():
+    draw("function")
+
+
+class TestDraws(unittest.TestCase):
+    def test_draws(self):
+        draw("unittest")
+"""
+
+
+def test_tests_that_draw_from_random_draw_the_same_while_baselines_are_gated(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """jinja2's lorem-ipsum tests draw from ``random``: their figures moved from run to run of
+    unchanged code (1,344 and 1,509 calls) until a gated window seeded it."""
+    pytester.makepyfile(test_draws=RANDOM_DRAWS)
+    draws = pytester.path / "draws.txt"
+
+    def drawn() -> list[str]:
+        lines = draws.read_text().splitlines()
+        draws.unlink()
+        return lines
+
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    recorded = drawn()
+    assert sorted(line.split()[0] for line in recorded) == ["function", "unittest"]
+    for _ in range(3):
+        run("--mem-baseline=check").assert_outcomes(passed=2)
+        # Each draw once: a test whose figures repeat is not called a second time.
+        assert drawn() == recorded
+    # A regression is still caught.
+    grown = run("--mem-baseline=check", env={"MEMGUARD_TEST_EXTRA": "20000"})
+    grown.assert_outcomes(failed=2)
+    drawn()
+    # Without baselines nothing is seeded: the draws move from run to run.
+    seen = set()
+    for _ in range(3):
+        run("--mem-baseline=off").assert_outcomes(passed=2)
+        seen.add(tuple(drawn()))
+    assert len(seen) > 1
+
+
 ONCE_ONLY = """
 import sys
 
