@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from pytest_memguard.census import census_types, type_name
+from pytest_memguard import census
+from pytest_memguard.census import census_types, live_objects, type_name
 
 from .conftest import HOOK, Runner
 
@@ -94,6 +96,21 @@ def test_leak_explained():
     KEEP.append(Nameless())
 """
 )
+
+
+def test_live_objects_lists_each_object_once_across_batches() -> None:
+    """The walk asks for referents a batch at a time: every tracked object and every untracked
+    one it holds is still listed exactly once, whichever batch holds it."""
+    shared = "".join(["held by ", "every holder"])  # untracked, referenced from every batch
+    holders = [[f"own {i}".encode(), shared, i + 1000] for i in range(3 * census._BATCH + 7)]
+    skipped = ["".join(["kept ", "out"]).encode()]
+    listed = Counter(id(obj) for obj in live_objects({id(skipped)}))
+    assert all(listed[id(holder)] == 1 for holder in holders)
+    assert all(listed[id(holder[0])] == 1 and listed[id(holder[2])] == 1 for holder in holders)
+    assert listed[id(shared)] == 1
+    assert listed[id(skipped)] == 0
+    assert listed[id(skipped[0])] == 0  # held only by a skipped object: not reached
+    assert listed[id(None)] == 0
 
 
 def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -> None:
