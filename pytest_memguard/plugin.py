@@ -216,8 +216,8 @@ class MemguardHooks:
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        """The window of other items (innermost wrapper of the call phase; a unittest case's
-        from its ``startTest`` to its ``stopTest``)."""
+        """The window of other items: their ``runtest`` (a unittest case's from its
+        ``startTest`` to its ``stopTest``)."""
         session = self.session
         calling, session.calling = session.calling, True
         try:
@@ -225,7 +225,7 @@ class MemguardHooks:
             if plan is not None:
                 result = yield from session.measured_unittest(item, plan)
             elif (plan := self._window_plan(item, "call")) is not None:
-                result = yield from session.measured(item, plan)
+                result = yield from session.measured_runtest(item, plan)
             else:
                 result = yield
             return result

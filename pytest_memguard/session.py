@@ -14,8 +14,9 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -305,16 +306,45 @@ class MemguardSession:
         meter.start()
         return meter
 
-    def measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, object, object]:
-        """The body of a hook wrapper whose window holds what it wraps."""
+    @contextmanager
+    def window(self, item: pytest.Item, plan: TestPlan) -> Iterator[None]:
+        """The test's window around what the block runs; judged if the block returns."""
         meter = self.start(plan)
         try:
-            result = yield
+            yield
         except BaseException as exc:
             self.finish(item, plan, meter, judge=False, compare=_expected_failure(item, exc))
             raise
         self.finish(item, plan, meter, judge=True)
-        return result
+
+    def measured(self, item: pytest.Item, plan: TestPlan) -> Generator[None, object, object]:
+        """The body of a hook wrapper whose window holds what it wraps."""
+        with self.window(item, plan):
+            return (yield)
+
+    def measured_runtest(
+        self, item: pytest.Item, plan: TestPlan
+    ) -> Generator[None, object, object]:
+        """The body of the call phase's wrapper for any other item (a doctest, another
+        plugin's): its window holds the item's ``runtest`` only. Other plugins' hooks of the
+        call phase run inside every wrapper of it, so a window opened by the wrapper held them
+        too: pytest-randomly reseeds its generators there, which moved each of toolz's doctests
+        by 600 or more calls at a random order."""
+        had = "runtest" in item.__dict__
+        original = item.runtest
+
+        def runtest() -> None:
+            with self.window(item, plan):
+                original()
+
+        item.runtest = runtest  # type: ignore[method-assign]
+        try:
+            return (yield)
+        finally:
+            if had:
+                item.runtest = original  # type: ignore[method-assign]
+            else:
+                del item.runtest
 
     def measured_unittest(
         self, item: pytest.Item, plan: TestPlan
