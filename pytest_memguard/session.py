@@ -107,6 +107,12 @@ SURVIVORS_KEY: pytest.StashKey[Survivors] = pytest.StashKey()
 _OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception)
 
 
+def _doctest(item: pytest.Item) -> Any:
+    """The ``doctest.DocTest`` a pytest doctest item runs, or None for any other item."""
+    test = getattr(item, "dtest", None)
+    return test if isinstance(getattr(test, "globs", None), dict) else None
+
+
 def _least(first: int | None, second: int | None) -> int | None:
     return first if second is None or (first is not None and first <= second) else second
 
@@ -332,8 +338,16 @@ class MemguardSession:
         by 600 or more calls at a random order."""
         had = "runtest" in item.__dict__
         original = item.runtest
+        doctest = _doctest(item)
+        # The doctest runner empties a doctest's globals after each run: kept for a warm call.
+        globs = dict(doctest.globs) if doctest is not None and plan.baseline else None
 
         def runtest() -> None:
+            if self.repeating:  # the warm call (``_remeasure``): in its own window already
+                if doctest is not None and globs is not None:
+                    doctest.globs.update(globs)
+                original()
+                return
             with self.window(item, plan):
                 original()
 
@@ -411,8 +425,11 @@ class MemguardSession:
                 )
                 cold = measurement.imports > 0 or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone), nor for
-                # items whose call cannot be repeated alone (doctests clear their globals).
-                repeatable = plan.window != "call" and not self.scope_test
+                # other plugins' items, whose call may not bear repeating; a doctest's does,
+                # its globals put back (see measured_runtest).
+                repeatable = (plan.window != "call" or _doctest(item) is not None) and (
+                    not self.scope_test
+                )
                 if cold and (judge or compare) and meter.closed and repeatable:
                     warm = self._remeasure(item, plan, expected=compare)
                     if warm is not None:

@@ -857,6 +857,49 @@ def test_a_body_that_cannot_run_twice_keeps_its_first_figures(
     run("--mem-baseline=check", "-p", "no:randomly").assert_outcomes(passed=2)
 
 
+DOCTESTS = """
+def first():
+    \'\'\'
+    >>> import costly_helper
+    >>> len(costly_helper.TABLE)
+    3000
+    \'\'\'
+
+
+def second():
+    \'\'\'
+    >>> import costly_helper
+    >>> total = sum(len(name) for name in costly_helper.TABLE)
+    >>> total > 0
+    True
+    \'\'\'
+"""
+
+
+@needs_hook
+def test_a_doctest_that_imports_is_measured_again_warm(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A doctest whose module another doctest imported first in the recording run pays for the
+    import when it runs alone (more-itertools' ``dft`` doctest: 1,078 calls in a full run,
+    1,548 with one test file): its second, warm call, with the globals the doctest runner
+    cleared put back, is what it costs."""
+    pytester.makepyfile(
+        mod_doc=DOCTESTS,
+        costly_helper="TABLE = [f'name-{i}' for i in range(3000)]\n",
+    )
+    args = ("--doctest-modules", "-p", "no:randomly")
+    run("--mem-baseline=update", *args).assert_outcomes(passed=2)
+    recorded = entries(pytester, "mod_doc.json")
+    assert set(recorded) == {"mod_doc.first", "mod_doc.second"}
+    alone = run("--mem-report=r.json", *args, "mod_doc.py::mod_doc.second")
+    alone.assert_outcomes(passed=1)
+    row = json.loads(pytester.path.joinpath("r.json").read_text())["tests"][0]
+    assert row["baseline"]["status"] == "ok"
+    # Warm: within the slack of the recorded count, far below the import's 3,000 strings.
+    assert abs(row["metrics"]["allocations"] - recorded["mod_doc.second"]["allocations"]) <= 64
+
+
 LINECACHE = """
 import linecache
 
