@@ -342,6 +342,11 @@ class InterpreterCleanup:
         self._filters = list(warnings.filters)
         self._dispatch = copyreg.dispatch_table.copy()
         self._importer_cache = sys.path_importer_cache.copy()
+        # zipimport's directory of each archive it read, by path: refleak.py puts it back too.
+        # A test that imports from a new temporary archive each run adds one each run (jinja2's
+        # ModuleLoader tests: 37 blocks a run).
+        self._zip_directories = _zip_directory_cache()
+        self._zip_saved = dict(self._zip_directories or {})
         self._abcs = self._abc_registries()
         self._abc_clears = [
             clear
@@ -447,6 +452,9 @@ class InterpreterCleanup:
         copyreg.dispatch_table.update(self._dispatch)
         sys.path_importer_cache.clear()
         sys.path_importer_cache.update(self._importer_cache)
+        if self._zip_directories is not None:
+            self._zip_directories.clear()
+            self._zip_directories.update(self._zip_saved)
         if abc_module.get_cache_token() != self._token:  # something was registered
             self._restore_abc_registries()
             self._token = abc_module.get_cache_token()
@@ -459,6 +467,12 @@ class InterpreterCleanup:
 
 def _nothing() -> None:
     pass
+
+
+def _zip_directory_cache() -> dict[Any, Any] | None:
+    """zipimport's private table of archive directories, where this interpreter has one."""
+    cache = getattr(sys.modules.get("zipimport"), "_zip_directory_cache", None)
+    return cache if isinstance(cache, dict) else None
 
 
 def _length(container: object) -> int:

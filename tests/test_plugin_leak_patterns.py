@@ -97,6 +97,26 @@ def test_fresh_import():
     sys.modules.pop("generated_module")
 
 
+def test_import_from_a_new_archive():
+    # jinja2's ModuleLoader tests: each run imports from an archive in a new temporary folder.
+    import importlib
+    import shutil
+    import tempfile
+    import zipfile
+
+    folder = tempfile.mkdtemp()
+    archive = folder + "/templates.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("zipped_module.py", "VALUE = 1\\n")
+    sys.path.insert(0, archive)
+    try:
+        assert importlib.import_module("zipped_module").VALUE == 1
+    finally:
+        sys.path.remove(archive)
+        sys.modules.pop("zipped_module", None)
+        shutil.rmtree(folder)
+
+
 @given(st.integers())
 def test_hypothesis(x):
     assert x + 1 > x
@@ -125,7 +145,7 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     result = run(*plugin_args, *args, *strict, "--mem-leak-check", f"--mem-report={report}")
     plain = run(*plugin_args, *args, "-p", "no:memguard")
     seen = outcomes(result)
-    assert len(seen) == 14
+    assert len(seen) == 15
     assert set(seen.values()) == {"PASSED"}, result.stdout.str()
     text = result.stdout.str()
     # Subtests report from inside the call: the repeated runs' reports are not shown.
