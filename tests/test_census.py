@@ -113,6 +113,21 @@ def test_live_objects_lists_each_object_once_across_batches() -> None:
     assert listed[id(None)] == 0
 
 
+def test_live_objects_lists_what_untracked_containers_hold() -> None:
+    """The collector stops tracking a tuple or dict of atomic values, so nothing it tracks
+    refers to the tuples inside such a tuple: the walk lists them from their untracked holder."""
+    import gc
+
+    inner = tuple(f"atom {i}" for i in range(3))
+    outer = (inner, "".join(["also ", "atomic"]))
+    holder = [outer]
+    gc.collect()  # untracks both tuples
+    assert not gc.is_tracked(outer) and not gc.is_tracked(inner)
+    listed = Counter(id(obj) for obj in live_objects(set()))
+    assert listed[id(holder)] == listed[id(outer)] == listed[id(inner)] == 1
+    assert all(listed[id(atom)] == 1 for atom in inner)
+
+
 def test_reports_survive_hostile_types(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(test_hostile=HOSTILE_TESTS)
     result = run()

@@ -72,6 +72,39 @@ def test_a_failed_leak_check_says_who_holds_the_growth(
     assert "search cut short" not in result.stdout.str()
 
 
+def test_a_leak_that_nests_a_new_holder_each_run_names_its_type_and_root(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """pyparsing 3.3.3's context manager restores a setting with the dict it saved the setting
+    in, so each save nests one more dict: no container grows in place, and the dicts of the
+    rest of the heap come and go (10 runs read as 8 more dicts)."""
+    pytester.makepyfile(
+        test_nest="""
+        import pytest
+
+
+        class Compat:
+            collect = False
+
+
+        @pytest.mark.mem_leak_check
+        def test_saves_and_restores_the_wrong_value():
+            saved = {"collect": Compat.collect}
+            Compat.collect = saved
+        """,
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Object types that grew (per run):",
+            "      +1 * dict",
+            "Why it is kept (shortest reference paths from a root):",
+            "  test_nest.Compat.collect  (* dict)",
+        ]
+    )
+
+
 @traces_instances
 def test_a_retained_budget_and_a_soak_say_who_holds_what_they_kept(
     pytester: pytest.Pytester, run: Runner
