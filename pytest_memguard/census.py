@@ -136,6 +136,7 @@ def live_objects(skip: set[int]) -> Iterator[object]:
 
     is_tracked = gc.is_tracked
     get_referents = gc.get_referents
+
     def untracked_referents() -> Iterator[object]:
         for referent in get_referents(*batch):
             if referent is None or is_tracked(referent):

@@ -122,7 +122,8 @@ def test_live_objects_lists_what_untracked_containers_hold() -> None:
     outer = (inner, "".join(["also ", "atomic"]))
     holder = [outer]
     gc.collect()  # untracks both tuples
-    assert not gc.is_tracked(outer) and not gc.is_tracked(inner)
+    assert not gc.is_tracked(outer)
+    assert not gc.is_tracked(inner)
     listed = Counter(id(obj) for obj in live_objects(set()))
     assert listed[id(holder)] == listed[id(outer)] == listed[id(inner)] == 1
     assert all(listed[id(atom)] == 1 for atom in inner)
