@@ -347,6 +347,10 @@ class InterpreterCleanup:
         # ModuleLoader tests: 37 blocks a run).
         self._zip_directories = _zip_directory_cache()
         self._zip_saved = dict(self._zip_directories or {})
+        # pytest's assertion-rewriting import hook notes, per module name imported, whether
+        # to rewrite it: the framework's bookkeeping, which a module of a new name each run
+        # grows (jinja2's ModuleLoader names its template modules after the loader's id).
+        self._rewrite_marks = [(cache, dict(cache)) for cache in _rewrite_marks()]
         self._abcs = self._abc_registries()
         self._abc_clears = [
             clear
@@ -455,6 +459,9 @@ class InterpreterCleanup:
         if self._zip_directories is not None:
             self._zip_directories.clear()
             self._zip_directories.update(self._zip_saved)
+        for cache, saved in self._rewrite_marks:
+            cache.clear()
+            cache.update(saved)
         if abc_module.get_cache_token() != self._token:  # something was registered
             self._restore_abc_registries()
             self._token = abc_module.get_cache_token()
@@ -473,6 +480,13 @@ def _zip_directory_cache() -> dict[Any, Any] | None:
     """zipimport's private table of archive directories, where this interpreter has one."""
     cache = getattr(sys.modules.get("zipimport"), "_zip_directory_cache", None)
     return cache if isinstance(cache, dict) else None
+
+
+def _rewrite_marks() -> list[dict[Any, Any]]:
+    """The per-module-name caches of pytest's assertion-rewriting hooks (a private attribute,
+    feature-detected) on ``sys.meta_path``."""
+    caches = (getattr(finder, "_marked_for_rewrite_cache", None) for finder in sys.meta_path)
+    return [cache for cache in caches if isinstance(cache, dict)]
 
 
 def _length(container: object) -> int:

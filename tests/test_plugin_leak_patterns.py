@@ -18,6 +18,7 @@ from .conftest import HOOK, OPCACHE_310, Runner, budget_seconds
 from .test_plugin_budget import outcomes
 
 PATTERNS = '''
+import itertools
 import json
 import logging
 import sys
@@ -97,23 +98,28 @@ def test_fresh_import():
     sys.modules.pop("generated_module")
 
 
+ARCHIVES = itertools.count()
+
+
 def test_import_from_a_new_archive():
-    # jinja2's ModuleLoader tests: each run imports from an archive in a new temporary folder.
+    # jinja2's ModuleLoader tests: each run imports a module of a new name (the loader's id in
+    # it) from an archive in a new temporary folder.
     import importlib
     import shutil
     import tempfile
     import zipfile
 
+    name = f"zipped_module_{next(ARCHIVES)}"
     folder = tempfile.mkdtemp()
     archive = folder + "/templates.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("zipped_module.py", "VALUE = 1\\n")
+        zipped.writestr(name + ".py", "VALUE = 1\\n")
     sys.path.insert(0, archive)
     try:
-        assert importlib.import_module("zipped_module").VALUE == 1
+        assert importlib.import_module(name).VALUE == 1
     finally:
         sys.path.remove(archive)
-        sys.modules.pop("zipped_module", None)
+        sys.modules.pop(name, None)
         shutil.rmtree(folder)
 
 
