@@ -342,15 +342,14 @@ class InterpreterCleanup:
         self._filters = list(warnings.filters)
         self._dispatch = copyreg.dispatch_table.copy()
         self._importer_cache = sys.path_importer_cache.copy()
-        # zipimport's directory of each archive it read, by path: refleak.py puts it back too.
-        # A test that imports from a new temporary archive each run adds one each run (jinja2's
-        # ModuleLoader tests: 37 blocks a run).
-        self._zip_directories = _zip_directory_cache()
-        self._zip_saved = dict(self._zip_directories or {})
-        # pytest's assertion-rewriting import hook notes, per module name imported, whether
-        # to rewrite it: the framework's bookkeeping, which a module of a new name each run
-        # grows (jinja2's ModuleLoader names its template modules after the loader's id).
-        self._rewrite_marks = [(cache, dict(cache)) for cache in _rewrite_marks()]
+        # Import machinery's tables that only gain entries, each with its entries as they
+        # were: put back when a run added some (a length test, since pytest's table has an
+        # entry for every module imported). zipimport's directory of each archive it read,
+        # which refleak.py puts back too: a test importing from a new temporary archive each
+        # run adds one each run (jinja2's ModuleLoader tests: 37 blocks a run). And pytest's
+        # assertion-rewriting hook's note of each module name imported, the framework's
+        # bookkeeping (jinja2's ModuleLoader names its template modules after the loader's id).
+        self._growing = [(table, dict(table)) for table in _import_tables()]
         self._abcs = self._abc_registries()
         self._abc_clears = [
             clear
@@ -456,12 +455,10 @@ class InterpreterCleanup:
         copyreg.dispatch_table.update(self._dispatch)
         sys.path_importer_cache.clear()
         sys.path_importer_cache.update(self._importer_cache)
-        if self._zip_directories is not None:
-            self._zip_directories.clear()
-            self._zip_directories.update(self._zip_saved)
-        for cache, saved in self._rewrite_marks:
-            cache.clear()
-            cache.update(saved)
+        for table, saved in self._growing:
+            if len(table) != len(saved):
+                table.clear()
+                table.update(saved)
         if abc_module.get_cache_token() != self._token:  # something was registered
             self._restore_abc_registries()
             self._token = abc_module.get_cache_token()
@@ -476,17 +473,12 @@ def _nothing() -> None:
     pass
 
 
-def _zip_directory_cache() -> dict[Any, Any] | None:
-    """zipimport's private table of archive directories, where this interpreter has one."""
-    cache = getattr(sys.modules.get("zipimport"), "_zip_directory_cache", None)
-    return cache if isinstance(cache, dict) else None
-
-
-def _rewrite_marks() -> list[dict[Any, Any]]:
-    """The per-module-name caches of pytest's assertion-rewriting hooks (a private attribute,
-    feature-detected) on ``sys.meta_path``."""
-    caches = (getattr(finder, "_marked_for_rewrite_cache", None) for finder in sys.meta_path)
-    return [cache for cache in caches if isinstance(cache, dict)]
+def _import_tables() -> list[dict[Any, Any]]:
+    """zipimport's table of archive directories and the per-module-name notes of pytest's
+    assertion-rewriting hooks on ``sys.meta_path``: private attributes, feature-detected."""
+    tables = [getattr(sys.modules.get("zipimport"), "_zip_directory_cache", None)]
+    tables.extend(getattr(finder, "_marked_for_rewrite_cache", None) for finder in sys.meta_path)
+    return [table for table in tables if isinstance(table, dict)]
 
 
 def _length(container: object) -> int:
