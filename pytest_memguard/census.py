@@ -203,16 +203,39 @@ def _sizeof(obj: object) -> int:
         return 0
 
 
+def _tally(skip: set[int], block_size: Callable[[object], int]) -> dict[str, list[int]]:
+    """[count, bytes] by type name of the live objects whose ``block_size`` is not negative,
+    kept by type and named once per type (naming each object cost a string per object).
+    ``skip`` is the caller's bookkeeping, a set of ids this adds its own to: passed on whole,
+    so that the ids it holds are left out too (a copy would leave them in, an int each)."""
+    by_type: dict[type, list[int]] = {}
+    skip.add(id(by_type))
+    for obj in live_objects(skip):
+        size = block_size(obj)
+        if size < 0:
+            continue
+        kind = type(obj)
+        entry = by_type.get(kind)
+        if entry is None:
+            entry = by_type[kind] = [0, 0]
+        entry[0] += 1
+        # The object's own block may be a header whose buffer is a second block.
+        entry[1] += max(size, _sizeof(obj))
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for kind, (count, size) in by_type.items():
+        entry = totals[type_name(kind)]  # two types of one name count as one
+        entry[0] += count
+        entry[1] += size
+    return totals
+
+
+def _any_block(obj: object) -> int:
+    return 0
+
+
 def census_objects(block_size: Callable[[object], int], limit: int) -> list[TypeGrowth]:
     """Types of objects allocated in the window and still alive, by bytes."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for obj in live_objects({id(counts)}):
-        size = block_size(obj)
-        if size >= 0:
-            entry = counts[type_name(type(obj))]
-            entry[0] += 1
-            # The object's own block may be a header whose buffer is a second block.
-            entry[1] += max(size, _sizeof(obj))
+    counts = _tally(set(), block_size)
     order = sorted(counts.items(), key=lambda kv: (-kv[1][1], kv[0]))
     return [TypeGrowth(name, c, b) for name, (c, b) in order[:limit]]
 
@@ -234,20 +257,7 @@ def _reachable_ids(roots: Sequence[object], depth: int = 4) -> set[int]:
 def census_types(exclude: Sequence[object] = ()) -> dict[str, tuple[int, int]]:
     """Live objects by type name: (count, bytes). Compared before and after a few calls, it
     names the types that grew. ``exclude`` (and what it holds) is bookkeeping to skip."""
-    by_type: dict[type, list[int]] = {}  # named once per type, not once per object
-    skip = _reachable_ids(exclude) | {id(by_type)}
-    for obj in live_objects(skip):
-        kind = type(obj)
-        entry = by_type.get(kind)
-        if entry is None:
-            entry = by_type[kind] = [0, 0]
-        entry[0] += 1
-        entry[1] += _sizeof(obj)
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for kind, (count, size) in by_type.items():
-        entry = totals[type_name(kind)]  # two types of one name count as one
-        entry[0] += count
-        entry[1] += size
+    totals = _tally(_reachable_ids(exclude), _any_block)
     return {name: (c, b) for name, (c, b) in totals.items()}
 
 
