@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from pytest_memguard.garbage import Collector
+from pytest_memguard.garbage import Collector, heap_size
 
 from .conftest import Runner
 
@@ -55,10 +56,10 @@ def test_the_first_window_takes_the_heap_as_long_lived_and_collects_nothing() ->
     _window(collector)
     assert before() is not None  # frozen, not collected: a full collection costs O(heap)
     assert collector.full_collections == 0
-    assert collector.long_lived > 0
+    assert collector.heap > 0
     first, second, third = gc.get_threshold()  # (700, 10, 10); 3.13: (2000, 10, 10)
     expected = (first + 1) * (second + 2) * (third + 2)  # ~100,000 objects
-    assert collector.due == max(expected, collector.long_lived // 4)
+    assert collector.due == max(expected, collector.heap // 4)
 
 
 @pytest.fixture
@@ -93,8 +94,25 @@ def test_garbage_from_before_a_window_waits_until_cpython_would_collect_it() -> 
     assert before() is None
     assert collector.full_collections == 1
     assert collector.added == 0
-    assert collector.long_lived >= len(grown)  # what survived sets the next due point
-    assert collector.due == max(100 * 10 * 10, collector.long_lived // 4)
+    assert collector.heap >= len(grown)  # what survived sets the next due point
+    assert collector.due == max(100 * 10 * 10, collector.heap // 4)
+
+
+@pytest.mark.usefixtures("thresholds")
+def test_objects_made_and_freed_again_do_not_make_a_full_collection_due() -> None:
+    gc.set_threshold(99, 8, 8)
+    collector = Collector()
+    _window(collector)
+    before = cycle()
+    for _ in range(10):
+        collector.begin()
+        # Outlives the window's collection, freed after the next one reset the counts.
+        transient: list[list[int]] = [[] for _ in range(collector.due // 5)]
+        collector.end()
+        del transient
+    assert before() is not None
+    assert collector.full_collections == 0
+    assert -1000 < collector.added < collector.due
 
 
 @pytest.mark.usefixtures("thresholds")
@@ -134,6 +152,17 @@ def test_no_full_collection_where_cpython_would_make_none() -> None:
     del grown
 
 
+def test_the_heap_is_measured_in_blocks_or_else_in_tracked_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gc.freeze()
+    blocks = sys.getallocatedblocks()
+    assert blocks - 1000 < heap_size() < blocks + 1000
+    monkeypatch.setattr(sys, "getallocatedblocks", lambda: 0)  # PYTHONMALLOC=malloc
+    assert heap_size() == gc.get_freeze_count()
+    assert gc.get_freeze_count() > 1000
+
+
 def test_nested_windows_freeze_once() -> None:
     collector = Collector()
     collector.begin()
@@ -156,7 +185,7 @@ import weakref
 import pytest
 
 # CPython collects nothing between two tests (fewer than 2,000 objects); a full collection is
-# due after ~8,000 or a quarter of the heap (~40,000 objects at the first test).
+# due after a growth of ~8,000 blocks or a quarter of the heap (~40,000 at the first test).
 gc.set_threshold(2000, 0, 0)
 MADE = []
 
@@ -164,7 +193,7 @@ MADE = []
 class Node:
     def __init__(self):
         self.me = self
-        self.payload = [[] for _ in range(100)]
+        self.payload = [[] for _ in range(1000)]
 
 
 @pytest.fixture(autouse=True)
