@@ -33,8 +33,15 @@ the code does, not on the speed of the machine (an earlier schedule by elapsed t
 under valgrind, 50 times slower, full collections that a native run never had). With
 ``gc.disable()`` or a zero threshold there are none, as in CPython.
 
-A ``gc.freeze()`` made by the code under test is undone when the outermost window ends
-(``gc.unfreeze()`` cannot tell whose objects it releases; counting them is O(heap)).
+A suite that freezes the heap itself keeps it frozen. packaging's conftest freezes its 64,000
+collected items so that its collections skip them; thawed after every window, they made each
+full collection (the plugin's and pytest's five at the session's end) walk 2.2M objects instead
+of 0.9M, and the run 1.31x plain instead of 1.12x. ``gc.unfreeze()`` cannot tell whose objects
+it releases, so once a window finds anything frozen the collector stops thawing the heap after
+its windows; what it froze since waits for the scheduled full collections, which thaw it for
+their length, and one more when the session ends (``settle``), so that no garbage (and no
+finalizer) made under the plugin is left for after it. A freeze made inside a window is undone
+when the window ends.
 """
 
 from __future__ import annotations
@@ -59,10 +66,13 @@ class Collector:
         self.added = 0
         self.heap = -1  # the heap after the last full collection (-1: no window yet)
         self.due = 0  # growth at which the next full collection is due
+        self.suite_freezes = False  # the suite froze the heap itself: keep it frozen
 
     def begin(self) -> None:
         self._fold()
         if self.depth == 0:
+            # Nothing is frozen between windows unless the suite froze it (one step when empty).
+            self.suite_freezes = self.suite_freezes or gc.get_freeze_count() > 0
             gc.freeze()
             if self.added >= self.due:
                 self._collect_if_grown()
@@ -78,8 +88,16 @@ class Collector:
         if self.depth == 0:
             return
         self.depth -= 1
-        if self.depth == 0:
+        if self.depth == 0 and not self.suite_freezes:
             gc.unfreeze()
+
+    def settle(self) -> None:
+        """The end of the measured session: where the suite froze the heap, collect what the
+        collector froze after it, and leave everything frozen as the suite would find it."""
+        if self.suite_freezes and self.depth == 0:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def _fold(self) -> None:
         """Add what CPython has counted since the last collection, which the next one resets:

@@ -293,6 +293,7 @@ class MemguardHooks:
         """First, so that the terminal summary (written after this) has the outcome. Only
         problems of the run as a whole touch the exit status; a regression fails its test."""
         ours = self.session
+        ours.engine.collector.settle()
         if ours.is_worker:
             return
         ours.settle(getattr(session, "items", ()))

@@ -23,9 +23,15 @@ class Node:
 
 @pytest.fixture(autouse=True)
 def _unfrozen() -> Iterator[None]:
-    gc.unfreeze()
     yield
     gc.unfreeze()
+
+
+def new_collector() -> Collector:
+    """A collector of the test's own, on a thawed heap: the plugin measuring this test froze
+    it for the test's window, which a new collector would take for the suite's own freeze."""
+    gc.unfreeze()
+    return Collector()
 
 
 def cycle() -> weakref.ref[Node]:
@@ -33,7 +39,7 @@ def cycle() -> weakref.ref[Node]:
 
 
 def test_window_garbage_is_collected_and_older_objects_are_frozen_meanwhile() -> None:
-    collector = Collector()
+    collector = new_collector()
     old = Node()
     collector.begin()
     assert gc.get_freeze_count() > 0
@@ -52,7 +58,7 @@ def _window(collector: Collector) -> None:
 
 def test_the_first_window_takes_the_heap_as_long_lived_and_collects_nothing() -> None:
     before = cycle()
-    collector = Collector()
+    collector = new_collector()
     _window(collector)
     assert before() is not None  # frozen, not collected: a full collection costs O(heap)
     assert collector.full_collections == 0
@@ -82,7 +88,7 @@ def _grow_past_due(collector: Collector) -> list[list[int]]:
 @pytest.mark.usefixtures("thresholds")
 def test_garbage_from_before_a_window_waits_until_cpython_would_collect_it() -> None:
     gc.set_threshold(99, 8, 8)  # due after 10,000 objects, or a quarter of a larger heap
-    collector = Collector()
+    collector = new_collector()
     _window(collector)
     before = cycle()
     _window(collector)  # few objects added since: not due, the cycle was frozen
@@ -101,7 +107,7 @@ def test_garbage_from_before_a_window_waits_until_cpython_would_collect_it() -> 
 @pytest.mark.usefixtures("thresholds")
 def test_objects_made_and_freed_again_do_not_make_a_full_collection_due() -> None:
     gc.set_threshold(99, 8, 8)
-    collector = Collector()
+    collector = new_collector()
     _window(collector)
     before = cycle()
     for _ in range(10):
@@ -118,7 +124,7 @@ def test_objects_made_and_freed_again_do_not_make_a_full_collection_due() -> Non
 @pytest.mark.usefixtures("thresholds")
 def test_counts_of_young_collections_are_counted_in_objects() -> None:
     gc.set_threshold(49, 2, 1000)
-    collector = Collector()
+    collector = new_collector()
     _window(collector)
     # Young collections of both kinds run on the way.
     kept: list[list[int]] = [[] for _ in range(1000)]
@@ -131,7 +137,7 @@ def test_counts_of_young_collections_are_counted_in_objects() -> None:
 
 @pytest.mark.usefixtures("thresholds")
 def test_no_full_collection_where_cpython_would_make_none() -> None:
-    collector = Collector()
+    collector = new_collector()
     _window(collector)
     before = cycle()
     grown = _grow_past_due(collector)
@@ -164,7 +170,7 @@ def test_the_heap_is_measured_in_blocks_or_else_in_tracked_objects(
 
 
 def test_nested_windows_freeze_once() -> None:
-    collector = Collector()
+    collector = new_collector()
     collector.begin()
     outer_garbage = cycle()
     collector.begin()  # an inner window must not freeze the outer window's objects
@@ -219,17 +225,47 @@ def test_the_early_garbage_was_collected():
 """
 
 
+SUITE_FREEZES = """
+FROZEN_AFTER = []
+
+
+def pytest_collection_finish(session):
+    gc.collect()
+    gc.freeze()  # as packaging's suite does, to make its collections cheaper
+
+
+def pytest_runtest_logfinish(nodeid):
+    FROZEN_AFTER.append(gc.get_freeze_count())  # between windows
+
+
+def pytest_sessionfinish():  # after the plugin's
+    print(f"LAST GARBAGE ALIVE {MADE[-1]() is not None}")
+"""
+
+
+@pytest.mark.parametrize("suite_freezes", [False, True], ids=["", "suite-freezes"])
 def test_garbage_made_between_windows_is_collected_in_a_run(
-    run: Runner, pytester: pytest.Pytester
+    run: Runner, pytester: pytest.Pytester, suite_freezes: bool
 ) -> None:
     """Every window's collection resets CPython's counts, so in a real session the garbage
-    that teardowns make would wait forever without the plugin's own full collections."""
-    pytester.makeconftest(GARBAGE_CONFTEST)
-    pytester.makepyfile(test_garbage_run=GARBAGE_TESTS)
+    that teardowns make would wait forever without the plugin's own full collections; also
+    where the suite keeps its heap frozen."""
+    pytester.makeconftest(GARBAGE_CONFTEST + (SUITE_FREEZES if suite_freezes else ""))
+    tests = GARBAGE_TESTS
+    if suite_freezes:
+        tests += """
+
+def test_the_suite_kept_its_freeze():
+    from conftest import FROZEN_AFTER
+    print(f"THAWED AFTER {sum(count == 0 for count in FROZEN_AFTER)} OF {len(FROZEN_AFTER)}")
+"""
+    pytester.makepyfile(test_garbage_run=tests)
     result = run("-s", "-p", "no:randomly")
-    result.assert_outcomes(passed=101)
+    result.assert_outcomes(passed=102 if suite_freezes else 101)
     found = re.search(r"ALIVE (\d+) OF (\d+)", result.stdout.str())
     assert found is not None
     alive, made = map(int, found.groups())
     assert made == 100
     assert alive < made // 2  # collected as it became due, not only at the end
+    if suite_freezes:
+        result.stdout.fnmatch_lines(["*THAWED AFTER 0 OF 101*", "*LAST GARBAGE ALIVE False*"])
