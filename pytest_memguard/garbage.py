@@ -36,7 +36,7 @@ under valgrind, 50 times slower, full collections that a native run never had). 
 A suite that freezes the heap itself keeps it frozen. packaging's conftest freezes its 64,000
 collected items so that its collections skip them; thawed after every window, they made each
 full collection (the plugin's and pytest's five at the session's end) walk 2.2M objects instead
-of 0.9M, and the run 1.31x plain instead of 1.12x. ``gc.unfreeze()`` cannot tell whose objects
+of 0.9M, and the run 1.31x plain instead of 1.07x. ``gc.unfreeze()`` cannot tell whose objects
 it releases, so once a window finds anything frozen the collector stops thawing the heap after
 its windows; what it froze since waits for the scheduled full collections, which thaw it for
 their length, and one more when the session ends (``settle``), so that no garbage (and no
