@@ -425,11 +425,16 @@ class MemguardSession:
                 )
                 cold = measurement.imports > 0 or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone), nor for
-                # other plugins' items, whose call may not bear repeating; a doctest's does,
-                # its globals put back (see measured_runtest).
-                repeatable = (plan.window != "call" or _doctest(item) is not None) and (
-                    not self.scope_test
-                )
+                # other plugins' items, whose call may not bear repeating. A doctest's does,
+                # its globals put back (see measured_runtest), and so does a test function
+                # whose item class runs it its own way (pytest-asyncio's, which runs a
+                # coroutine function on the test's event loop: asgiref's thread-sensitive
+                # test paid for starting its executor's thread when it ran first).
+                repeatable = (
+                    plan.window != "call"
+                    or _doctest(item) is not None
+                    or isinstance(item, pytest.Function)
+                ) and not self.scope_test
                 if cold and (judge or compare) and meter.closed and repeatable:
                     warm = self._remeasure(item, plan, expected=compare)
                     if warm is not None:

@@ -900,6 +900,65 @@ def test_a_doctest_that_imports_is_measured_again_warm(
     assert abs(row["metrics"]["allocations"] - recorded["mod_doc.second"]["allocations"]) <= 64
 
 
+RUNS_ITS_OWN_WAY = """
+import pytest
+
+
+class OwnWay(pytest.Function):
+    # As pytest-asyncio's items do: prepare, then let pytest call the function.
+    def runtest(self):
+        self.prepared = True
+        super().runtest()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    items = yield
+    if not name.startswith("test_") or not isinstance(items, list):
+        return items
+    return [
+        OwnWay.from_parent(collector, name=item.name, callobj=item.obj)
+        if isinstance(item, pytest.Function)
+        else item
+        for item in items
+    ]
+"""
+
+OWN_WAY_TESTS = """
+def test_first():
+    import costly_helper
+    assert len(costly_helper.TABLE) == 3000
+
+
+def test_second():
+    import costly_helper
+    assert sum(len(name) for name in costly_helper.TABLE) > 0
+"""
+
+
+@needs_hook
+def test_a_test_function_run_by_its_own_item_class_is_measured_again_warm(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """pytest-asyncio runs a coroutine test through an item class of its own: its window is
+    the item's whole call, and it was never called warm, so asgiref's thread-sensitive test
+    read 3,697 calls alone (it started its executor's thread) against 1,250 recorded."""
+    pytester.makeconftest(RUNS_ITS_OWN_WAY)
+    pytester.makepyfile(
+        test_own=OWN_WAY_TESTS,
+        costly_helper="TABLE = [f'name-{i}' for i in range(3000)]\n",
+    )
+    run("--mem-baseline=update", "-p", "no:randomly").assert_outcomes(passed=2)
+    recorded = entries(pytester, "test_own.json")
+    assert set(recorded) == {"test_first", "test_second"}
+    alone = run("--mem-report=r.json", "-p", "no:randomly", "test_own.py::test_second")
+    alone.assert_outcomes(passed=1)
+    row = json.loads(pytester.path.joinpath("r.json").read_text())["tests"][0]
+    assert row["baseline"]["status"] == "ok"
+    # Warm: within the slack of the recorded count, far below the import's 3,000 strings.
+    assert abs(row["metrics"]["allocations"] - recorded["test_second"]["allocations"]) <= 64
+
+
 LINECACHE = """
 import linecache
 
