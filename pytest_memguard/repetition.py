@@ -16,6 +16,7 @@ import functools
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from typing import Any, cast
 
 import pytest
@@ -85,14 +86,25 @@ class _Scratch:
 
 
 def _broader_fixtures(item: pytest.Item) -> list[Any]:
-    """The item's fixture definitions of a scope broader than the function (pytest's private
-    structures, read defensively)."""
-    info = getattr(item, "_fixtureinfo", None)
-    definitions = getattr(info, "name2fixturedefs", None) or {}
+    """Fixture definitions of a scope broader than the function: every one the session has,
+    not only those in the item's closure, since a test may ask for one by name while it runs
+    (pytest-asyncio's items ask for their event loop's runner so, and its session-scoped
+    policy fixture gained a finalizer a run: 36 of asgiref's tests read as leaking). pytest's
+    private structures, read defensively."""
+    manager = getattr(item.session, "_fixturemanager", None)
+    visible = getattr(manager, "_get_all_fixture_defs_for_node", None)  # pytest 9
+    by_name = getattr(manager, "_arg2fixturedefs", None)  # pytest 8: {name: [definitions]}
+    if callable(visible):
+        found: Iterable[Any] = visible(item)
+    elif isinstance(by_name, dict):
+        found = (fixture for fixtures in by_name.values() for fixture in fixtures)
+    else:
+        info = getattr(item, "_fixtureinfo", None)
+        closure = getattr(info, "name2fixturedefs", None) or {}
+        found = (fixture for fixtures in closure.values() for fixture in fixtures)
     return [
         fixture
-        for fixtures in definitions.values()
-        for fixture in fixtures
+        for fixture in found
         if getattr(fixture, "scope", "function") != "function"
         and isinstance(getattr(fixture, "_finalizers", None), list)
         and hasattr(fixture, "cached_result")

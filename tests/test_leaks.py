@@ -7,6 +7,8 @@ import functools
 import sys
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from pytest_memguard.leaks import (
     trend,
 )
 from pytest_memguard.measurement import Engine, get_engine
+from pytest_memguard.repetition import _broader_fixtures
 
 from .conftest import HOOK, budget_seconds
 
@@ -417,3 +420,32 @@ def test_old_containers_reallocated_in_the_check_are_not_growth() -> None:
     result = LeakRunner(engine, LeakSettings()).run(grows_old_lists_now_and_then)
     assert not result.leaked
     assert result.screened
+
+
+class _Definition:
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self._finalizers: list[object] = []
+        self.cached_result = None
+
+
+def _item_with(manager: object, closure: dict[str, list[_Definition]]) -> Any:
+    session = SimpleNamespace(_fixturemanager=manager)
+    return SimpleNamespace(session=session, _fixtureinfo=SimpleNamespace(name2fixturedefs=closure))
+
+
+def test_broader_fixtures_are_every_one_the_session_has_on_pytest_8_and_9() -> None:
+    """A test may ask for a fixture by name while it runs, so the item's closure is not all:
+    pytest 9 lists the definitions visible to a node, pytest 8 keeps them by name."""
+    session, module, function = (
+        _Definition("session"),
+        _Definition("module"),
+        _Definition("function"),
+    )
+    in_closure = _Definition("session")
+    closure = {"in_closure": [in_closure]}
+    pytest9 = SimpleNamespace(_get_all_fixture_defs_for_node=lambda node: [session, function])
+    assert _broader_fixtures(_item_with(pytest9, closure)) == [session]
+    pytest8 = SimpleNamespace(_arg2fixturedefs={"a": [session, function], "b": [module]})
+    assert _broader_fixtures(_item_with(pytest8, closure)) == [session, module]
+    assert _broader_fixtures(_item_with(None, closure)) == [in_closure]  # neither: the closure

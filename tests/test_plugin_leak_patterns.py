@@ -45,6 +45,21 @@ class CaseWithSubtests(unittest.TestCase):
         self.addCleanup(self.data.clear)
 
 
+@pytest.fixture(scope="session")
+def policy():
+    return object()
+
+
+@pytest.fixture
+def runner(policy):
+    return [policy]
+
+
+def test_fixture_requested_by_name(request):
+    # As pytest-asyncio's items ask for their event loop's runner, in their runtest.
+    assert request.getfixturevalue("runner")
+
+
 def test_pytest_subtests(subtests):
     for i in range(3):
         with subtests.test(i=i):
@@ -149,7 +164,7 @@ def test_real_suite_patterns_are_each_checked_and_pass(
     result = run(*plugin_args, *args, *strict, "--mem-leak-check", f"--mem-report={report}")
     plain = run(*plugin_args, *args, "-p", "no:memguard")
     seen = outcomes(result)
-    assert len(seen) == 15
+    assert len(seen) == 16
     assert set(seen.values()) == {"PASSED"}, result.stdout.str()
     text = result.stdout.str()
     # Subtests report from inside the call: the repeated runs' reports are not shown.
