@@ -18,6 +18,7 @@ says when it was cut short. Only explaining a failure runs it.
 from __future__ import annotations
 
 import array
+import contextvars
 import dataclasses
 import functools
 import gc
@@ -90,7 +91,22 @@ def _roots() -> dict[int, str]:
         if isinstance(namespace, dict):
             roots.setdefault(id(namespace), name)
     roots[id(gc.garbage)] = "gc.garbage"
+    # This thread's context variables (their values are roots of their own, _context_values):
+    # its Context is held by the thread's state, which no object refers to, so what a
+    # ContextVar holds was reached from no root. asgiref's Local makes a ContextVar per
+    # instance and sets it, and every one stays in the thread's context.
+    for mapping in gc.get_referents(contextvars.copy_context()):
+        roots.setdefault(id(mapping), "contextvars.copy_context()")
     return roots
+
+
+def _context_values() -> dict[int, tuple[str, str]]:
+    """The values of this thread's context variables, by id: (the root as code would reach
+    it, ""). Like running frames' locals, they are found before the collector is asked."""
+    return {
+        id(value): (f"contextvars.copy_context()[ContextVar({variable.name!r})]", "")
+        for variable, value in contextvars.copy_context().items()
+    }
 
 
 def _frame_locals(ours: types.FrameType) -> dict[int, tuple[str, str]]:
@@ -160,7 +176,7 @@ class _Search:
         self.roots = _roots()
         self.narrowed = ""  # why a level was cut to MAX_WIDTH, if one was
         self.here = sys._getframe(1)
-        self.frame_locals = _frame_locals(self.here)
+        self.frame_locals = {**_context_values(), **_frame_locals(self.here)}
         self.bookkeeping = {id(self), id(vars(self)), id(targets), id(self.here)}
         self.bookkeeping.update(id(value) for value in vars(self).values())
         self.bookkeeping.update(id(obj) for obj in ignore)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextvars
 import functools
 import gc
 import logging
@@ -314,3 +315,18 @@ def test_the_packages_own_generators_are_never_asked_about() -> None:
     held = new_objects(lambda obj: obj is ours or obj is theirs, [TypeGrowth("generator", 2, 400)])
     assert [obj is theirs for obj in held] == [True]
     ours.close()
+
+
+def test_a_value_set_in_a_context_variable_is_reached_from_this_threads_context() -> None:
+    """A Context is held by its thread's state, which no object refers to: without it as a
+    root, asgiref's per-instance ContextVars read as 'reached from no root'."""
+    variable: contextvars.ContextVar[Record] = contextvars.ContextVar("memguard_test_variable")
+    token = variable.set(Record(7))
+    try:
+        found = find_retainers([variable.get()])
+    finally:
+        variable.reset(token)
+    (chain,) = found.chains
+    assert chain.root == "contextvars.copy_context()[ContextVar('memguard_test_variable')]"
+    assert chain.links == ()
+    assert chain.target.endswith("Record")
