@@ -86,8 +86,8 @@ class _Scratch:
 
 
 def _broader_fixtures(item: pytest.Item) -> list[Any]:
-    """Fixture definitions of a scope broader than the function: every one the session has,
-    not only those in the item's closure, since a test may ask for one by name while it runs
+    """Fixture definitions of a scope broader than the function: every one visible to the
+    item, not only those in its closure, since a test may ask for one by name while it runs
     (pytest-asyncio's items ask for their event loop's runner so, and its session-scoped
     policy fixture gained a finalizer a run: 36 of asgiref's tests read as leaking). pytest's
     private structures, read defensively."""
