@@ -572,13 +572,16 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
     (where / "test_a_checked_first.py").write_text("def test_checked_first():\n    pass\n")
     pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
     report = pytester.path / "report.json"
-    # 2 warm-up runs and 5 quiet ones: the least the screen does. The first test checked in a
-    # session may keep one block in a run, once (a late first use of the check's own code: 32
-    # bytes in the third run on 3.15; 72 in the fourth on 3.11 under xdist, in all three
-    # sessions, depending on what the plugin's modules hold), which costs it two runs: a test
-    # in a file of its own, checked first, takes it and is not asserted on (in the same file it
-    # moved the unittest test's dict resizes on 3.15: 11-14 runs).
-    least = {"test_function": 7, "test_method": 7}
+    # 2 warm-up runs and 5 quiet ones: the least the screen does (7). A late first use of the
+    # check's own code may keep one block once in the first runs of a session (32 bytes on
+    # 3.15; 72 on 3.11 under xdist), in whichever test it falls, depending on what the
+    # plugin's modules hold: a test in a file of its own is checked first to take most of it
+    # (in the same file it moved the unittest test's dict resizes on 3.15: 11-14 runs), and
+    # one run more is allowed (a block in the first screened run: 8; 3.11's full suite under
+    # xdist read 7 and 8 in all three sessions). What this guards against took 9-14 runs (dicts
+    # resized every few runs) and 32 (a nested package's setup stack).
+    names = ("test_function", "test_method")
+    most = 8
     sessions = []
     # A reading moves on a clean run now and then, which costs that test a few runs: CI saw the
     # unittest test take 11 once, and a loaded machine here both sessions of two once (not seen
@@ -596,11 +599,11 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
         result.assert_outcomes(passed=3)
         rows = json.loads(report.read_text())["tests"]
         calls = {row["nodeid"].rpartition(":")[2]: row["details"]["leak.calls"] for row in rows}
-        sessions.append({name: calls[name] for name in least})
-        if sessions[-1] == least or not HOOK:
+        sessions.append({name: calls[name] for name in names})
+        if all(7 <= runs <= most for runs in sessions[-1].values()) or not HOOK:
             break
     if HOOK:
-        assert least in sessions, sessions
+        assert any(all(7 <= runs <= most for runs in s.values()) for s in sessions), sessions
     else:
         # The fallback's block column is the interpreter's count of every block, pytest's
         # resized dicts included (the hook takes those out): 9-13 runs, at times 32.
