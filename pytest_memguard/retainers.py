@@ -83,7 +83,7 @@ class Retainers:
     cut_short: str = ""
 
 
-def _roots() -> dict[int, str]:
+def _roots(context: contextvars.Context) -> dict[int, str]:
     """Root nodes by id: each module's globals dict, by the module's name."""
     roots: dict[int, str] = {}
     for name, module in list(sys.modules.items()):
@@ -95,17 +95,17 @@ def _roots() -> dict[int, str]:
     # its Context is held by the thread's state, which no object refers to, so what a
     # ContextVar holds was reached from no root. asgiref's Local makes a ContextVar per
     # instance and sets it, and every one stays in the thread's context.
-    for mapping in gc.get_referents(contextvars.copy_context()):
+    for mapping in gc.get_referents(context):
         roots.setdefault(id(mapping), "contextvars.copy_context()")
     return roots
 
 
-def _context_values() -> dict[int, tuple[str, str]]:
+def _context_values(context: contextvars.Context) -> dict[int, tuple[str, str]]:
     """The values of this thread's context variables, by id: (the root as code would reach
     it, ""). Like running frames' locals, they are found before the collector is asked."""
     return {
         id(value): (f"contextvars.copy_context()[ContextVar({variable.name!r})]", "")
-        for variable, value in contextvars.copy_context().items()
+        for variable, value in context.items()
     }
 
 
@@ -173,10 +173,13 @@ class _Search:
         self.holders: dict[int, list[int]] = {}
         # (the root's name, where it is if not a module, id of the first node under it)
         self.found: list[tuple[str, str, int]] = []
-        self.roots = _roots()
+        context = contextvars.copy_context()  # this thread's, shared with it: one copy
+        self.roots = _roots(context)
         self.narrowed = ""  # why a level was cut to MAX_WIDTH, if one was
         self.here = sys._getframe(1)
-        self.frame_locals = {**_context_values(), **_frame_locals(self.here)}
+        # Roots found by what they hold, before the collector is asked: running frames' locals
+        # and this thread's context variables' values.
+        self.held_roots = {**_context_values(context), **_frame_locals(self.here)}
         self.bookkeeping = {id(self), id(vars(self)), id(targets), id(self.here)}
         self.bookkeeping.update(id(value) for value in vars(self).values())
         self.bookkeeping.update(id(obj) for obj in ignore)
@@ -185,12 +188,12 @@ class _Search:
         return functools.reduce(operator.or_, (self.reach[top] for *_, top in self.found), 0)
 
     def local_roots(self, level: list[object]) -> list[object]:
-        """The level without the objects that are local variables of a running frame (each
-        noted as a root): a running frame's locals are not among its referents for the
-        collector, so get_referrers never names the frame."""
+        """The level without the objects that are local variables of a running frame or values
+        of this thread's context variables (each noted as a root): neither the frame nor the
+        context is a referrer the collector names."""
         rest = []
         for obj in level:
-            root = self.frame_locals.get(id(obj))
+            root = self.held_roots.get(id(obj))
             if root is None:
                 rest.append(obj)
             else:
