@@ -97,6 +97,7 @@ class ChildWatch:
         self._peaks: dict[int, int] = {}
         self._names: dict[int, str] = {}
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
@@ -117,12 +118,16 @@ class ChildWatch:
     def _run(self) -> None:
         if self._pause is not None:
             self._pause(True)
+        self._ready.set()
         while not self._stop.wait(self.interval):
             self._sample()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="memguard-children", daemon=True)
         self._thread.start()
+        # Until the thread has paused itself, what it allocates would land in the test's
+        # window, which opens next.
+        self._ready.wait()
 
     def stop(self) -> list[ChildUsage]:
         self._stop.set()

@@ -112,6 +112,9 @@ class TracemallocBackend:
     def pause(self, flag: bool) -> bool:
         return False  # tracemalloc traces every thread, always
 
+    def leave_out_threads(self) -> int:
+        return 0
+
     def read(self, token: _TmToken) -> HeapReading:
         current, peak = _tracemalloc().get_traced_memory()
         high = max(token.high, peak)

@@ -70,6 +70,11 @@ class HeapBackend(Protocol):
         """Leave this thread's allocations out of every figure while ``flag``; returns the
         previous flag. A backend that cannot (tracemalloc) returns False and counts them."""
 
+    def leave_out_threads(self) -> int:
+        """The threads alive now, but the caller's, are the run's (xdist's I/O thread, other
+        plugins'), not the measured code's: leave them out of every later window. Returns how
+        many are left out; 0 from a backend that cannot (tracemalloc)."""
+
     def growth_sites(
         self,
         token: Any,
@@ -126,6 +131,9 @@ class ExtBackend:
 
     def pause(self, flag: bool) -> bool:
         return bool(self._ext.pause(flag))
+
+    def leave_out_threads(self) -> int:
+        return int(self._ext.leave_out_threads())
 
     @property
     def module(self) -> Any:
@@ -212,4 +220,5 @@ EXT_API = (
     "open_window",
     "close_window",
     "pause",
+    "leave_out_threads",
 )

@@ -180,6 +180,12 @@ class MemguardHooks:
             self.session.collected.update(item.nodeid for item in items)
 
     @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Before the first test: the threads alive now are the run's (xdist's I/O thread,
+        other plugins'), not the suite's; every later one may do a test's work."""
+        self.session.engine.heap.leave_out_threads()
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Before any fixture is set up: a plan's error fails the test here, and with
         ``mem_scope = test`` the window opens here."""

@@ -204,6 +204,40 @@ def test_threads_the_test_starts_hold_its_memory_but_only_its_own_thread_counts_
         assert 4 * 300_000 <= c.heap_peak < 4 * 300_000 + 600_000
 
 
+@needs_hook
+def test_a_thread_left_out_is_known_by_its_state_not_by_an_ident_a_later_thread_reuses() -> None:
+    """The run's threads are left out of windows; a thread started after one of them ended is
+    the measured code's, even where it reuses the ended thread's ident (glibc reuses stacks)."""
+    heap = get_engine().heap
+    kept: list[bytearray] = []
+
+    def keep(go: threading.Event, done: threading.Event) -> None:
+        go.wait()
+        kept.append(bytearray(300_000))
+        done.set()
+
+    def handed(thread: threading.Thread, go: threading.Event, done: threading.Event) -> int:
+        with pm.count_allocations() as c:
+            go.set()
+            done.wait()
+        thread.join()
+        assert c.heap_peak is not None
+        return c.heap_peak
+
+    def started() -> tuple[threading.Thread, threading.Event, threading.Event]:
+        go, done = threading.Event(), threading.Event()
+        thread = threading.Thread(target=keep, args=(go, done))
+        thread.start()
+        return thread, go, done
+
+    runs = started()
+    assert heap.leave_out_threads() >= 1
+    assert handed(*runs) < 50_000
+    later = started()
+    assert 300_000 <= handed(*later) < 350_000
+    assert len(kept) == 2
+
+
 PROGRAM = textwrap.dedent(
     """
     import gc, json

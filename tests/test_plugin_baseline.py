@@ -1104,3 +1104,84 @@ def test_a_property_tests_figures_do_not_depend_on_what_filled_hypothesis_caches
     # 600 strategies kept by hypothesis' cache: hundreds of KiB either way.
     assert 100 * 1024 <= without_it <= 2 * 1024 * 1024
     assert abs(after_the_filler - without_it) <= 0.05 * without_it
+
+
+POOLED_CONFTEST = """
+import os
+import queue
+import threading
+
+import pytest
+
+KEEP = int(os.environ.get("MEMGUARD_TEST_KEEP", "0"))
+
+
+def serve(jobs, done, kept):
+    while jobs.get() is not None:
+        kept.append(bytearray(1024 + KEEP * 64 * 1024))
+        done.put(None)
+
+
+class Worker:
+    # A thread that keeps what each job asks of it: the run's own (started before the first
+    # test, as xdist's I/O thread is) or a pool a fixture starts.
+    def __init__(self):
+        self.jobs, self.done, self.kept = queue.Queue(), queue.Queue(), []
+        self.thread = threading.Thread(target=serve, args=(self.jobs, self.done, self.kept))
+        self.thread.start()
+
+    def hand(self):
+        self.jobs.put(1)
+        self.done.get()
+
+    def stop(self):
+        self.jobs.put(None)
+        self.thread.join()
+
+
+RUNS_OWN = Worker()
+
+
+def pytest_unconfigure():
+    RUNS_OWN.stop()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    worker = Worker()
+    yield worker
+    worker.stop()
+"""
+
+POOLED = """
+from conftest import RUNS_OWN
+
+
+def test_hands_work_to_a_pool(pool):
+    pool.hand()
+
+
+def test_hands_work_to_the_runs_thread():
+    RUNS_OWN.hand()
+"""
+
+
+@needs_hook  # the tracemalloc fallback traces every thread
+def test_work_handed_to_a_thread_started_before_the_test_is_the_tests(
+    pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
+) -> None:
+    """A pool or server a fixture or an earlier test started holds what the test hands it, and
+    keeping 64 KiB more there is a regression; threads alive before the first test ran (the
+    run's: xdist's I/O thread, other plugins') are left out."""
+    pytester.makeconftest(POOLED_CONFTEST)
+    pytester.makepyfile(test_pooled=POOLED)
+    run(*plugin_args, "--mem-baseline=update").assert_outcomes(passed=2)
+    recorded = entries(pytester, "test_pooled.json")
+    assert 1024 <= recorded["test_hands_work_to_a_pool"]["retained"] < 8 * 1024
+    assert recorded["test_hands_work_to_the_runs_thread"]["retained"] < 1024
+    kept = run(*plugin_args, "-rA", env={"MEMGUARD_TEST_KEEP": "1"})
+    assert outcomes(kept) == {
+        "test_hands_work_to_a_pool": "FAILED",
+        "test_hands_work_to_the_runs_thread": "PASSED",
+    }
+    kept.stdout.fnmatch_lines(["memory regressed beyond the baseline:", "  retained: *"])

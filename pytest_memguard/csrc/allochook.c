@@ -193,8 +193,10 @@ static PyMethodDef methods[] = {
     {"open_window", ext_open_window, METH_VARARGS,
      "open_window(interval, frames) -> (mark, saved peak, first sample, own bytes)."},
     {"close_window", ext_close_window, METH_VARARGS, "close_window(mark, saved peak)."},
+    {"leave_out_threads", ext_leave_out_threads, METH_NOARGS,
+     "Leave every thread alive now but the caller's out of every later window; -> how many."},
     {"concurrency", ext_concurrency, METH_NOARGS,
-     "Allocations of threads started in a window, and processes started in one, so far."},
+     "Allocations of other threads than a window's own, and processes started in one, so far."},
     {"own_bytes", ext_own_bytes, METH_NOARGS,
      "(bytes of our own tables and samples now, their peak since enable())."},
 #ifdef __linux__

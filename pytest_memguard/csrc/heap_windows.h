@@ -10,6 +10,18 @@
 
 static int window_depth = 0;
 
+static int is_left_out(uint64_t id)
+{
+    for (int i = 0; i < n_left_out; i++) {
+        if (left_out[i] == id) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The calling thread opens the window; the run's threads (left_out) alive now are excluded
+   from it, and the ids of those that ended are forgotten. */
 static int exclude_other_threads(void)
 {
     PyThreadState *me = current_tstate();
@@ -19,18 +31,41 @@ static int exclude_other_threads(void)
     unsigned long my_ident = PyThread_get_thread_ident();
     STORE(window_thread, my_ident);
     int n = 0;
+    uint64_t alive[MAX_EXCLUDED];
     PyThreadState *t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(me));
     for (; t != NULL && n < MAX_EXCLUDED; t = PyThreadState_Next(t)) {
-        if (t != me && t->thread_id != my_ident) {
-            excluded[n++] = t->thread_id;
+        uint64_t id = PyThreadState_GetID(t);
+        if (t != me && t->thread_id != my_ident && is_left_out(id)) {
+            excluded[n] = t->thread_id;
+            alive[n++] = id;
         }
     }
+    memcpy(left_out, alive, (size_t)n * sizeof(uint64_t));
+    n_left_out = n;
     __atomic_store_n(&n_excluded, n, __ATOMIC_RELEASE);
     return n;
 }
 
+static PyObject *ext_leave_out_threads(PyObject *self, PyObject *args)
+{
+    /* leave_out_threads() -> how many: every thread alive now but the caller's is the run's,
+       left out of every window from now on. */
+    PyThreadState *me = current_tstate();
+    if (me == NULL) {
+        return PyLong_FromLong(0);
+    }
+    PyThreadState *t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(me));
+    for (; t != NULL && n_left_out < MAX_EXCLUDED; t = PyThreadState_Next(t)) {
+        uint64_t id = PyThreadState_GetID(t);
+        if (t != me && !is_left_out(id)) {
+            left_out[n_left_out++] = id;
+        }
+    }
+    return PyLong_FromLong(n_left_out);
+}
 
-/* Open a heap window, all but its mark: the outermost one excludes the threads alive now and
+
+/* Open a heap window, all but its mark: the outermost one excludes the run's threads and
    starts tracking; every window gets its own peak, starting from the live bytes. The caller
    makes whatever objects it returns, then takes the mark (heap_mark) last, so that nothing of
    ours is allocated between the mark and the measured code. */
