@@ -62,8 +62,9 @@ class HeapBackend(Protocol):
 
     def own_bytes(self) -> int: ...
     def concurrency(self) -> int:
-        """A count that grows while the measured code runs work beside its own thread: threads
-        it started (allocating), processes it started. Compared between two readings."""
+        """A count that grows while the measured code runs work beside its own thread: the
+        suite's other threads allocating (not the run's: see ``leave_out_threads``), processes
+        it started. Compared between two readings."""
         ...
 
     def pause(self, flag: bool) -> bool:

@@ -64,9 +64,10 @@ class Measurement:
     # Modules first imported in the window: the test paid a first-use cost that whichever
     # test comes first pays (see the plugin's warm re-measure for baselines).
     imports: int = 0
-    # The window ran work beside the test's own thread: threads it started allocated, or it
-    # started a process. Its own thread's count then depends on the scheduler (how often it
-    # polled a pipe or woke on a future), and its peak on how the threads interleaved.
+    # The window ran work beside the test's own thread: the suite's other threads allocated
+    # (ones it started, a pool's), or it started a process. Its own thread's count then
+    # depends on the scheduler (how often it polled a pipe or woke on a future), and its peak
+    # on how the threads interleaved.
     concurrent: bool = False
     sites: list[Site] = field(default_factory=list)
     # The sites count only blocks still alive at the end (asked for, or all the backend sees).
