@@ -1181,9 +1181,17 @@ def test_work_handed_to_a_thread_started_before_the_test_is_the_tests(
     recorded = entries(pytester, "test_pooled.json")
     assert 1024 <= recorded["test_hands_work_to_a_pool"]["retained"] < 8 * 1024
     assert recorded["test_hands_work_to_the_runs_thread"]["retained"] < 1024
-    kept = run(*plugin_args, "-rA", env={"MEMGUARD_TEST_KEEP": "1"})
+    kept = run(*plugin_args, "-rA", "--mem-report=r.json", env={"MEMGUARD_TEST_KEEP": "1"})
     assert outcomes(kept) == {
         "test_hands_work_to_a_pool": "FAILED",
         "test_hands_work_to_the_runs_thread": "PASSED",
     }
     kept.stdout.fnmatch_lines(["memory regressed beyond the baseline:", "  retained: *"])
+    # The pool's allocations make its test concurrent; the run's threads (under -n 2 also
+    # xdist's I/O thread, which sends each report) leave the other one alone.
+    rows = json.loads((pytester.path / "r.json").read_text())["tests"]
+    concurrent = {r["nodeid"].rpartition(":")[2]: r["baseline"].get("concurrent") for r in rows}
+    assert concurrent == {
+        "test_hands_work_to_a_pool": True,
+        "test_hands_work_to_the_runs_thread": None,
+    }
