@@ -93,7 +93,9 @@ def _broader_fixtures(item: pytest.Item) -> list[Any]:
     private structures, read defensively."""
     manager = getattr(item.session, "_fixturemanager", None)
     visible = getattr(manager, "_get_all_fixture_defs_for_node", None)  # pytest 9
-    by_name = getattr(manager, "_arg2fixturedefs", None)  # pytest 8: {name: [definitions]}
+    # pytest 8 has no list per node: every definition of the session, a superset that costs
+    # only length reads (a fixture the item cannot see gains no finalizer from its runs).
+    by_name = getattr(manager, "_arg2fixturedefs", None)  # {name: [definitions]}
     if callable(visible):
         found: Iterable[Any] = visible(item)
     elif isinstance(by_name, dict):
