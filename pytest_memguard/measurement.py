@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import sysconfig
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -34,10 +35,18 @@ METRICS = ("peak", "heap_peak", "retained", "private", "rss", "allocations", "fd
 COUNT_METRICS = frozenset({"allocations", "fds"})
 
 
+def free_threaded() -> bool:
+    """Whether this interpreter was built without the GIL (3.13t and later): its objects are
+    laid out differently, and the allocator hook, which relies on the GIL, is not built for it."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
 def interpreter_scope() -> str:
     """Which interpreter figures are comparable across: heap bytes and allocation counts are
-    identical across runs and builds of one minor version and differ between versions."""
-    return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+    identical across runs and builds of one minor version and differ between versions, and
+    between a free-threaded build (``t``, as in ``python3.14t``) and the default one."""
+    build = "t" if free_threaded() else ""
+    return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}{build}"
 
 
 def format_metric(metric: str, value: int | None, signed: bool = False) -> str:
@@ -131,6 +140,10 @@ def load_backend() -> HeapBackend:
     """The hook when it can be had, else tracemalloc; ``reason`` says why in the fallback."""
     if os.environ.get(FORCE_FALLBACK_ENV):
         return _fallback(f"{FORCE_FALLBACK_ENV} is set")
+    if free_threaded():
+        # The hook keeps its tables unlocked because the GIL serialises every Python
+        # allocation; without it, tracemalloc (thread-safe there) is the honest measure.
+        return _fallback("free-threaded build: the allocator hook needs the GIL")
     try:
         import pytest_memguard._allochook as _allochook
     except ImportError as exc:

@@ -354,3 +354,56 @@ def test_the_plugin_end_to_end_on_the_tracemalloc_fallback(
         "measured: peak SIZE, heap_peak SIZE, retained SIZE, rss SIZE, fds N",
         "Top allocation sites (still alive at the end; sampled, estimated):",
     ]
+
+
+# What a free-threaded build (3.13t and later) reports of itself; no such interpreter is
+# installed here, so the inner run's start-up says so for it.
+FREE_THREADED_SITE = """
+import sysconfig
+
+_get_config_var = sysconfig.get_config_var
+
+
+def get_config_var(name):
+    return 1 if name == "Py_GIL_DISABLED" else _get_config_var(name)
+
+
+sysconfig.get_config_var = get_config_var
+"""
+
+
+@linux_only
+def test_a_free_threaded_build_says_so_and_gates_on_tracemalloc_figures(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The hook is not used without the GIL: the header says why, the same gates hold on
+    tracemalloc's figures, and baselines go to a scope of their own (objects are laid out
+    differently there, so the default build's figures would not compare)."""
+    pytester.makepyfile(test_mod=SUITE, sitecustomize=FREE_THREADED_SITE)
+    recorded = run("--mem-baseline=update", "-W", "default")
+    recorded.assert_outcomes(passed=3, failed=1, skipped=1)
+    recorded.stdout.fnmatch_lines(
+        [
+            "memguard *heap = tracemalloc (fallback: allocator hook unavailable) - "
+            "free-threaded build: the allocator hook needs the GIL; *",
+            "*MemguardWarning: mem_budget allocations on test_mod.py::test_within cannot be "
+            "checked: allocation counts need the allocator hook*",
+        ]
+    )
+    scopes = json.loads((pytester.path / "__memguard__" / "test_mod.json").read_text())["scopes"]
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert list(scopes) == [f"cpython-{version}t"]
+    assert sorted(scopes[f"cpython-{version}t"]) == [
+        "TestCase::test_case",
+        "test_plain",
+        "test_within",
+    ]
+
+    grown = run(env={"MEMGUARD_TEST_SIZE": "30000"})
+    grown.assert_outcomes(passed=2, failed=2, skipped=1)
+    grown.stdout.fnmatch_lines(
+        [
+            "FAILED test_mod.py::test_within - Failed: memory regressed beyond the baseline:*",
+            "FAILED test_mod.py::test_over - Failed: peak * exceeds mem_budget *",
+        ]
+    )

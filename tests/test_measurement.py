@@ -6,6 +6,7 @@ import mmap
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 import warnings
@@ -382,9 +383,27 @@ def test_measurement_pretty_and_metrics() -> None:
 
 
 def test_interpreter_scope_names_the_minor_version() -> None:
+    build = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
     assert interpreter_scope() == (
-        f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+        f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}{build}"
     )
+
+
+def test_a_free_threaded_build_has_a_scope_of_its_own_and_no_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    version = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+    config_var = sysconfig.get_config_var
+    monkeypatch.setattr(
+        sysconfig,
+        "get_config_var",
+        lambda name: 1 if name == "Py_GIL_DISABLED" else config_var(name),
+    )
+    monkeypatch.delenv(measurement.FORCE_FALLBACK_ENV, raising=False)
+    assert interpreter_scope() == f"{version}t"
+    backend = measurement.load_backend()
+    assert not isinstance(backend, ExtBackend)
+    assert getattr(backend, "reason", "") == "free-threaded build: the allocator hook needs the GIL"
 
 
 def test_engine_describes_what_it_measures() -> None:
