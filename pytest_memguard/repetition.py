@@ -182,9 +182,9 @@ def _repeat_settings(own: object) -> object | None:
 
 
 class Repetition:
-    """One more run of ``item`` each call, inside ``with repetition:``; raises
-    ``CannotRepeat`` when a run does not pass. Made before the official run (a doctest's
-    globals are taken then); ``restore()`` puts back what the official run left on the item."""
+    """One more run of ``item`` each call; raises ``CannotRepeat`` when a run does not pass.
+    Made before the official run (a doctest's globals are taken then); ``restore()`` puts back
+    what the official run left on the item."""
 
     def __init__(self, item: pytest.Item) -> None:
         self.item = item
@@ -206,57 +206,46 @@ class Repetition:
         # hypothesis' private attribute, feature-detected.
         self._own = getattr(self._function, "_hypothesis_internal_use_settings", None)
         self._repeated = _repeat_settings(self._own)
-        # The hook relays a run asked for (see ``_gethookproxy``), emptied after each run.
-        self._quiet: list[_QuietHooks] = []
-
-    def __enter__(self) -> Repetition:
-        """Reroute the session's hook relays to quiet ones, and give a hypothesis test its
-        repeated settings, for the whole check. Once, not per run: an attribute added to the
-        session and deleted every run leaves a spent slot in its dict each time, and the dict's
-        resize when they ran out (every dozen runs or so) read as a block of growth in
-        whichever clean test's screen it fell: a third of a suite's clean tests took 8-9 runs
-        instead of 7."""
-        session: Any = self.item.session
-        session.gethookproxy = self._gethookproxy  # what ``item.ihook`` and subtests' hooks call
-        if self._repeated is not None:
-            self._function._hypothesis_internal_use_settings = self._repeated  # type: ignore[union-attr]
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        del self.item.session.gethookproxy
-        if self._repeated is not None:
-            self._function._hypothesis_internal_use_settings = self._own  # type: ignore[union-attr]
-
-    def _gethookproxy(self, fspath: os.PathLike[str]) -> Any:
-        session = self.item.session
-        hooks = _QuietHooks(type(session).gethookproxy(session, fspath))
-        self._quiet.append(hooks)
-        return hooks
 
     def __call__(self) -> None:
-        """One run, made inside ``with repetition:`` (see ``__enter__``)."""
         item = self.item
         if self._properties is None:
             self._properties = list(item.user_properties)
             self._sections = list(item._report_sections)
         self.restore()
-        quiet = self._quiet
+        session: Any = item.session
+        quiet: list[_QuietHooks] = []
+
+        def gethookproxy(fspath: os.PathLike[str]) -> Any:
+            hooks = _QuietHooks(type(session).gethookproxy(session, fspath))
+            quiet.append(hooks)
+            return hooks
+
         self.runs += 1
-        # Dicts pytest empties of a key and fills again every run (os.environ's
-        # PYTEST_CURRENT_TEST, the logging plugin's keys in the item's stash, the item in the
-        # setup stack) leave a spent slot each time and resize every few runs: a new block,
-        # while the old one, made before the check, was never counted. Rebuilt here, each run,
-        # they are always the check's own, and a resize reads as nothing (it read as one block
-        # of growth in run 3-5 of nearly every test, which cost each clean test three more runs
-        # to prove it quiet). Insertion order, which the setup stack relies on, is kept.
+        # Dicts that get a key and lose it again every run (os.environ's PYTEST_CURRENT_TEST,
+        # the logging plugin's keys in the item's stash, the item in the setup stack, and the
+        # session's own attributes, where ``gethookproxy`` below goes) leave a spent slot each
+        # time and resize every few runs: a new block, while the old one, made before the
+        # check, was never counted. Rebuilt here, each run, they are always the check's own,
+        # and a resize reads as nothing. Without it a resize read as one block of growth in
+        # run 3-5 of nearly every test, and the session's every dozen runs or so, in whichever
+        # test's screen it fell (a third of a suite's clean tests took 8-9 runs instead of 7).
+        # Insertion order, which the setup stack relies on, is kept.
         _rebuild(os.environ.__dict__.get("_data"))
         _rebuild(getattr(item.stash, "_storage", None))
         _rebuild(getattr(getattr(item.session, "_setupstate", None), "stack", None))
+        _rebuild(vars(session))
         scratch = _Scratch(item)
         active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
+        session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
+        if self._repeated is not None:
+            self._function._hypothesis_internal_use_settings = self._repeated  # type: ignore[union-attr]
         try:
             reports = runtestprotocol(item, log=False, nextitem=self._next)
         finally:
+            del session.gethookproxy
+            if self._repeated is not None:
+                self._function._hypothesis_internal_use_settings = self._own  # type: ignore[union-attr]
             # Each setup of a function-scoped fixture adds its teardown to the finalizers of
             # the broader fixtures it uses (pytest's bookkeeping: a session fixture's list grows
             # by one per test until the session ends). Spent ones go, or they read as a leak.
@@ -268,7 +257,6 @@ class Repetition:
             scratch.clear()
         failed = [r for r in reports if not r.passed]
         failed += [hooks.failed for hooks in quiet if hooks.failed is not None]
-        quiet.clear()
         if failed:
             raise CannotRepeat(self.runs, describe(failed[0]))
 

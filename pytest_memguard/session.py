@@ -628,8 +628,7 @@ class MemguardSession:
                 # (kept, they would be growth the check itself made).
                 warnings.showwarning = _drop_warning
                 named = item.get_closest_marker("mem_leak_check") is not None
-                with repetition:
-                    result = LeakRunner(self.engine, settings).run(repetition, named=named)
+                result = LeakRunner(self.engine, settings).run(repetition, named=named)
         except CannotRepeat as exc:
             result = exc
         finally:

@@ -618,10 +618,10 @@ def test_a_clean_test_is_passed_by_the_shortest_screen(
 def test_clean_tests_one_after_another_each_pass_the_shortest_screen(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
-    """What a run does to objects that outlive it is the check's own growth. Each run used to
-    add a key to the session's dict and delete it again; the spent slots made the dict resize
-    every twelfth run or so, a new block in whichever test's screen that fell: 12-14 of these
-    40 tests took 8-9 runs instead of 7, on 3.11 and 3.15 alike."""
+    """What a run does to objects that outlive it is the check's own growth. Each run adds a
+    key to the session's dict and deletes it again; unless the dict is rebuilt, the spent slots
+    make it resize every dozen runs or so, a new block in whichever test's screen that falls:
+    12-14 of these 40 tests took 8-9 runs instead of 7, on 3.11 and 3.15 alike."""
     pytester.makepyfile(
         test_many="""
         import pytest
