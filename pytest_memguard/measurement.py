@@ -37,7 +37,8 @@ COUNT_METRICS = frozenset({"allocations", "fds"})
 
 def free_threaded() -> bool:
     """Whether this interpreter was built without the GIL (3.13t and later): its objects are
-    laid out differently, and the allocator hook, which relies on the GIL, is not built for it."""
+    laid out differently, and the allocator hook, which relies on the GIL, refuses to load
+    there (its module init says so too, for the kernel calls that import it directly)."""
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
