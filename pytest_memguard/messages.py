@@ -129,9 +129,10 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
     """The failure of a leak check: growth per call (``unit``: a test's whole repetition is a
     "run"), the judged series, sites and types."""
     names = ", ".join(f.metric for f in result.findings)
+    how = "after warm-up and escalation" if result.known is None else "after warm-up"
     lines = [
         f"{what} leaks: {names} grew over {result.judged} judged {unit}s "
-        f"({result.calls} {unit}s in all, after warm-up and escalation)"
+        f"({result.calls} {unit}s in all, {how})"
     ]
     for finding in result.findings:
         rate = per_call(finding.metric, finding.per_call, unit)
@@ -147,6 +148,16 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
         series = result.series.get(metric)
         if series:
             lines.append(f"  {metric:<7} {sparkline(series)}")
+    if result.known is not None:
+        known = result.known
+        rate = result.known_entries / max(1, result.judged)
+        entries = "entry" if rate == 1 else "entries"
+        kind = type(known.container).__name__
+        lines += [
+            f"The leak explained under {known.first}, not explained again (its container "
+            f"gained an entry a {unit} or more here):",
+            f"  {known.path}  ({kind}, {rate:+.1f} {entries} per {unit})",
+        ]
     if result.sites:
         lines.append(
             f"Where the growing memory is allocated (every allocation traced over "

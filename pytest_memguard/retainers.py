@@ -31,7 +31,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .census import PACKAGE_DIR, TypeGrowth, live_objects, type_name
 
@@ -81,6 +81,9 @@ class Retainers:
     asked: int
     unreached: int = 0
     cut_short: str = ""
+    # From ``growth_retainers``: each container that grew, with its chain. Held so that a later
+    # check can watch the same container (``leaks.KnownLeaks``); not rendered.
+    containers: list[tuple[object, Chain]] = field(default_factory=list)
 
 
 def _roots(context: contextvars.Context) -> dict[int, str]:
@@ -521,21 +524,24 @@ def growth_retainers(
     """Why memory grew over ``calls`` calls: the paths to the containers that grew in them,
     each noted with its growth per call; ``before`` is ``container_lengths()`` from before."""
     grown = growing_containers(before, calls)
-    chains: list[Chain] = []
+    containers: list[tuple[object, Chain]] = []
     cut_short = ""
     deadline = time.perf_counter() + seconds
     for container, rate in grown:
         found = find_retainers(
-            [container], ignore=[grown, before], seconds=max(0.0, deadline - time.perf_counter())
+            [container],
+            ignore=[grown, before, containers],
+            seconds=max(0.0, deadline - time.perf_counter()),
         )
         cut_short = cut_short or found.cut_short
         entries = "entry" if rate == 1 else "entries"
         note = f"{type_name(type(container))}, {rate:+.1f} {entries}"
-        chains.extend(
-            dataclasses.replace(chain, note=note, grows=len(chain.links))
+        containers.extend(
+            (container, dataclasses.replace(chain, note=note, grows=len(chain.links)))
             for chain in found.chains[:1]
         )
-    return Retainers(chains, len(grown), len(grown) - len(chains), cut_short)
+    chains = [chain for _, chain in containers]
+    return Retainers(chains, len(grown), len(grown) - len(chains), cut_short, containers)
 
 
 # What an import in the window leaves (a module's functions and code), and the frames of the

@@ -40,7 +40,7 @@ from .tolerance import Tolerance
 if TYPE_CHECKING:
     # Imported where used: a run without budgets or leak checks never loads them.
     from .budget import Budget, Verdict
-    from .leaks import LeakResult, LeakSettings
+    from .leaks import KnownLeaks, LeakResult, LeakSettings
     from .repetition import CannotRepeat, Repetition
     from .retainers import Survivors
 
@@ -155,6 +155,7 @@ class MemguardSession:
         self.subtests = 0
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
+        self.known_leaks: KnownLeaks | None = None  # what full leak checks found (see there)
 
     # ------------------------------------------------------------------ plans
     def plan(self, item: pytest.Item) -> TestPlan:
@@ -617,8 +618,11 @@ class MemguardSession:
     ) -> None:
         """Repeat the test and write the verdict into the official call's report, and the
         figures into its teardown report (where records read properties from)."""
-        from .leaks import LeakRunner
+        from .leaks import KnownLeaks, LeakRunner
         from .repetition import CannotRepeat
+
+        if self.known_leaks is None:
+            self.known_leaks = KnownLeaks()
 
         self.repeating = True
         result: LeakResult | CannotRepeat
@@ -628,7 +632,9 @@ class MemguardSession:
                 # (kept, they would be growth the check itself made).
                 warnings.showwarning = _drop_warning
                 named = item.get_closest_marker("mem_leak_check") is not None
-                result = LeakRunner(self.engine, settings).run(repetition, named=named)
+                runner = LeakRunner(self.engine, settings, self.known_leaks)
+                result = runner.run(repetition, named=named)
+                self.known_leaks.learn(result, item.nodeid)
         except CannotRepeat as exc:
             result = exc
         finally:
@@ -837,6 +843,8 @@ def _leak_properties(result: LeakResult) -> dict[str, Any]:
         props["leak.inconclusive"] = True
     if result.too_slow is not None:
         props["leak.too_slow"] = round(result.too_slow, 3)
+    if result.known is not None:
+        props["leak.known_from"] = result.known.first
     if result.threads > 1:
         props["leak.threads"] = result.threads - 1  # others than the test's: readings count them
     props.update({f"leak.{k}_per_call": round(v, 3) for k, v in result.growth.items()})

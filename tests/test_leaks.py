@@ -17,6 +17,9 @@ from pytest_memguard.leaks import (
     SCREEN,
     SCREEN_FLOOR,
     SUSPECT_FLOOR,
+    KnownLeak,
+    KnownLeaks,
+    LeakResult,
     LeakRunner,
     LeakSettings,
     LeakSettingsError,
@@ -29,6 +32,7 @@ from pytest_memguard.leaks import (
 )
 from pytest_memguard.measurement import Engine, get_engine
 from pytest_memguard.repetition import _broader_fixtures
+from pytest_memguard.retainers import Chain, Retainers
 
 from .conftest import HOOK, budget_seconds
 
@@ -449,3 +453,54 @@ def test_broader_fixtures_are_every_one_the_session_has_on_pytest_8_and_9() -> N
     pytest8 = SimpleNamespace(_arg2fixturedefs={"a": [session, function], "b": [module]})
     assert _broader_fixtures(_item_with(pytest8, closure)) == [session, module]
     assert _broader_fixtures(_item_with(None, closure)) == [in_closure]  # neither: the closure
+
+
+def test_known_leaks_keep_each_container_a_leaked_result_found_once_up_to_a_limit() -> None:
+    def result(leaked: bool, *containers: object) -> LeakResult:
+        pairs = [(c, Chain("mod", (f".c{i}",), "dict")) for i, c in enumerate(containers)]
+        found = Retainers([chain for _, chain in pairs], len(pairs), containers=pairs)
+        return LeakResult(leaked=leaked, calls=256, judged=30, retainers=found)
+
+    known = KnownLeaks()
+    shared: dict[object, object] = {}
+    known.learn(result(False, {}), "t::passed")  # not a leak: nothing learned
+    known.learn(LeakResult(leaked=True, calls=256, judged=30), "t::unexplained")
+    assert known.leaks == []
+    known.learn(result(True, shared), "t::first")
+    known.learn(result(True, shared, []), "t::second")  # the same dict is kept once
+    assert [(leak.first, leak.path) for leak in known.leaks] == [
+        ("t::first", "mod.c0"),
+        ("t::second", "mod.c1"),
+    ]
+    assert known.leaks[0].container is shared
+    known.learn(result(True, *([] for _ in range(20))), "t::many")
+    assert len(known.leaks) == KnownLeaks.LIMIT
+
+
+def test_runner_fails_growth_through_a_known_leak_at_the_screen_and_nothing_else() -> None:
+    harness: list[object] = []
+    elsewhere: list[object] = []
+    known = KnownLeaks()
+    known.leaks.append(KnownLeak(harness, "mod.harness", "t::first"))
+
+    def through_harness() -> None:
+        harness.append(object())
+
+    def leaks_elsewhere() -> None:
+        elsewhere.append(object())
+
+    runner = LeakRunner(get_engine(), LeakSettings(), known)
+    result = runner.run(through_harness)
+    assert result.leaked
+    assert result.known is known.leaks[0]
+    assert QUIET <= result.judged <= SCREEN
+    assert result.known_entries == result.judged
+    assert result.sites == []
+    assert result.retainers is None
+    assert "explained under t::first, not explained again" in result.message(unit="run")
+    other = runner.run(leaks_elsewhere)  # the whole escalation, and its own explanation
+    assert other.leaked
+    assert other.known is None
+    assert other.calls > 2 + SCREEN
+    assert other.retainers is not None
+    assert other.retainers.containers[0][0] is elsewhere

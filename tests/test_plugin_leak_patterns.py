@@ -687,3 +687,78 @@ def test_native_memory_that_swings_without_growing_passes_the_screen(
     # (On the fallback a clean test's block column moves a few times more: up to 32.)
     assert 7 <= rows["test_swings"]["details"]["leak.calls"] <= (10 if HOOK else 32)
     result.stdout.fnmatch_lines(["*native * grew*"])
+
+
+def test_a_leak_in_the_suites_harness_is_explained_once_and_recognised_after(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """click's ``CliRunner`` keeps a cache entry per ``invoke``: every test that uses it leaks
+    through the same dict. The first such test gets the whole escalation and the explanation;
+    the ones after it fail at the screen, naming the first. A test that leaks elsewhere still
+    gets the whole check, and a clean one still passes."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        STREAMS = {}
+
+        class Runner:
+            def invoke(self):
+                STREAMS[object()] = [0] * 4  # conftest.py:8: the harness's leak
+
+        @pytest.fixture
+        def runner():
+            return Runner()
+        """
+    )
+    pytester.makepyfile(
+        test_harness="""
+        OTHER = []
+
+        def test_first(runner):
+            runner.invoke()
+
+        def test_second(runner):
+            runner.invoke()
+
+        def test_clean(runner):
+            assert runner is not None
+
+        def test_leaks_elsewhere():
+            OTHER.append(object())
+
+        def test_third(runner):
+            runner.invoke()
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-p", "no:randomly", "--mem-leak-check", f"--mem-report={report}")
+    result.assert_outcomes(failed=4, passed=1)
+    rows = {
+        row["nodeid"].split("::")[-1]: row["details"]
+        for row in json.loads(report.read_text())["tests"]
+    }
+    first = "test_harness.py::test_first"
+    # The whole escalation (up to 8 x 32 runs) for the first and for the other leak; the
+    # warm-up and the screen (2 + 20 runs at most) for those that leak through the known dict.
+    assert 100 <= rows["test_first"]["leak.calls"] <= 256, rows["test_first"]
+    assert 100 <= rows["test_leaks_elsewhere"]["leak.calls"] <= 256, rows["test_leaks_elsewhere"]
+    for name in ("test_second", "test_third"):
+        assert 7 <= rows[name]["leak.calls"] <= 22, rows[name]
+        assert rows[name]["leak.known_from"] == first
+    assert "leak.known_from" not in rows["test_first"]
+    assert "leak.known_from" not in rows["test_leaks_elsewhere"]
+    assert 7 <= rows["test_clean"]["leak.calls"] <= 22
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_first _*",
+            "*after warm-up and escalation*",
+            "Why it is kept*",
+            "  conftest.STREAMS[[]…[]]  (dict, +1.0 entry per run)",
+            "*_ test_second _*",
+            "*(* runs in all, after warm-up)",
+            f"The leak explained under {first}, not explained again*",
+            "  conftest.STREAMS[[]…[]]  (dict, +1.0 entry per run)",
+        ]
+    )
+    assert result.stdout.str().count("not explained again") == 2
