@@ -176,7 +176,7 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
             lines.append(f"  {row.count:>+6,}  {format_size(row.bytes):>10}  {row.name}")
     if result.retainers is not None:
         lines.extend(render_retainers(result.retainers, unit))
-    if "native" in {f.metric for f in result.findings} and not result.sites:
+    if "native" in {f.metric for f in result.findings} and not result.sites and not result.known:
         lines.append(
             "  (native heap growth: memory allocated by C code outside Python's allocators)"
         )
