@@ -615,7 +615,8 @@ def _growth(series: Mapping[str, Sequence[int]]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class KnownLeak:
-    """A container that a check found growing in every run of a leak it failed in full."""
+    """A container that gained an entry a run or more while a check that failed in full (the
+    whole escalation) was explained."""
 
     container: Sized
     path: str  # its reference path from a root
@@ -646,6 +647,21 @@ class KnownLeaks:
                 return
             if all(leak.container is not container for leak in self.leaks):
                 self.leaks.append(KnownLeak(cast(Sized, container), chain.path(), first))
+
+
+def _known_growth(
+    known: Sequence[KnownLeak], lengths: array.array[int], runs: int
+) -> tuple[KnownLeak, int] | None:
+    """The first known leak whose container gained an entry a run or more in the last ``runs``
+    runs (``lengths``: theirs before them), with the entries gained; None if none did, or the
+    runs were fewer than a quiet spell (too few to call a trend)."""
+    if runs < QUIET:
+        return None
+    for leak, before in zip(known, lengths):
+        added = len(leak.container) - before
+        if added >= runs:
+            return leak, added
+    return None
 
 
 @dataclass
@@ -863,26 +879,22 @@ class LeakRunner:
                         screened=True,
                         budget=budget,
                     )
-                screen_runs = calls - warmup
-                for index in range(len(known)):
-                    added = len(known[index].container) - known_lengths[index]
-                    if screen_runs < QUIET or added < screen_runs:
-                        continue
-                    findings = judge(window(warmup), settings.tolerance)
-                    if findings:
-                        series = window(warmup)
-                        return LeakResult(
-                            leaked=True,
-                            calls=calls,
-                            judged=screen_runs,
-                            findings=findings,
-                            growth=_growth(series),
-                            series=series,
-                            threads=threading.active_count(),
-                            budget=budget,
-                            known=known[index],
-                            known_entries=added,
-                        )
+                found = _known_growth(known, known_lengths, calls - warmup)
+                findings = judge(window(warmup), settings.tolerance) if found else []
+                if found and findings:
+                    series = window(warmup)
+                    return LeakResult(
+                        leaked=True,
+                        calls=calls,
+                        judged=calls - warmup,
+                        findings=findings,
+                        growth=_growth(series),
+                        series=series,
+                        threads=threading.active_count(),
+                        budget=budget,
+                        known=found[0],
+                        known_entries=found[1],
+                    )
                 budget = max(settings.suspect_floor * slowdown, settings.time_runs * first)
             judged_from = warmup
             staged = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import collections
 import functools
 import sys
@@ -504,3 +505,19 @@ def test_runner_fails_growth_through_a_known_leak_at_the_screen_and_nothing_else
     assert other.calls > 2 + SCREEN
     assert other.retainers is not None
     assert other.retainers.containers[0][0] is elsewhere
+
+
+def test_a_known_leak_counts_once_its_container_gains_an_entry_a_run_over_a_quiet_spell() -> None:
+    from pytest_memguard.leaks import _known_growth
+
+    slow, fast = [0] * 4, [0] * 12
+    known = [KnownLeak(slow, "mod.slow", "t::a"), KnownLeak(fast, "mod.fast", "t::b")]
+    lengths = array.array("q", [0, 2])  # before the runs: fast had 2 entries then
+    assert _known_growth(known, lengths, 10) == (known[1], 10)  # slow gained 4 in 10 runs
+    assert _known_growth(known, lengths, 11) is None
+    assert _known_growth(known, lengths, QUIET - 1) is None  # too few runs to call it
+    assert QUIET == 5
+    assert _known_growth(known, lengths, QUIET) == (known[1], 10)  # slow's 4 are too few
+    # The first that qualifies, in the order they were learned:
+    assert _known_growth(known, array.array("q", [-1, 2]), QUIET) == (known[0], 5)
+    assert _known_growth([], array.array("q"), 20) is None
