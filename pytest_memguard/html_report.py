@@ -107,7 +107,11 @@ def charts_of(tests: Sequence[Mapping[str, Any]]) -> list[Chart]:
             if _numbers(values := details.get(f"leak.{name}_series"))
         ]
         if lines:
-            if details.get("leak.leaked"):
+            if details.get("leak.leaked") and isinstance(
+                first := details.get("leak.known_from"), str
+            ):
+                verdict = f"leaked, the leak explained under {first}"
+            elif details.get("leak.leaked"):
                 verdict = "leaked"
             elif details.get("leak.inconclusive"):
                 verdict = "cut short by its time budget"

@@ -93,14 +93,28 @@ def test_charts_come_from_soak_and_leak_series_failed_first() -> None:
         ),
         _test("t.py::test_bad", "passed", {"soak.positions": [1, 2], "soak.heap": ["x", 1]}),
         _test("t.py::test_clean", "passed", {"leak.calls": 7, "leak.leaked": False}),
+        _test(
+            "t.py::test_same_leak",
+            "failed",
+            {
+                "leak.calls": 22,
+                "leak.leaked": True,
+                "leak.known_from": "t.py::test_leak",
+                "leak.blocks_series": [1, 2, 3],
+            },
+        ),
     ]
     charts = charts_of(tests)
-    assert [c.nodeid for c in charts] == ["t.py::test_leak", "t.py::test_soak"]
+    names = [c.nodeid for c in charts]
+    assert names == ["t.py::test_leak", "t.py::test_same_leak", "t.py::test_soak"]
     assert [s.name for s in charts[0].series] == ["blocks", "bytes"]
     assert charts[0].title == "leak check, the judged runs of 32: leaked"
-    assert charts[1].title == "soak over 300 iterations: levels off"
+    assert charts[1].title == (
+        "leak check, the judged runs of 22: leaked, the leak explained under t.py::test_leak"
+    )
+    assert charts[2].title == "soak over 300 iterations: levels off"
     page = render_html(_document(tests))
-    assert _points(page) == [4, 4, 3]
+    assert _points(page) == [4, 4, 3, 3]
 
 
 def test_what_a_test_or_its_failure_says_is_escaped() -> None:
