@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -776,6 +777,24 @@ class MemguardSession:
                         "one, mark it @pytest.mark.mem_leak_check: a marked test gets its runs "
                         "in full",
                         *shown,
+                    ],
+                )
+            )
+        known = Counter(
+            str(first) for r in self.records.values() if (first := r.get("leak.known_from"))
+        )
+        if known:
+            sections.append(
+                (
+                    "memguard: leaks that failed more tests than the one that explained them",
+                    [
+                        "each test below failed with a leak its check explained; the tests "
+                        "after it that grew the same container failed at their screen, not "
+                        "explained again (leak.known_from in the JSON report):",
+                        *(
+                            f"  {first}: {count} more test{'s' if count != 1 else ''}"
+                            for first, count in known.most_common()
+                        ),
                     ],
                 )
             )

@@ -761,4 +761,11 @@ def test_a_leak_in_the_suites_harness_is_explained_once_and_recognised_after(
             "  conftest.STREAMS[[]…[]]  (dict, +1.0 entry per run)",
         ]
     )
-    assert result.stdout.str().count("not explained again") == 2
+    assert result.stdout.str().count("not explained again") == 3  # 2 tests and the summary
+    result.stdout.fnmatch_lines(
+        [
+            "*memguard: leaks that failed more tests than the one that explained them*",
+            "each test below failed with a leak its check explained*",
+            f"  {first}: 2 more tests",
+        ]
+    )
