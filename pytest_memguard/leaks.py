@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -42,6 +42,7 @@ from .measurement import Engine
 from .process import open_fds
 from .retainers import (
     Retainers,
+    container_length,
     container_lengths,
     find_retainers,
     growth_retainers,
@@ -618,7 +619,7 @@ class KnownLeak:
     """A container that gained an entry a run or more while a check that failed in full (the
     whole escalation) was explained."""
 
-    container: Sized
+    container: object  # a list, dict, set or other container retainers.py knows
     path: str  # its reference path from a root
     first: str  # the check that found it (a test's node id)
 
@@ -646,7 +647,7 @@ class KnownLeaks:
             if len(self.leaks) >= self.LIMIT:
                 return
             if all(leak.container is not container for leak in self.leaks):
-                self.leaks.append(KnownLeak(cast(Sized, container), chain.path(), first))
+                self.leaks.append(KnownLeak(container, chain.path(), first))
 
 
 def _known_growth(
@@ -658,7 +659,7 @@ def _known_growth(
     if runs < QUIET:
         return None
     for leak, before in zip(known, lengths):
-        added = len(leak.container) - before
+        added = container_length(leak.container) - before
         if added >= runs:
             return leak, added
     return None
@@ -835,7 +836,7 @@ class LeakRunner:
                         )
                 run_to(warmup)
                 for index in range(len(known)):
-                    known_lengths[index] = len(known[index].container)
+                    known_lengths[index] = container_length(known[index].container)
                 quiet = 0  # calls in a row that moved no reading
                 resized = False  # a block grew in place: see below
                 # glibc's figure counts the chunks in its per-thread cache as in use, so a

@@ -487,6 +487,13 @@ def _container_code(obj: object) -> tuple[int, int] | None:
     return code, _CONTAINERS[code].__len__(obj)  # type: ignore[attr-defined]
 
 
+def container_length(obj: object) -> int:
+    """A container's length by its base type's own ``__len__`` (a subclass's could run any
+    code), or 0 for other objects."""
+    found = _container_code(obj)
+    return 0 if found is None else found[1]
+
+
 def container_lengths() -> dict[int, int]:
     """The length of every live container, by id: a snapshot to compare after a few calls.
     One int each (length and base type packed), since a heap has hundreds of thousands."""
