@@ -881,21 +881,22 @@ class LeakRunner:
                         budget=budget,
                     )
                 found = _known_growth(known, known_lengths, calls - warmup)
-                findings = judge(window(warmup), settings.tolerance) if found else []
-                if found and findings:
+                if found is not None:
                     series = window(warmup)
-                    return LeakResult(
-                        leaked=True,
-                        calls=calls,
-                        judged=calls - warmup,
-                        findings=findings,
-                        growth=_growth(series),
-                        series=series,
-                        threads=threading.active_count(),
-                        budget=budget,
-                        known=found[0],
-                        known_entries=found[1],
-                    )
+                    seen = judge(series, settings.tolerance)
+                    if seen:
+                        return LeakResult(
+                            leaked=True,
+                            calls=calls,
+                            judged=calls - warmup,
+                            findings=seen,
+                            growth=_growth(series),
+                            series=series,
+                            threads=threading.active_count(),
+                            budget=budget,
+                            known=found[0],
+                            known_entries=found[1],
+                        )
                 budget = max(settings.suspect_floor * slowdown, settings.time_runs * first)
             judged_from = warmup
             staged = False

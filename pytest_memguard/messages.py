@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .census import type_name
 from .measurement import format_metric
 from .retainers import render_retainers
 from .units import format_size
@@ -152,7 +153,7 @@ def render_leak(result: Any, what: str = "memory", unit: str = "call") -> str:
         known = result.known
         rate = result.known_entries / max(1, result.judged)
         entries = "entry" if rate == 1 else "entries"
-        kind = type(known.container).__name__
+        kind = type_name(type(known.container))
         lines += [
             f"The leak explained under {known.first}, not explained again (its container "
             f"gained an entry a {unit} or more here):",
