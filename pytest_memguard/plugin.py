@@ -182,8 +182,10 @@ class MemguardHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """Before the first test: the threads alive now are the run's (xdist's I/O thread,
-        other plugins'), not the suite's; every later one may do a test's work."""
+        other plugins'), not the suite's; every later one may do a test's work. An update
+        makes the baseline files it will write now, so its tests see the tree a check will."""
         self.session.engine.heap.leave_out_threads()
+        self.session.reserve_baselines(getattr(session, "items", ()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

@@ -25,6 +25,33 @@ PROPERTY_PREFIX = "memguard."
 
 def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that it is either the old file or the whole new one."""
+    tmp = _written_beside(path, text)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_whole(path: str, text: str) -> bool:
+    """Make ``path`` with ``text`` unless it exists (False then), so that a reader never sees
+    it empty or half written: the text is written beside it and hard-linked into place, which
+    fails, unlike a rename, where another process made the file first."""
+    tmp = _written_beside(path, text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return True
+
+
+def _written_beside(path: str, text: str) -> str:
+    """A temporary file holding ``text`` in ``path``'s directory (made if missing), with the
+    mode ``path`` has or a new file would get."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".memguard-", suffix=".tmp", dir=directory)
@@ -36,11 +63,11 @@ def atomic_write(path: str, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def _mode_for(path: str) -> int:

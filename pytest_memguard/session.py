@@ -684,6 +684,16 @@ class MemguardSession:
             return False
         return not any("::" in str(arg) for arg in self.config.args)
 
+    def reserve_baselines(self, items: Iterable[pytest.Item]) -> None:
+        """On update, the baseline files of the tests about to run, made before the first
+        (see ``BaselineCheck.reserve``); an isolated test's child leaves it to its parent."""
+        if not self.is_child:
+            self.baselines.reserve(
+                item.nodeid
+                for item in items
+                if (plan := item.stash.get(PLAN_KEY, None)) is not None and plan.baseline
+            )
+
     def settle(self, items: Iterable[pytest.Item]) -> None:
         """List new, regressed, improved and stale entries; on update, write the files."""
         records = self.records.values()

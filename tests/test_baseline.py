@@ -157,6 +157,51 @@ def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
     assert len(b.load(path)["s"]) == 80
 
 
+def test_an_update_makes_the_files_it_will_write_first_and_removes_those_left_empty(
+    tmp_path: Path,
+) -> None:
+    root = str(tmp_path)
+    kept = tmp_path / "tests" / "__memguard__" / "test_kept.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(b.dumps({"other-interpreter": {"t": {"heap_peak": 7}}}))
+    before = kept.read_bytes()
+    ids = ["tests/test_a.py::t", "tests/test_a.py::u", "tests/test_b.py::t"]
+    ids.append("tests/test_kept.py::t")
+
+    b.BaselineCheck(root, "s", "check", ["heap_peak"], TOL).reserve(ids)
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["test_kept.json"]
+
+    update = b.BaselineCheck(root, "s", "update", ["heap_peak"], TOL)
+    update.reserve(ids)
+    made = kept.parent / "test_a.json"
+    assert made.read_text() == b.dumps({})  # whole and valid from the start: no entries
+    assert b.load(str(made)) == {}
+    assert (kept.parent / "test_b.json").exists()
+    assert kept.read_bytes() == before  # an existing file is never touched
+    update.reserve(ids)  # again (another xdist worker): nothing changes
+    assert made.read_text() == b.dumps({})
+    assert update.compare("tests/test_a.py::t", {"heap_peak": 5}).status == "new"
+
+    outcome = update.settle(
+        statuses=[],
+        passed=[("tests/test_a.py::t", {"heap_peak": 5})],
+        collected=ids,
+        full_run=True,
+    )
+    assert b.load(str(made)) == {"s": {"t": {"heap_peak": 5}}}
+    assert not (kept.parent / "test_b.json").exists()  # its test recorded nothing
+    assert kept.read_bytes() == before  # entries of another interpreter: kept
+    assert outcome["updated"] == [os.path.join("tests", "__memguard__", "test_a.json")]
+    assert outcome["errors"] == []
+
+    # A directory the update made and left without files goes too.
+    lone = b.BaselineCheck(root, "s", "update", ["heap_peak"], TOL)
+    lone.reserve(["other/test_c.py::t"])
+    assert (tmp_path / "other" / "__memguard__" / "test_c.json").exists()
+    lone.settle(statuses=[], passed=[], collected=["other/test_c.py::t"], full_run=True)
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == []
+
+
 def test_compare_boundaries_and_count_tolerance() -> None:
     base = {"allocations": 1000, "heap_peak": 10_000, "retained": 0}
     tol = Tolerance(relative=0.10, absolute=1000)
@@ -379,7 +424,7 @@ def test_cli_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "umask") or os.name == "nt", reason="POSIX modes")
 def test_files_keep_the_users_umask_and_an_existing_mode(tmp_path: Path) -> None:
-    from pytest_memguard.report import atomic_write
+    from pytest_memguard.report import atomic_write, create_whole
 
     old = os.umask(0o022)
     try:
@@ -393,6 +438,13 @@ def test_files_keep_the_users_umask_and_an_existing_mode(tmp_path: Path) -> None
         atomic_write(str(new_file), "[]\n")
         assert new_file.stat().st_mode & 0o777 == 0o664
         assert new_file.read_text() == "[]\n"
+        os.umask(0o027)
+        assert create_whole(str(tmp_path / "made.json"), "{}\n")
+        assert (tmp_path / "made.json").stat().st_mode & 0o777 == 0o640
+        assert not create_whole(str(new_file), "{}\n")  # never over an existing file
+        assert new_file.read_text() == "[]\n"
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["made.json", "new.json", "private.json"]  # no temporary file left
     finally:
         os.umask(old)
 

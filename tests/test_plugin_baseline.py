@@ -237,6 +237,55 @@ def test_failing_test_is_not_recorded(pytester: pytest.Pytester, run: Runner) ->
     assert set(entries(pytester)) == {"test_ok", "test_xfailed", "test_xfailed_by_pytest_fail"}
 
 
+WALKS_THE_TREE = """
+import os
+
+
+def test_walks():
+    # What boltons' test_iter_find_files does: work in proportion to the files it finds.
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = sorted(
+        os.path.relpath(os.path.join(folder, name), here).replace(os.sep, "/")
+        for folder, _, files in os.walk(here)
+        for name in files
+        if folder.endswith("__memguard__")
+    )
+    with open(os.path.join(here, "seen.txt"), "a") as log:
+        log.write(" ".join(names) + "\\n")
+    made = [bytearray(64) for _ in range(400 * len(names))]
+"""
+
+
+def test_an_update_makes_its_files_before_its_tests_so_they_see_the_tree_a_check_sees(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(
+        test_walk=WALKS_THE_TREE,
+        test_other="def test_other():\n    pass\n",
+        test_fails="def test_fails():\n    assert False\n",
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1)
+    folder = pytester.path / "__memguard__"
+    # test_fails.json was there while the tests ran, and went with nothing recorded in it.
+    assert sorted(p.name for p in folder.iterdir()) == ["test_other.json", "test_walk.json"]
+    checked = run("--mem-report=report.json")
+    checked.assert_outcomes(passed=2, failed=1)
+    seen = (pytester.path / "seen.txt").read_text().splitlines()
+    assert seen == [
+        "__memguard__/test_fails.json __memguard__/test_other.json __memguard__/test_walk.json",
+        "__memguard__/test_other.json __memguard__/test_walk.json",
+    ]
+    # One file fewer in the check than in the update: the test did less, never more.
+    report = json.loads((pytester.path / "report.json").read_text())
+    status = {t["nodeid"]: t["baseline"].get("status") for t in report["tests"]}
+    assert status["test_walk.py::test_walks"] in ("ok", "improved")
+    # And a file already there (here: test_walk's own) is not rewritten by the next update.
+    before = (folder / "test_walk.json").read_bytes()
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1)
+    assert (folder / "test_walk.json").read_bytes() == before
+    assert not (folder / "test_fails.json").exists()
+
+
 @pytest.mark.parametrize("scope", ["call", "test"])
 def test_setup_only_measures_and_records_nothing(
     pytester: pytest.Pytester, run: Runner, scope: str
