@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -32,7 +32,7 @@ from pytest_memguard.leaks import (
     trend,
 )
 from pytest_memguard.measurement import Engine, get_engine
-from pytest_memguard.repetition import _broader_fixtures
+from pytest_memguard.repetition import _broader_fixtures, _pristine_params
 from pytest_memguard.retainers import Chain, Retainers
 
 from .conftest import HOOK, budget_seconds
@@ -454,6 +454,24 @@ def test_broader_fixtures_are_every_one_the_session_has_on_pytest_8_and_9() -> N
     pytest8 = SimpleNamespace(_arg2fixturedefs={"a": [session, function], "b": [module]})
     assert _broader_fixtures(_item_with(pytest8, closure)) == [session, module]
     assert _broader_fixtures(_item_with(None, closure)) == [in_closure]  # neither: the closure
+
+
+def test_parameters_are_copied_before_the_official_run_where_they_can_be() -> None:
+    import threading
+
+    args = [300]
+    item = SimpleNamespace(callspec=SimpleNamespace(params={"args": args, "expected": "x"}))
+    pristine = _pristine_params(cast(Any, item))
+    assert pristine == {"args": [300], "expected": "x"}
+    assert pristine is not None
+    assert pristine["args"] is not args
+    args[0] = -300  # what the official run does to it
+    assert pristine["args"] == [300]
+    unlocked = SimpleNamespace(callspec=SimpleNamespace(params={"lock": threading.Lock()}))
+    assert _pristine_params(cast(Any, unlocked)) is None  # not copyable: runs as it is
+    assert _pristine_params(cast(Any, SimpleNamespace())) is None  # not parametrized
+    empty = SimpleNamespace(callspec=SimpleNamespace(params={}))
+    assert _pristine_params(cast(Any, empty)) is None
 
 
 def test_known_leaks_keep_each_container_a_leaked_result_found_once_up_to_a_limit() -> None:

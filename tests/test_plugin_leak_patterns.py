@@ -334,6 +334,59 @@ def test_a_test_that_cannot_repeat_passes_as_itself_and_is_said_so(
     )
 
 
+def test_a_test_that_changes_its_parameters_repeats_with_a_copy_of_them(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """humanize's test_naturalsize negates the list it is parametrized with to test negative
+    sizes, so its second run failed: 77 of the suite's 878 tests were not checked. Where a run
+    with the values as the official run left them fails, every run gets a copy of the values as
+    they were before it; a test that compares its parameter by identity keeps the original."""
+    pytester.makepyfile(
+        test_params="""
+        import pytest
+
+        MISSING = object()
+        KEPT = []
+
+        @pytest.mark.parametrize("args", [[300], [1, 2]])
+        def test_negates(args):
+            assert args[0] > 0
+            args[0] = -args[0]
+
+        @pytest.mark.parametrize("value", [MISSING])
+        def test_by_identity(value):
+            assert value is MISSING
+
+        @pytest.mark.parametrize("args", [[7]])
+        def test_negates_and_leaks(args):
+            assert args[0] > 0
+            args[0] = -args[0]
+            KEPT.append(bytearray(1000))
+
+        @pytest.mark.parametrize("args", [[300]])
+        def test_negates_and_counts(args):
+            KEPT.append(args)  # a copy each run: the original is never negated twice
+            assert sum(1 for kept in KEPT if kept is args) == 1
+            args[0] = -args[0]
+            KEPT.remove(args)
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run("-rA", "-p", "no:randomly", "--mem-leak-check", f"--mem-report={report}")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_params.py::test_negates_and_leaks?args0? - memory*"])
+    assert "cannot repeat" not in result.stdout.str()
+    rows = {row["nodeid"]: row["details"] for row in json.loads(report.read_text())["tests"]}
+    assert len(rows) == 5
+    for nodeid, details in rows.items():
+        assert "leak.cannot_repeat" not in details, nodeid
+    assert 7 <= rows["test_params.py::test_negates[args0]"]["leak.calls"] <= 64
+    assert rows["test_params.py::test_negates_and_leaks[args0]"]["leak.leaked"]
+    assert (
+        900 <= rows["test_params.py::test_negates_and_leaks[args0]"]["leak.bytes_per_call"] <= 1200
+    )
+
+
 def test_a_failing_test_fails_once_as_itself(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
         test_fails="""
