@@ -49,7 +49,11 @@ def step_summary_markdown(
             for r in regressed
         ]
         parts.append("")
-    for key, title in (("new", "New (not in the baseline)"), ("stale", "Stale baseline entries")):
+    for key, title in (
+        ("new", "New (not in the baseline)"),
+        ("stale", "Stale baseline entries"),
+        ("unstable", "Test functions whose parameter ids changed (never gated if every run)"),
+    ):
         names = outcome.get(key, ())
         if names:
             parts += [f"### {title}", ""] + [f"- {code_cell(n)}" for n in names] + [""]

@@ -299,6 +299,12 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
             "stale entries (tests that no longer exist)"
             + ("" if mode == "update" else "; removed by a full --mem-baseline=update run"),
         ),
+        (
+            "unstable",
+            "test functions whose parameter ids changed since their entries were written (an "
+            "id made of a time, a random number or an address changes every run, and such a "
+            "test is never gated: give it stable ids, pytest.param(..., id=...))",
+        ),
         ("updated", "baseline files written"),
     )
     for key, label in labels:

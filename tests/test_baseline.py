@@ -202,6 +202,23 @@ def test_an_update_makes_the_files_it_will_write_first_and_removes_those_left_em
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == []
 
 
+def test_unstable_ids_are_functions_with_both_stale_entries_and_new_ids() -> None:
+    stale = ["test_parses[1:00]", "test_parses[1:30]", "test_gone", "Case::test_m[a]"]
+    new = [
+        "tests/test_x.py::test_parses[2:00]",
+        "tests/test_x.py::test_parses[2:30]",
+        "tests/test_x.py::test_other[1]",  # new, but no stale entry of its function
+        "tests/test_x.py::test_gone",  # not parametrized: a renamed test is not this
+        "tests/test_x.py::Case::test_m[b]",
+    ]
+    assert b._unstable_ids(stale, new) == [
+        "tests/test_x.py::Case::test_m (1 new ids)",
+        "tests/test_x.py::test_parses (2 new ids)",
+    ]
+    assert b._unstable_ids([], new) == []
+    assert b._unstable_ids(stale, []) == []
+
+
 def test_compare_boundaries_and_count_tolerance() -> None:
     base = {"allocations": 1000, "heap_peak": 10_000, "retained": 0}
     tol = Tolerance(relative=0.10, absolute=1000)

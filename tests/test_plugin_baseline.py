@@ -286,6 +286,43 @@ def test_an_update_makes_its_files_before_its_tests_so_they_see_the_tree_a_check
     assert not (folder / "test_fails.json").exists()
 
 
+def test_parameter_ids_that_change_every_run_are_named_in_the_summary(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """marshmallow's test_invalid_datetime_deserialization puts the current time into its ids:
+    new in every check, its old entries stale, never gated. The summary says so."""
+    pytester.makepyfile(
+        test_ids="""
+        import itertools, os, pytest
+
+        RUN = int(os.environ["MEMGUARD_TEST_RUN"])
+
+        @pytest.mark.parametrize("when", [f"{RUN}:00", f"{RUN}:30"])
+        def test_parses(when):
+            pass
+
+        @pytest.mark.parametrize("x", [1, 2])
+        def test_stable(x):
+            pass
+        """
+    )
+    run("--mem-baseline=update", env={"MEMGUARD_TEST_RUN": "1"}).assert_outcomes(passed=4)
+    checked = run(env={"MEMGUARD_TEST_RUN": "2"})
+    checked.assert_outcomes(passed=4)
+    checked.stdout.fnmatch_lines(
+        [
+            "2 new, not in the baseline yet*",
+            "2 stale entries*",
+            "1 test functions whose parameter ids changed since their entries were written*",
+            "  test_ids.py::test_parses (2 new ids)",
+        ]
+    )
+    assert "test_stable" not in checked.stdout.str().split("parameter ids changed")[1]
+    # A run of one test sees no stale entries: nothing to say.
+    one = run("test_ids.py::test_stable", env={"MEMGUARD_TEST_RUN": "3"})
+    assert "parameter ids changed" not in one.stdout.str()
+
+
 @pytest.mark.parametrize("scope", ["call", "test"])
 def test_setup_only_measures_and_records_nothing(
     pytester: pytest.Pytester, run: Runner, scope: str
