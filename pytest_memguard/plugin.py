@@ -185,7 +185,8 @@ class MemguardHooks:
         other plugins'), not the suite's; every later one may do a test's work. An update
         makes the baseline files it will write now, so its tests see the tree a check will."""
         self.session.engine.heap.leave_out_threads()
-        self.session.reserve_baselines(getattr(session, "items", ()))
+        if not session.config.option.collectonly:  # no test runs, no file is written
+            self.session.reserve_baselines(getattr(session, "items", ()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

@@ -264,8 +264,24 @@ def test_an_update_makes_its_files_before_its_tests_so_they_see_the_tree_a_check
         test_other="def test_other():\n    pass\n",
         test_fails="def test_fails():\n    assert False\n",
     )
-    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1)
+    pytester.makeconftest(
+        """
+        import os, pytest
+
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtestloop(session):
+            yield  # what the folder held while the tests ran, before the run's end
+            names = os.listdir("__memguard__") if os.path.isdir("__memguard__") else []
+            with open("made.txt", "a") as log:
+                log.write(" ".join(sorted(names)) + "\\n")
+        """
+    )
+    run("--mem-baseline=update", "--collect-only")  # no test runs: no file, not even for now
     folder = pytester.path / "__memguard__"
+    assert not folder.exists()
+    run("--mem-baseline=update").assert_outcomes(passed=2, failed=1)
+    made = (pytester.path / "made.txt").read_text().splitlines()
+    assert made == ["", "test_fails.json test_other.json test_walk.json"]
     # test_fails.json was there while the tests ran, and went with nothing recorded in it.
     assert sorted(p.name for p in folder.iterdir()) == ["test_other.json", "test_walk.json"]
     checked = run("--mem-report=report.json")
