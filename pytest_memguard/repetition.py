@@ -220,7 +220,7 @@ class Repetition:
         self._own = getattr(self._function, "_hypothesis_internal_use_settings", None)
         self._repeated = _repeat_settings(self._own)
         self._pristine = _pristine_params(item)
-        self._fresh = False  # each run gets its own copy of the parameters (see __call__)
+        self._fresh = False  # each run gets a copy of the parameters (see __call__)
 
     def __call__(self) -> None:
         item = self.item
@@ -230,16 +230,15 @@ class Repetition:
         self.restore()
         self.runs += 1
         failed = self._run()
-        if failed and self.runs == 1 and self._pristine is not None and not self._fresh:
+        if failed and self.runs == 1 and self._pristine is not None:
             # The official run changed the values it was parametrized with (humanize's
             # test_naturalsize negates its list of arguments to test negative sizes: 77 of its
-            # 878 tests could not be repeated). Where a run with them fails, each run gets a
-            # copy of them as they were before the official run. Only then: a copy has a new
-            # identity, and a test may compare its parameter with ``is``.
+            # 878 tests could not be repeated). Where a run with them fails, that run and
+            # every later one get a copy of them as they were before the official run. Only
+            # then: a copy has a new identity, and a test may compare its parameter with ``is``.
             self._fresh = True
-            self.runs = 0
-            self()
-            return
+            self.restore()
+            failed = self._run()
         if failed:
             raise CannotRepeat(self.runs, describe(failed[0]))
 

@@ -2,9 +2,10 @@
 terminal summary and the JSON report.
 
 Nothing here measures or decides; it turns results into text and files. Files are written to a
-temporary file in the same directory and renamed over the target, so a reader (or a crash)
-never sees half a report. Every run loads this module: the text of failures is in
-``messages`` and the GitHub Actions output in ``github``, loaded only when needed.
+temporary file in the same directory and renamed over the target (or, where the file must not
+exist yet, linked into place), so a reader (or a crash) never sees half a file. Every run
+loads this module: the text of failures is in ``messages`` and the GitHub Actions output in
+``github``, loaded only when needed.
 """
 
 from __future__ import annotations
