@@ -395,8 +395,10 @@ def render_regression(
 
 class Checked(NamedTuple):
     """How one test's figures compare with its entry: ``status`` is ``ok``, ``new``,
-    ``regressed`` or ``improved`` (regressions win over improvements); ``moved`` the figures
-    beyond tolerance, ``regressions`` those of them that should fail the test."""
+    ``regressed`` or ``improved`` (regressions win over improvements), or ``cold`` (it would
+    have regressed, but its figures hold a first use no warm call could take out: not
+    compared); ``moved`` the figures beyond tolerance, ``regressions`` those of them that
+    should fail the test."""
 
     status: str
     moved: list[Change]
@@ -418,7 +420,7 @@ def _unstable_ids(stale: Sequence[str], new: Sequence[str]) -> list[str]:
     return [f"{name} ({count} new ids)" for name, count in sorted(found.items())]
 
 
-OUTCOME_KEYS = ("regressed", "improved", "new", "stale", "unstable", "updated", "errors")
+OUTCOME_KEYS = ("regressed", "improved", "cold", "new", "stale", "unstable", "updated", "errors")
 
 
 class BaselineCheck:
@@ -535,7 +537,7 @@ class BaselineCheck:
             return outcome
         new_by_file: dict[str, list[str]] = {}
         for nodeid, status in statuses:
-            if status in ("regressed", "improved", "new"):
+            if status in ("regressed", "improved", "cold", "new"):
                 outcome[status].append(nodeid)
             if status == "new":
                 new_by_file.setdefault(self.locate(nodeid)[0], []).append(nodeid)

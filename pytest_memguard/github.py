@@ -50,6 +50,7 @@ def step_summary_markdown(
         ]
         parts.append("")
     for key, title in (
+        ("cold", "Not compared (first use in the test, no warm call)"),
         ("new", "New (not in the baseline)"),
         ("stale", "Stale baseline entries"),
         ("unstable", "Test functions whose parameter ids changed (never gated if every run)"),

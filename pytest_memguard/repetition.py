@@ -17,7 +17,7 @@ import functools
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -35,19 +35,64 @@ class CannotRepeat(Exception):
 
 class _QuietHooks:
     """The hook relay a repeated run sees: pytest's own, except that reports are not logged.
-    A failed report (a subtest's) is remembered: the run did not pass."""
+    Failed reports (a subtest's) are kept in ``failed``: the run did not pass."""
 
-    def __init__(self, relay: Any) -> None:
+    def __init__(self, relay: Any, failed: list[pytest.TestReport]) -> None:
         self._relay = relay
-        self.failed: pytest.TestReport | None = None
+        self.failed = failed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._relay, name)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> list[object]:
-        if report.failed and self.failed is None:
-            self.failed = report
+        if report.failed:
+            self.failed.append(report)
         return []
+
+
+@contextlib.contextmanager
+def reports_held(item: pytest.Item) -> Iterator[list[pytest.TestReport]]:
+    """While open, what the test reports is not logged: a run the plugin adds is never the
+    test's outcome. Reports go through ``item.ihook``, the session's ``gethookproxy``; a
+    ``subtests`` fixture value made before (the warm call reuses the first call's) holds the
+    relay it was made with, swapped here too. Yields the failed reports it held (a subtest's
+    failure raises nothing)."""
+    session: Any = item.session
+    failed: list[pytest.TestReport] = []
+    counts = _failed_subtests(item.config)
+    counted = dict(counts) if counts is not None else {}
+
+    def gethookproxy(fspath: os.PathLike[str]) -> Any:
+        return _QuietHooks(type(session).gethookproxy(session, fspath), failed)
+
+    relays = [
+        (value, name, relay)
+        for value in (getattr(item, "funcargs", None) or {}).values()
+        for name in ("_ihook", "ihook")  # pytest 9's Subtests, pytest-subtests' SubTests
+        if hasattr(relay := getattr(value, "__dict__", {}).get(name), "pytest_runtest_logreport")
+    ]
+    session.gethookproxy = gethookproxy
+    for value, name, relay in relays:
+        setattr(value, name, _QuietHooks(relay, failed))
+    try:
+        yield failed
+    finally:
+        del session.gethookproxy
+        for value, name, relay in relays:
+            setattr(value, name, relay)
+        if counts is not None:
+            counts.clear()
+            counts.update(counted)
+
+
+def _failed_subtests(config: pytest.Config) -> dict[Any, int] | None:
+    """pytest's count of each test's failed subtests (``subtests`` fixture, pytest 9), which
+    turns the test's own passed report into a failure; None where there is none."""
+    try:
+        from _pytest.subtests import failed_subtests_key
+    except ImportError:
+        return None
+    return config.stash.get(failed_subtests_key, None)
 
 
 class _Scratch:
@@ -246,18 +291,11 @@ class Repetition:
         """One run of the test; its reports that did not pass."""
         item = self.item
         session: Any = item.session
-        quiet: list[_QuietHooks] = []
-
-        def gethookproxy(fspath: os.PathLike[str]) -> Any:
-            hooks = _QuietHooks(type(session).gethookproxy(session, fspath))
-            quiet.append(hooks)
-            return hooks
-
         # Dicts that get a key and lose it again every run (os.environ's PYTEST_CURRENT_TEST,
         # the logging plugin's keys in the item's stash, the item in the setup stack, and the
-        # session's own attributes, where ``gethookproxy`` below goes) leave a spent slot each
-        # time and resize every few runs: a new block, while the old one, made before the
-        # check, was never counted. Rebuilt here, each run, they are always the check's own,
+        # session's own attributes, where ``reports_held`` puts ``gethookproxy``) leave a spent
+        # slot each time and resize every few runs: a new block, while the old one, made before
+        # the check, was never counted. Rebuilt here, each run, they are always the check's own,
         # and a resize reads as nothing. Without it a resize read as one block of growth in
         # run 3-5 of nearly every test, and the session's every dozen runs or so, in whichever
         # test's screen it fell (a third of a suite's clean tests took 8-9 runs instead of 7).
@@ -268,7 +306,6 @@ class Repetition:
         _rebuild(vars(session))
         scratch = _Scratch(item)
         active = [(f, len(f._finalizers)) for f in self._broader if f.cached_result is not None]
-        session.gethookproxy = gethookproxy  # what ``item.ihook`` and subtests' hooks call
         params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
         pristine = self._pristine if self._fresh else None
         originals = dict(params) if pristine is not None else None
@@ -277,9 +314,9 @@ class Repetition:
         if self._repeated is not None:
             self._function._hypothesis_internal_use_settings = self._repeated  # type: ignore[union-attr]
         try:
-            reports = runtestprotocol(item, log=False, nextitem=self._next)
+            with reports_held(item) as held:
+                reports = runtestprotocol(item, log=False, nextitem=self._next)
         finally:
-            del session.gethookproxy
             if originals is not None:
                 params.update(originals)
             if self._repeated is not None:
@@ -294,7 +331,7 @@ class Repetition:
             # where pathlib interns path parts and interned strings are immortal.
             scratch.clear()
         failed = [r for r in reports if not r.passed]
-        failed += [hooks.failed for hooks in quiet if hooks.failed is not None]
+        failed += held
         return failed
 
     def restore(self) -> None:

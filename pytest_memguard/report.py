@@ -291,6 +291,11 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
         ("regressed", "regressed beyond tolerance (failed)"),
         ("improved", "improved beyond tolerance (lower the baseline: --mem-baseline=update)"),
         (
+            "cold",
+            "not compared: their figures hold a first use (a module imported in the test) "
+            "that no second call could take out (it failed, or the test cannot be called twice)",
+        ),
+        (
             "new",
             "new, not in the baseline yet"
             + ("" if mode == "update" else " (recorded by --mem-baseline=update)"),
@@ -303,8 +308,9 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
         (
             "unstable",
             "test functions whose parameter ids changed since their entries were written (an "
-            "id made of a time, a random number or an address changes every run, and such a "
-            "test is never gated: give it stable ids, pytest.param(..., id=...))",
+            "id made of a time, a random number or an address changes every run, and so does "
+            "one numbered in the order of a set, which follows PYTHONHASHSEED; such a test is "
+            "never gated: give it stable ids, pytest.param(..., id=...))",
         ),
         ("updated", "baseline files written"),
     )

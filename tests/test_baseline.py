@@ -559,3 +559,17 @@ def test_cli_diff_as_markdown_lists_regressions_first_and_stays_comment_sized(
     out = capsys.readouterr().out
     assert len(out) < 450
     assert re.search(r"\.\.\. and [1-3] more \(see the job's log\)", out)
+
+
+def test_a_run_lists_each_test_under_its_status(tmp_path: Path) -> None:
+    check = b.BaselineCheck(str(tmp_path), "s", "check", ["heap_peak"], TOL)
+    statuses = [("t.py::a", "regressed"), ("t.py::b", "cold"), ("t.py::c", "ok")]
+    statuses += [("t.py::d", "improved"), ("t.py::e", "new"), ("t.py::f", "cold")]
+    outcome = check.settle(statuses=statuses, passed=[], collected=[], full_run=False)
+    assert outcome["cold"] == ["t.py::b", "t.py::f"]  # not compared: neither failed nor ok
+    assert (outcome["regressed"], outcome["improved"], outcome["new"]) == (
+        ["t.py::a"],
+        ["t.py::d"],
+        ["t.py::e"],
+    )
+    assert set(outcome) == set(b.OUTCOME_KEYS)

@@ -178,3 +178,85 @@ def test_every_test_that_ran_has_a_report_row(pytester: pytest.Pytester, run: Ru
     assert set(rows["test_skipped"]["metrics"].values()) == {None}
     assert "unmeasured" not in rows["test_runs"]
     assert rows["test_runs"]["metrics"]["allocations" if HOOK else "heap_peak"] > 0
+
+
+SECOND_CALL = """
+import os
+import unittest
+
+CALLS = []
+
+
+def parts(check, skip, fail):
+    CALLS.append(1)
+    for i in range(3):
+        with check(i):
+            if i == 1:
+                skip("an optional part")  # the test passed; this subtest was skipped
+            # docutils' directive test fails its second call after a cache filled in some orders
+            if i == 2 and os.environ.get("SECOND_CALL_FAILS") and len(CALLS) % 2 == 0:
+                fail("only the second call fails")
+
+
+class Cases(unittest.TestCase):
+    def test_case(self):
+        import helper_case  # a first use in the window: the plugin calls the test again warm
+
+        parts(lambda i: self.subTest(i=i), self.skipTest, self.fail)
+"""
+
+SECOND_CALL_FIXTURE = """
+import pytest
+from test_second import parts
+
+
+def test_function(subtests):
+    import helper_function
+
+    parts(lambda i: subtests.test(i=i), pytest.skip, pytest.fail)
+"""
+
+# A module whose import makes some 20,000 allocations (a test's own work makes a few hundred).
+HELPER = "TABLE = {str(i): [i, str(i)] for i in range(10000)}\n"
+
+
+@pytest.mark.skipif(int(pytest.__version__.split(".")[0]) < 9, reason="subtests: pytest 9")
+@needs_hook  # counts: the hook's
+def test_the_second_call_of_a_test_with_subtests_reports_nothing(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The plugin's warm second call is never the test's: its subtests are not reported (nor
+    counted), a subtest it fails fails nothing, and a skipped subtest leaves the test passed
+    and recorded. Where the second call fails, a check's figures still hold the module the
+    first call imported: not compared ("cold"), rather than a regression of what ran before."""
+    pytester.makepyfile(
+        test_second=SECOND_CALL,
+        test_second_fixture=SECOND_CALL_FIXTURE,
+        helper_case=HELPER,
+        helper_function=HELPER,
+    )
+    # -v: pytest's summary counts subtests (a skipped one as "skipped") at every verbosity
+    plain = run("-v", "-p", "no:memguard").parseoutcomes()
+    assert plain == {"passed": 2, "skipped": 2, "subtests": 4}, plain
+    update = run("-v", "--mem-baseline=update", "--mem-report=r.json")
+    assert update.parseoutcomes() == plain
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    assert [t["outcome"] for t in tests] == ["passed", "passed"]
+    for name in ("test_second", "test_second_fixture"):
+        entries = json.loads(pytester.path.joinpath(f"__memguard__/{name}.json").read_text())
+        (entry,) = next(iter(entries["scopes"].values())).values()
+        assert 0 < entry["allocations"] < 5_000, (name, entry)  # the warm call's, no import
+
+    check = run("-v", "--mem-report=r.json")
+    assert check.parseoutcomes() == plain
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    assert [t["baseline"]["status"] for t in tests] == ["ok", "ok"]
+
+    cold = run("-v", "--mem-report=r.json", env={"SECOND_CALL_FAILS": "1"})
+    assert cold.parseoutcomes() == plain
+    assert "SUBFAIL" not in cold.stdout.str()
+    tests = json.loads(pytester.path.joinpath("r.json").read_text())["tests"]
+    assert [t["baseline"]["status"] for t in tests] == ["cold", "cold"]
+    for test in tests:  # the first call's figures, import included
+        assert 30_000 < test["metrics"]["allocations"] < 150_000, test
+    cold.stdout.fnmatch_lines(["2 not compared: their figures hold a first use*", "  test_*"])
