@@ -34,8 +34,9 @@ class CannotRepeat(Exception):
 
 
 class _QuietHooks:
-    """The hook relay a repeated run sees: pytest's own, except that reports are not logged.
-    Failed reports (a subtest's) are kept in ``failed``: the run did not pass."""
+    """The hook relay a run the plugin adds sees (a repetition, the warm second call):
+    pytest's own, except that reports are not logged. Failed reports (a subtest's) are kept
+    in ``failed``: the run did not pass."""
 
     def __init__(self, relay: Any, failed: list[pytest.TestReport]) -> None:
         self._relay = relay
