@@ -1297,3 +1297,38 @@ def test_work_handed_to_a_thread_started_before_the_test_is_the_tests(
         "test_hands_work_to_a_pool": True,
         "test_hands_work_to_the_runs_thread": None,
     }
+
+
+EXPECTS_A_WARNING = """
+import unittest
+import warnings
+
+
+class Cases(unittest.TestCase):
+    def test_warns(self):
+        with self.assertWarnsRegex(DeprecationWarning, "old"):
+            warnings.warn("old API", DeprecationWarning)
+"""
+
+IMPORTS_A_LOT = """
+def test_imports():
+    import asyncio, csv, decimal, email.mime.multipart, http.client, logging.handlers
+    import xml.dom.minidom
+"""
+
+
+@needs_hook  # counts: the hook's
+def test_a_test_that_expects_a_warning_costs_the_same_however_many_modules_are_imported(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """unittest's assertWarns asks every module for its ``__warningregistry__``; before
+    CPython 3.12 each module without one made an AttributeError (~6 calls): the count grew with
+    what earlier tests imported, ~90 modules here. It is recorded alone and checked after."""
+    pytester.makepyfile(test_b_warns=EXPECTS_A_WARNING, test_a_imports=IMPORTS_A_LOT)
+    run("--mem-baseline=update", "test_b_warns.py").assert_outcomes(passed=1)
+    checked = run("--mem-report=r.json")  # test_a_imports.py first
+    checked.assert_outcomes(passed=2)
+    tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
+    warns = tests["test_b_warns.py::Cases::test_warns"]
+    assert warns["baseline"]["status"] == "ok", warns
+    assert abs(warns["metrics"]["allocations"] - warns["baseline"]["allocations"]) <= 64, warns
