@@ -152,11 +152,18 @@ class ExtBackend:
         return aggregate_sites(self._rows(first), limit, alive_only, by_count)
 
     def _rows(self, first: int) -> list[tuple[int, float, bool, tuple[Frame, ...]]]:
-        """The extension's samples from index ``first`` on, as aggregate_sites wants them."""
-        return [
-            (size, weight, bool(alive), tuple(Frame(f, line, fn) for f, line, fn in stack))
-            for size, weight, _domain, alive, stack in self._ext.samples(first)
-        ]
+        """The extension's samples from index ``first`` on, as aggregate_sites wants them.
+        A traced call (``call_sites``) yields up to 65,536 samples from a few hundred stacks:
+        each stack's frames are made once (soupsieve's regressed tests spent half their
+        explanation making them again)."""
+        made: dict[tuple[tuple[str, int, str], ...], tuple[Frame, ...]] = {}
+        rows = []
+        for size, weight, _domain, alive, stack in self._ext.samples(first):
+            frames = made.get(stack)
+            if frames is None:
+                frames = made[stack] = tuple(Frame(f, line, fn) for f, line, fn in stack)
+            rows.append((size, weight, bool(alive), frames))
+        return rows
 
     def census(self, token: _ExtToken, limit: int) -> list[TypeGrowth]:
         return census_objects(self._ext.block_size, limit)
