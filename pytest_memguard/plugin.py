@@ -291,6 +291,7 @@ class MemguardHooks:
         try:
             if self.session.calling:  # the test's own report comes after its call phase
                 self.session.subtests += 1
+                self.session.subtests_failed += report.failed
             if not self.session.is_worker:
                 self.session.absorb(report)
             return (yield)

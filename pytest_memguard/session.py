@@ -155,6 +155,7 @@ class MemguardSession:
         # reported since the test's window opened.
         self.calling = False
         self.subtests = 0
+        self.subtests_failed = 0
         self._modules_given = 0  # len(sys.modules) when each module last got a warning registry
         self._warmed = False
         self._leak_defaults: LeakSettings | None = None
@@ -287,7 +288,7 @@ class MemguardSession:
             self._warmed = True
             with Meter(self.engine, heap=plan.heap, retained=plan.retained):
                 pass
-        self.subtests = 0
+        self.subtests = self.subtests_failed = 0
         if plan.baseline:
             # linecache only grows: code generators (attrs, dataclasses) register their source
             # under a name and count up past the names taken, so what a test allocates grew
@@ -417,6 +418,9 @@ class MemguardSession:
         itself passed), fail it on a budget it exceeded or a baseline regression. ``compare``:
         the body raised what it was expected to (xfail), so its figures are compared with the
         baseline too, though nothing can fail a test expected to fail."""
+        # A subtest that failed failed the test (pytest reports it apart; the body went on):
+        # its figures are of a run that did not pass, as for any failed test.
+        judge = judge and not self.subtests_failed
         # A regressed test's warm window, left open: the hook traces a third call in it.
         explained: Meter | None = None
         try:

@@ -260,3 +260,41 @@ def test_the_second_call_of_a_test_with_subtests_reports_nothing(
     for test in tests:  # the first call's figures, import included
         assert 30_000 < test["metrics"]["allocations"] < 150_000, test
     cold.stdout.fnmatch_lines(["2 not compared: their figures hold a first use*", "  test_*"])
+
+
+FAILS_A_SUBTEST = """
+import os
+import unittest
+
+KEEP = []
+
+
+class Cases(unittest.TestCase):
+    def test_parts(self):
+        if os.environ.get("BROKEN"):
+            KEEP.append(bytearray(512 * 1024))
+        for i in range(2):
+            with self.subTest(i=i):
+                self.assertFalse(os.environ.get("BROKEN") and i == 1)
+"""
+
+
+@pytest.mark.skipif(int(pytest.__version__.split(".")[0]) < 9, reason="subtests: pytest 9")
+def test_a_test_whose_subtest_failed_is_not_compared(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A failed subtest fails its test though the body goes on: like any failed test, its
+    figures are of a run that did not pass, so it is neither compared nor recorded (sqlglot's
+    order-dependent `test_time_slice_origin_roundtrip` also read as regressed)."""
+    pytester.makepyfile(test_parts=FAILS_A_SUBTEST)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    before = (pytester.path / "__memguard__" / "test_parts.json").read_bytes()
+    broken = run("--mem-report=r.json", env={"BROKEN": "1"})
+    broken.assert_outcomes(failed=1, passed=1)  # pytest 9: the subtest failed, its case passed
+    assert "regressed" not in broken.stdout.str()
+    (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert test["outcome"] == "failed"
+    assert "status" not in test["baseline"], test
+    assert 512 * 1024 <= test["metrics"]["retained" if HOOK else "heap_peak"] < 640 * 1024
+    run("--mem-baseline=update", env={"BROKEN": "1"}).assert_outcomes(failed=1, passed=1)
+    assert (pytester.path / "__memguard__" / "test_parts.json").read_bytes() == before
