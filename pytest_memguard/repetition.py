@@ -61,7 +61,8 @@ def reports_held(item: pytest.Item) -> Iterator[list[pytest.TestReport]]:
     session: Any = item.session
     failed: list[pytest.TestReport] = []
     counts = _failed_subtests(item.config)
-    counted = dict(counts) if counts is not None else {}
+    key = getattr(item, "id", item.nodeid)  # the key pytest counts this test's failures under
+    counted = counts.get(key) if counts is not None else None
 
     def gethookproxy(fspath: os.PathLike[str]) -> Any:
         return _QuietHooks(type(session).gethookproxy(session, fspath), failed)
@@ -81,14 +82,20 @@ def reports_held(item: pytest.Item) -> Iterator[list[pytest.TestReport]]:
         del session.gethookproxy
         for value, name, relay in relays:
             setattr(value, name, relay)
-        if counts is not None:
-            counts.clear()
-            counts.update(counted)
+        # Put back only where it moved: the dict has an entry for every test that ran (a
+        # defaultdict read for each report), and rebuilding it each run read as a leak in
+        # every repeated test of soupsieve (a new table of it each run).
+        if counts is not None and counts.get(key) != counted:
+            if counted is None:
+                del counts[key]
+            else:
+                counts[key] = counted
 
 
 def _failed_subtests(config: pytest.Config) -> dict[Any, int] | None:
-    """pytest's count of each test's failed subtests (``subtests`` fixture, pytest 9), which
-    turns the test's own passed report into a failure; None where there is none."""
+    """pytest's count of each test's failed subtests (``subtests`` fixture, pytest 9), by the
+    structured form of its node id, which turns the test's own passed report into a failure;
+    None where there is none."""
     try:
         from _pytest.subtests import failed_subtests_key
     except ImportError:
