@@ -551,3 +551,19 @@ def test_a_known_leak_reads_its_containers_length_by_the_base_type() -> None:
     grown = Lying((i, i) for i in range(QUIET))
     known = [KnownLeak(grown, "mod.lying", "t::a")]
     assert _known_growth(known, array.array("q", [0]), QUIET) == (known[0], QUIET)
+
+
+def test_between_runs_a_loaded_lxml_has_its_error_log_cleared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_memguard import leaks
+
+    cleared: list[int] = []
+    fake = SimpleNamespace(clear_error_log=lambda: cleared.append(1))
+    monkeypatch.setitem(sys.modules, "lxml.etree", fake)
+    leaks._clear_module_caches()
+    assert cleared == [1]
+    monkeypatch.delitem(sys.modules, "lxml.etree")
+    leaks._clear_module_caches()  # not loaded: nothing to clear, nothing imported
+    assert cleared == [1]
+    assert "lxml.etree" not in sys.modules
