@@ -295,6 +295,9 @@ def test_a_test_whose_subtest_failed_is_not_compared(
     (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
     assert test["outcome"] == "failed"
     assert "status" not in test["baseline"], test
-    assert 512 * 1024 <= test["metrics"]["retained" if HOOK else "heap_peak"] < 640 * 1024
+    if HOOK:
+        assert 512 * 1024 <= test["metrics"]["retained"] < 640 * 1024
+    else:  # tracemalloc's peak also holds the failed subtest's report (its traceback's text)
+        assert 512 * 1024 <= test["metrics"]["heap_peak"] < 1024 * 1024
     run("--mem-baseline=update", env={"BROKEN": "1"}).assert_outcomes(failed=1, passed=1)
     assert (pytester.path / "__memguard__" / "test_parts.json").read_bytes() == before
