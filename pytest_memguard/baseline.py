@@ -404,6 +404,14 @@ class Checked(NamedTuple):
     moved: list[Change]
     regressions: list[Change]
 
+    def unwarmed(self, imported: bool) -> Checked:
+        """This comparison where no warm call measured the test: figures that would fail and
+        hold a first use (``imported``: a module imported in the window) say what ran before
+        the test, not what it costs, so it is ``cold`` and fails nothing."""
+        if imported and self.status == "regressed":
+            return Checked("cold", self.moved, [])
+        return self
+
 
 def _unstable_ids(stale: Sequence[str], new: Sequence[str]) -> list[str]:
     """Test functions of one baseline file that have both stale entries and new tests: their

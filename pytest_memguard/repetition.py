@@ -23,6 +23,12 @@ from typing import Any, cast
 import pytest
 from _pytest.runner import CallInfo, runtestprotocol
 
+_FAILED_SUBTESTS: Any  # pytest 9's stash key of each test's failed-subtest count
+try:
+    from _pytest.subtests import failed_subtests_key as _FAILED_SUBTESTS
+except ImportError:  # pytest 8: no built-in subtests
+    _FAILED_SUBTESTS = None
+
 
 class CannotRepeat(Exception):
     """A run of the test did not pass: ``run`` is its number, counted from 1."""
@@ -61,7 +67,7 @@ def reports_held(item: pytest.Item) -> Iterator[list[pytest.TestReport]]:
     session: Any = item.session
     failed: list[pytest.TestReport] = []
     counts = _failed_subtests(item.config)
-    key = getattr(item, "id", item.nodeid)  # the key pytest counts this test's failures under
+    key = item.id if counts is not None else None  # pytest 9 counts by the structured node id
     counted = counts.get(key) if counts is not None else None
 
     def gethookproxy(fspath: os.PathLike[str]) -> Any:
@@ -96,11 +102,7 @@ def _failed_subtests(config: pytest.Config) -> dict[Any, int] | None:
     """pytest's count of each test's failed subtests (``subtests`` fixture, pytest 9), by the
     structured form of its node id, which turns the test's own passed report into a failure;
     None where there is none."""
-    try:
-        from _pytest.subtests import failed_subtests_key
-    except ImportError:
-        return None
-    return config.stash.get(failed_subtests_key, None)
+    return None if _FAILED_SUBTESTS is None else config.stash.get(_FAILED_SUBTESTS, None)
 
 
 class _Scratch:

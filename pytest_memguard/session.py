@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from .baseline import BaselineCheck, Change, Checked, render_regression
+from .baseline import BaselineCheck, Change, render_regression
 from .measurement import Engine, Meter, interpreter_scope
 from .options import Settings
 from .report import (
@@ -473,10 +473,8 @@ class MemguardSession:
                             explained = warm
                         else:
                             warm.close()
-                if warm is None and measurement.imports and checked.status == "regressed":
-                    # Its figures hold a first use (a module imported in its window) and no
-                    # warm call measured the test itself: what ran before it decided them.
-                    checked = Checked("cold", checked.moved, [])
+                if warm is None:
+                    checked = checked.unwarmed(imported=measurement.imports > 0)
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))
