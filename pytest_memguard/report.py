@@ -282,7 +282,11 @@ def summary_table(tests: Iterable[tuple[str, Mapping[str, Any]]], top: int) -> l
 _SUMMARY_COLUMNS = ("peak", "heap_peak", "retained", "allocations")
 
 
-def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> list[str]:
+def render_baseline_summary(
+    outcome: Mapping[str, Sequence[str]], mode: str, random_hashes: bool = False
+) -> list[str]:
+    """``random_hashes``: the run hashed strings with a random seed (see the baseline module's
+    ``RANDOM_HASHES_NOTE``); an update that wrote files under one says so."""
     if not outcome or not any(outcome.values()):
         return []
     lines = []
@@ -321,4 +325,9 @@ def render_baseline_summary(outcome: Mapping[str, Sequence[str]], mode: str) -> 
             lines.extend(f"  {name}" for name in names[:20])
             if len(names) > 20:
                 lines.append(f"  ... and {len(names) - 20} more")
+    if random_hashes and outcome.get("updated"):
+        lines.append(
+            "recorded under a random string hash seed: a count that follows the order of a "
+            "set of strings moves in the next process; record and check with PYTHONHASHSEED=0"
+        )
     return lines

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from .baseline import BaselineCheck, Change, render_regression
+from .baseline import BaselineCheck, Change, random_string_hashes, render_regression
 from .measurement import Engine, Meter, interpreter_scope
 from .options import Settings
 from .report import (
@@ -138,10 +138,7 @@ class MemguardSession:
             settings.mem_baseline_metrics,
             settings.mem_tolerance,
         )
-        # See RANDOM_HASHES_NOTE; a seed given as a number is the same in every run.
-        self.random_hashes = sys.version_info >= (3, 13) and os.environ.get(
-            "PYTHONHASHSEED", "random"
-        ) in ("random", "")
+        self.random_hashes = random_string_hashes(os.environ, bool(sys.flags.ignore_environment))
         self.records: dict[str, TestRecord] = {}
         self.collected: set[str] = set()  # node ids from xdist workers, and deselected ones
         self.deselected = False
@@ -848,7 +845,9 @@ class MemguardSession:
                     [f"  {r.nodeid}: {r.get('leak.cannot_repeat')}" for r in unrepeatable],
                 )
             )
-        baseline_lines = render_baseline_summary(self.baseline_outcome, self.baselines.mode)
+        baseline_lines = render_baseline_summary(
+            self.baseline_outcome, self.baselines.mode, self.random_hashes
+        )
         if baseline_lines:
             sections.append(("memguard: baselines", baseline_lines))
         if self.unwritten:  # last: next to the run's final line

@@ -15,6 +15,7 @@ import pytest
 from pytest_memguard import baseline as b
 from pytest_memguard import cli
 from pytest_memguard.cli import main
+from pytest_memguard.report import render_baseline_summary
 from pytest_memguard.tolerance import Tolerance
 
 TOL = Tolerance(relative=0.05, absolute=1024)
@@ -266,6 +267,26 @@ def test_a_count_regression_in_a_run_with_random_string_hashes_says_how_to_fix_t
     assert "PYTHONHASHSEED" not in b.render_regression(counted)
     # Only counts follow the seed.
     assert "PYTHONHASHSEED" not in b.render_regression(kept, random_hashes=True)
+
+
+def test_a_hash_seed_is_random_unless_the_environment_fixes_one_the_interpreter_reads() -> None:
+    assert b.random_string_hashes({}, ignore_environment=False)
+    assert b.random_string_hashes({"PYTHONHASHSEED": "random"}, ignore_environment=False)
+    assert b.random_string_hashes({"PYTHONHASHSEED": ""}, ignore_environment=False)
+    assert not b.random_string_hashes({"PYTHONHASHSEED": "0"}, ignore_environment=False)
+    assert not b.random_string_hashes({"PYTHONHASHSEED": "4711"}, ignore_environment=False)
+    # python -E (or -I) ignores PYTHONHASHSEED and picks a seed.
+    assert b.random_string_hashes({"PYTHONHASHSEED": "0"}, ignore_environment=True)
+
+
+def test_an_update_under_a_random_hash_seed_says_how_to_record_one_that_holds() -> None:
+    written = {"updated": ["tests/__memguard__/test_mod.json"]}
+    advice = "record and check with PYTHONHASHSEED=0"
+    assert advice in render_baseline_summary(written, "update", random_hashes=True)[-1]
+    assert advice not in "\n".join(render_baseline_summary(written, "update"))
+    # A check writes nothing: its regressions carry the note instead.
+    checked = {"regressed": ["test_mod.py::test_grows"]}
+    assert advice not in "\n".join(render_baseline_summary(checked, "check", random_hashes=True))
 
 
 def test_a_test_with_subtests_is_gated_on_its_count_and_on_bytes_with_more_slack() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -115,22 +116,64 @@ def test_one_more_64_kib_block_kept_fails_under_the_default_tolerance(
     kept.stdout.fnmatch_lines(["  retained: baseline *, now 64.* KiB (+*%; tolerance 5%+48.0 KiB)"])
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 13), reason="the compiler's work follows the hash seed from 3.13"
-)
-@needs_hook  # a count regression
-def test_a_count_regression_under_random_string_hashes_says_how_to_fix_the_seed(
+# A test that walks a set of strings until it finds one, allocating at each step: how many
+# steps it takes follows the string hash seed (sqlglot's type checks do this with enums).
+WALKS_A_SET = """
+import os
+
+WORDS = frozenset(f"word{i}" for i in range(200))
+EXTRA = int(os.environ.get("MEMGUARD_TEST_EXTRA", "0"))
+
+def test_walk():
+    seen = [str(i) for i in range(EXTRA)]
+    for word in WORDS:
+        seen.append([word] * 3)
+        if word == "word0":
+            break
+"""
+
+
+def _steps(seed: str) -> int:
+    """How many words ``WALKS_A_SET`` walks before ``word0`` under one hash seed."""
+    code = WALKS_A_SET.split("def ")[0] + "print(list(WORDS).index('word0') + 1)"
+    env = dict(os.environ, PYTHONHASHSEED=seed)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@needs_hook  # counts
+def test_a_count_that_follows_the_hash_seed_holds_at_a_fixed_seed_and_says_why_it_moved(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
-    pytester.makepyfile(test_mod=MODULE)
-    run("--mem-baseline=update", env={"PYTHONHASHSEED": "0"}).assert_outcomes(passed=3)
-    grown = {"MEMGUARD_TEST_SIZE": "3000"}
-    randomized = run(env={**grown, "PYTHONHASHSEED": "random"})
-    randomized.assert_outcomes(failed=1, passed=2)
-    randomized.stdout.fnmatch_lines(["*this run hashes strings with a random seed*"])
-    fixed = run(env={**grown, "PYTHONHASHSEED": "0"})
-    fixed.assert_outcomes(failed=1, passed=2)
-    assert "random seed" not in fixed.stdout.str()
+    pytester.makepyfile(test_walk=WALKS_A_SET)
+    steps = {seed: _steps(seed) for seed in map(str, range(20))}
+    low, high = min(steps, key=steps.__getitem__), max(steps, key=steps.__getitem__)
+    assert steps[high] - steps[low] >= 60  # 20 seeds of 200 words: a wide spread
+    recorded = run("--mem-baseline=update", env={"PYTHONHASHSEED": low})
+    recorded.assert_outcomes(passed=1)
+    assert "random string hash seed" not in recorded.stdout.str()
+    calls = entries(pytester, "test_walk.json")["test_walk"]["allocations"]
+    # Three calls a step (the one-word list's items, the product list and its items; the
+    # freed one-word list is reused), and the test's own frame and list.
+    assert 3 * steps[low] <= calls <= 3 * steps[low] + 100
+    for _ in range(2):
+        run(env={"PYTHONHASHSEED": low}).assert_outcomes(passed=1)
+    # The same code under another seed walks further: the gate sees more calls.
+    moved = run(env={"PYTHONHASHSEED": high})
+    moved.assert_outcomes(failed=1)
+    assert "random seed" not in moved.stdout.str()  # a fixed seed, just not the recorded one
+    # A run under a random seed cannot tell a moved order from a change: it says which.
+    grown = run(env={"PYTHONHASHSEED": "random", "MEMGUARD_TEST_EXTRA": "3000"})
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*this run hashes strings with a random seed*"])
+    held = run(env={"PYTHONHASHSEED": low, "MEMGUARD_TEST_EXTRA": "3000"})
+    held.assert_outcomes(failed=1)
+    assert "random seed" not in held.stdout.str()
+    # An update that wrote a figure under a random seed says the next process may not see it.
+    unfixed = run(
+        "--mem-baseline=update", env={"PYTHONHASHSEED": "random", "MEMGUARD_TEST_EXTRA": "3000"}
+    )
+    unfixed.stdout.fnmatch_lines(["*recorded under a random string hash seed*PYTHONHASHSEED=0"])
 
 
 def test_update_without_changes_is_byte_identical(pytester: pytest.Pytester, run: Runner) -> None:
