@@ -153,6 +153,9 @@ class MemguardHooks:
             )
         return lines
 
+    def pytest_collectstart(self, collector: pytest.Collector) -> None:
+        self.session.seed_import(collector)
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]

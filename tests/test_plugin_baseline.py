@@ -967,6 +967,57 @@ def test_tests_that_draw_from_random_draw_the_same_while_baselines_are_gated(
     assert len(seen) > 1
 
 
+IMPORT_DRAWS = """
+import random
+
+N = random.randrange(1, 4000)  # drawn when pytest imports the module
+with open("draws.txt", "a") as out:
+    out.write(f"{__name__} {N}\\n")
+
+
+def test_uses_what_the_import_drew():
+    data = [str(i) for i in range(N)]
+"""
+
+
+def test_data_a_module_draws_from_random_when_imported_is_the_same_in_every_gated_run(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """pygments' ``test_basic_api.py`` shuffles its lexers' input at import: 182 and 344 of
+    its tests read as regressed in two checks of unchanged code until each test file was
+    collected with ``random`` seeded, whichever files were collected before it."""
+    pytester.makepyfile(test_a=IMPORT_DRAWS, test_b=IMPORT_DRAWS)
+    draws = pytester.path / "draws.txt"
+
+    def drawn() -> dict[str, str]:
+        lines = draws.read_text().splitlines()
+        draws.unlink()
+        return dict(line.split() for line in lines)
+
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    recorded = drawn()
+    assert set(recorded) == {"test_a", "test_b"}
+    assert recorded["test_a"] == recorded["test_b"]  # each file starts from the same seed
+    for _ in range(2):
+        run("--mem-baseline=check").assert_outcomes(passed=2)
+        assert drawn() == recorded
+    # Alone, test_b is the first file collected, and draws what it drew second.
+    run("--mem-baseline=check", "test_b.py").assert_outcomes(passed=1)
+    assert drawn() == {"test_b": recorded["test_b"]}
+    # Each xdist worker collects both files: each draws the same.
+    run("--mem-baseline=check", "-n", "2").assert_outcomes(passed=2)
+    lines = draws.read_text().splitlines()
+    draws.unlink()
+    assert len(lines) == 4
+    assert set(lines) == {f"{name} {n}" for name, n in recorded.items()}
+    # Without baselines nothing is seeded: the draws move from run to run.
+    seen = set()
+    for _ in range(3):
+        run("--mem-baseline=off").assert_outcomes(passed=2)
+        seen.add(tuple(drawn().values()))
+    assert len(seen) > 1
+
+
 ONCE_ONLY = """
 import sys
 
