@@ -454,19 +454,14 @@ class MemguardSession:
                     item.nodeid, metrics, tolerance, concurrent, had_subtests
                 )
                 cold = measurement.imports > 0 or checked.status == "regressed"
-                # Not where the window closes after teardown (its fixtures are gone), nor for
-                # other plugins' items, whose call may not bear repeating. A doctest's does,
-                # its globals put back (see measured_runtest), and so does a test function
-                # whose item class runs it its own way (pytest-asyncio's, which runs a
-                # coroutine function on the test's event loop: asgiref's thread-sensitive
-                # test paid for starting its executor's thread when it ran first).
-                repeatable = (
-                    plan.window != "call"
-                    or _doctest(item) is not None
-                    or isinstance(item, pytest.Function)
-                ) and not self.scope_test
+                # Not where the window closes after teardown (its fixtures are gone). Any
+                # item's call is repeated as a test function's is, a doctest's with its
+                # globals put back (see measured_runtest): other plugins' items pay for first
+                # uses too (pygments' lexer items compile their lexer's rules on first use:
+                # 392 of them read as regressed at a random order, its apdl example 266,020
+                # calls against 13,230), and a second call that raises changes nothing.
                 warm = None
-                if cold and (judge or compare) and meter.closed and repeatable:
+                if cold and (judge or compare) and meter.closed and not self.scope_test:
                     warm = self._remeasure(item, plan, expected=compare)
                     if warm is not None:
                         warm_metrics = warm.result.metrics() if warm.result else {}

@@ -301,3 +301,85 @@ def test_a_test_whose_subtest_failed_is_not_compared(
         assert 512 * 1024 <= test["metrics"]["heap_peak"] < 1024 * 1024
     run("--mem-baseline=update", env={"BROKEN": "1"}).assert_outcomes(failed=1, passed=1)
     assert (pytester.path / "__memguard__" / "test_parts.json").read_bytes() == before
+
+
+# A plugin's items (pygments' lexer items collect its example files): each item's first use of
+# a "lexer" builds and caches its rules without importing anything.
+CACHING_ITEMS = """
+import os
+
+import pytest
+
+RULES = {}
+
+
+def rules(name):
+    if name not in RULES:
+        RULES[name] = [str(i) for i in range(20000)]
+    return RULES[name]
+
+
+class LexItem(pytest.Item):
+    def runtest(self):
+        with open("calls.txt", "a") as out:
+            out.write(self.name + "\\n")
+        if os.environ.get("FAIL_AGAIN") and "calls" in self.stash:
+            raise RuntimeError("cannot run twice")
+        self.stash.setdefault("calls", 0)
+        rules(self.parent.path.stem)
+        data = [str(i) for i in range(int(os.environ.get("GROW", "300")))]
+
+    def reportinfo(self):
+        return self.path, 0, self.name
+
+
+class LexFile(pytest.File):
+    def collect(self):
+        for name in self.path.read_text().split():
+            yield LexItem.from_parent(self, name=name)
+
+
+def pytest_collect_file(parent, file_path):
+    if file_path.suffix == ".lex":
+        return LexFile.from_parent(parent, path=file_path)
+"""
+
+
+@needs_hook  # counts
+def test_a_plugin_item_that_paid_a_first_use_is_measured_again_warm(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Recorded where ``first`` paid for building the rules, ``second`` pays for them when it
+    runs alone (or first, at a random order): its call is repeated, as a test function's is,
+    and the warm figure holds. A regression is still caught, and a second call that raises
+    leaves the first figures standing."""
+    pytester.makeconftest(CACHING_ITEMS)
+    pytester.makefile(".lex", python="first second")
+    calls = pytester.path / "calls.txt"
+
+    def called() -> list[str]:
+        names = calls.read_text().split()
+        calls.unlink()
+        return names
+
+    run("--mem-baseline=update", "--mem-report=r.json").assert_outcomes(passed=2)
+    assert called() == ["first", "second"]  # nothing imported, nothing looked regressed
+    entries = json.loads((pytester.path / "r.json").read_text())["tests"]
+    counts = {t["nodeid"].split("::")[1]: t["metrics"]["allocations"] for t in entries}
+    assert 300 <= counts["second"] < 1_000
+    # The rules: 20,000 strings and the numbers they were made from (ints' frees and reuse
+    # vary with the version).
+    assert counts["second"] + 20_000 <= counts["first"] < counts["second"] + 80_000
+    alone = run("-k", "second", "--mem-report=r.json")
+    alone.assert_outcomes(passed=1, deselected=1)
+    assert called() == ["second", "second"]  # it paid for the rules, and was called warm
+    (entry,) = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert entry["baseline"]["status"] == "ok"
+    assert abs(entry["metrics"]["allocations"] - counts["second"]) <= 64
+    grown = run("-k", "second", env={"GROW": "3000"})
+    grown.assert_outcomes(failed=1, deselected=1)
+    grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
+    called()
+    once = run("-k", "second", env={"FAIL_AGAIN": "1"})
+    once.assert_outcomes(failed=1, deselected=1)  # its first figures stand, and regressed
+    assert called() == ["second", "second"]
