@@ -214,7 +214,8 @@ class MemguardHooks:
         plan = item.stash.get(PLAN_KEY, None)
         if plan is None or plan.window != window or self.session.scope_test:
             return None
-        return None if self.session.repeating else plan
+        session = self.session
+        return None if session.repeating and session.warm is None else plan
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:

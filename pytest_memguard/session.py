@@ -150,6 +150,8 @@ class MemguardSession:
         self.memray = bool(config.getoption("memray", False))
         self.report_missing = False  # the --mem-report the user asked for could not be written
         self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
+        # In a warm call (_remeasure): the windows its hooks opened, where the first call's did.
+        self.warm: list[Meter] | None = None
         # In a test's call phase (a report logged now is a subtest's), and the subtests
         # reported since the test's window opened.
         self.calling = False
@@ -343,8 +345,16 @@ class MemguardSession:
 
     @contextmanager
     def window(self, item: pytest.Item, plan: TestPlan) -> Iterator[None]:
-        """The test's window around what the block runs; judged if the block returns."""
+        """The test's window around what the block runs; judged if the block returns. In a warm
+        call, only opened and stopped: ``_remeasure`` takes it."""
         meter = self.start(plan)
+        if self.warm is not None:
+            try:
+                yield
+            finally:
+                meter.stop()
+                self.warm.append(meter)
+            return
         try:
             yield
         except BaseException as exc:
@@ -372,9 +382,9 @@ class MemguardSession:
         globs = dict(doctest.globs) if doctest is not None and plan.baseline else None
 
         def runtest() -> None:
-            if self.repeating:  # the warm call (``_remeasure``): in its own window already
-                if doctest is not None and globs is not None:
-                    doctest.globs.update(globs)
+            if self.repeating and doctest is not None and globs is not None:
+                doctest.globs.update(globs)
+            if self.repeating and self.warm is None:  # a leak check's: in its own window
                 original()
                 return
             with self.window(item, plan):
@@ -398,13 +408,18 @@ class MemguardSession:
         meters: list[Meter] = []
         kind: Any = type(item)  # pytest's own startTest/stopTest still run, outside the window
 
+        def windowless() -> bool:  # the traced call explaining a regression: no window
+            return self.repeating and self.warm is None
+
         def start_test(testcase: object) -> None:
             kind.startTest(item, testcase)
-            meters.append(self.start(plan))
+            if not windowless():
+                (meters if self.warm is None else self.warm).append(self.start(plan))
 
         def stop_test(testcase: object) -> None:
-            if meters:
-                meters[-1].stop()
+            opened = meters if self.warm is None else self.warm
+            if opened and not windowless():
+                opened[-1].stop()
             kind.stopTest(item, testcase)
 
         item.startTest = start_test  # type: ignore[attr-defined]
@@ -414,9 +429,11 @@ class MemguardSession:
             result = yield
             failed = bool(getattr(item, "_excinfo", None))  # pytest's store of the failures
         finally:
-            del item.startTest, item.stopTest  # type: ignore[attr-defined]
-            for meter in meters:
-                self.finish(item, plan, meter, judge=not failed)
+            try:  # a warm call (in finish) opens its window where this call did
+                for meter in meters:
+                    self.finish(item, plan, meter, judge=not failed)
+            finally:
+                del item.startTest, item.stopTest  # type: ignore[attr-defined]
         return result
 
     def finish(
@@ -524,8 +541,12 @@ class MemguardSession:
     def _remeasure(self, item: pytest.Item, plan: TestPlan, expected: bool = False) -> Meter | None:
         """A second, warm call of a test (same fixture values) whose first window paid for
         first use (a module imported in it) or that looks regressed: what the test itself
-        costs, whichever test ran before it. The meter is returned stopped but still tracking
-        (``explain`` can follow; the caller closes it). None where the body cannot run twice
+        costs, whichever test ran before it. Its window is opened by the hook that opened the
+        first call's, so both hold the same work: opened around ``runtest``, it also held
+        pytest's dispatch of the call (pygments' ``test_lexer_classes`` under ``-n 2``: 121
+        calls, 52 recorded, where the test's path made pytest build a hook proxy for every
+        call). The meter is returned stopped but still tracking (``explain`` can follow; the
+        caller closes it). None where the body cannot run twice
         (it raised; with ``expected``, the first call failed as an xfail expects, and this one
         must fail the same way): then the first figures stand."""
         from .repetition import reports_held
@@ -535,7 +556,8 @@ class MemguardSession:
         failures = item.__dict__.get("_excinfo")
         kept = list(failures) if failures is not None else None
         self.repeating = True
-        meter = self.start(plan)  # as the first window opened: the same clears and trim
+        opened: list[Meter] = []
+        self.warm = opened
         done = False
         calling, self.calling = self.calling, True
         try:
@@ -550,14 +572,16 @@ class MemguardSession:
                 else:
                     if expected:
                         return None
-            meter.stop()
             if failed or len(item.__dict__.get("_excinfo") or ()) != len(kept or ()):
                 return None
+            if len(opened) != 1:  # no window (the call never reached it), or several
+                return None
             done = True
-            return meter
+            return opened[0]
         finally:
             self.calling = calling
-            if not done:
+            self.warm = None
+            for meter in opened if not done else ():
                 meter.close()
             self.repeating = False
             if "_excinfo" in item.__dict__:
@@ -609,10 +633,13 @@ class MemguardSession:
         """Where a regressed test allocates: one more call with every allocation traced (the
         warm ones confirmed the regression; sampled sites of a small test say nothing).
         Empty where that call raises or the backend cannot show freed blocks."""
+        from .repetition import reports_held
+
         counts = all(c.metric == "allocations" for c in regressions)
         self.repeating = True
         try:
-            sites = self.engine.heap.call_sites(item.runtest, 5, by_count=counts)
+            with reports_held(item):  # its subtests' reports, as a warm call's, are not logged
+                sites = self.engine.heap.call_sites(item.runtest, 5, by_count=counts)
         except (Exception, *_OUTCOMES):
             return ""
         finally:

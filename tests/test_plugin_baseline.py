@@ -640,6 +640,40 @@ def test_a_figure_belongs_to_the_test_not_to_what_ran_before(
     grown.stdout.fnmatch_lines(["*memory regressed beyond the baseline:*"])
 
 
+# Work of the call phase around the test function (pytest's dispatch of the call: a hook
+# proxy built for every call where a conftest does not apply to the test's path, as in
+# pygments' suite under -n 2; another plugin's wrapper).
+CALL_PHASE_WORK = """
+import pytest
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    work = [str(i) for i in range(3000)]
+    return (yield)
+"""
+
+
+@needs_hook  # counts
+def test_a_warm_call_is_measured_where_the_first_call_was(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """The warm call's window holds the test function's call, as the first call's does, not
+    the work around it: recorded where test_a paid for the import, test_b alone is measured
+    again warm, and reads what was recorded, not that plus the call phase's 3,000 calls."""
+    pytester.makeconftest(CALL_PHASE_WORK)
+    pytester.makepyfile(
+        test_first=FIRST_USE, helper_mod="TABLE = {i: str(i) * 3 for i in range(5000)}\n"
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    recorded = entries(pytester, "test_first.json")["test_b_uses_it"]["allocations"]
+    assert 300 <= recorded < 1_000
+    alone = run("-k", "test_b", "--mem-report=r.json")
+    alone.assert_outcomes(passed=1, deselected=1)
+    (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert abs(test["metrics"]["allocations"] - recorded) <= 64
+
+
 # A first use that pushes the test's own entry out of a bounded cache (as a pygments lexer's
 # first instantiation pushes patterns out of re's): the second call still pays to rebuild it.
 BOUNDED_CACHE = """
@@ -870,6 +904,10 @@ def test_a_test_that_reports_subtests_gets_more_slack_on_its_bytes(
     assert "subtests" not in baselines["test_sub.py::TestKeeps::test_plain"]
     doubled = run("-rA", env={"MEMGUARD_TEST_KEEP": "25000"})
     assert outcomes(doubled) == {"test_in_subtests": "FAILED", "test_plain": "FAILED"}
+    # The calls that confirmed and explained the regression logged none of their subtests
+    # (-v: pytest's summary counts them).
+    logged = run("-v", env={"MEMGUARD_TEST_KEEP": "25000"}).parseoutcomes()
+    assert logged == {"failed": 2, "subtests": 20}, logged
     doubled.stdout.fnmatch_lines(
         [
             "*_ TestKeeps.test_in_subtests _*",
