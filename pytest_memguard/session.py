@@ -476,14 +476,13 @@ class MemguardSession:
                 # Not where the window closes after teardown (its fixtures are gone). Any
                 # item's call is repeated as a test function's is, a doctest's with its
                 # globals put back (see measured_runtest): other plugins' items pay for first
-                # uses too (pygments' lexer items compile their lexer's rules on first use:
-                # 392 of them read as regressed at a random order, its apdl example 266,020
-                # calls against 13,230), and a second call that raises changes nothing.
-                # A first use can leave the next call paying part of it: pygments' lexer
-                # tests compile a lexer's hundreds of rules on first use, which pushes the
-                # oldest patterns out of re's bounded cache, so the second call compiled the
-                # test's own again (222 calls; 52-60 recorded, where the rules were compiled
-                # by an earlier test). Called again while the figures still look regressed.
+                # uses too (pygments' example-file items compile their lexer's rules on first
+                # use: apdl's read 266,020 calls at a random order, 13,230 recorded), and a
+                # second call that raises changes nothing. A first use can leave the next call
+                # paying part of it (a lexer's hundreds of rules push the oldest patterns out
+                # of re's bounded cache, and pygments' test_lexer_classes compiled its own
+                # again: 222 calls, 52-60 recorded), so it is called again while the figures
+                # still look regressed.
                 warm = None
                 if cold and (judge or compare) and meter.closed and not self.scope_test:
                     for _ in range(WARM_CALLS):
@@ -542,13 +541,12 @@ class MemguardSession:
         """A second, warm call of a test (same fixture values) whose first window paid for
         first use (a module imported in it) or that looks regressed: what the test itself
         costs, whichever test ran before it. Its window is opened by the hook that opened the
-        first call's, so both hold the same work: opened around ``runtest``, it also held
-        pytest's dispatch of the call (pygments' ``test_lexer_classes`` under ``-n 2``: 121
-        calls, 52 recorded, where the test's path made pytest build a hook proxy for every
-        call). The meter is returned stopped but still tracking (``explain`` can follow; the
-        caller closes it). None where the body cannot run twice
-        (it raised; with ``expected``, the first call failed as an xfail expects, and this one
-        must fail the same way): then the first figures stand."""
+        first call's, so both hold the same work; around ``runtest`` it would also hold
+        pytest's dispatch of the call, which under ``-n 2`` built a hook proxy for each call of
+        pygments' ``test_lexer_classes`` (121 calls against 52). The meter is returned stopped
+        but still tracking (``explain`` can follow; the caller closes it). None where the body
+        cannot run twice (it raised; with ``expected``, the first call failed as an xfail
+        expects, and this one must fail the same way): then the first figures stand."""
         from .repetition import reports_held
 
         # A unittest case reports its failures to the item (pytest keeps them in
