@@ -665,13 +665,21 @@ def test_a_warm_call_is_measured_where_the_first_call_was(
     pytester.makepyfile(
         test_first=FIRST_USE, helper_mod="TABLE = {i: str(i) * 3 for i in range(5000)}\n"
     )
+    _alone_reads_what_was_recorded(pytester, run, "test_first", "test_b_uses_it")
+
+
+def _alone_reads_what_was_recorded(
+    pytester: pytest.Pytester, run: Runner, module: str, test: str
+) -> None:
+    """Record the module's two tests, then run ``test`` alone, where it pays a first use its
+    neighbour paid when recorded: it must read the count recorded, a few hundred calls."""
     run("--mem-baseline=update").assert_outcomes(passed=2)
-    recorded = entries(pytester, "test_first.json")["test_b_uses_it"]["allocations"]
+    recorded = entries(pytester, f"{module}.json")[test]["allocations"]
     assert 300 <= recorded < 1_000
-    alone = run("-k", "test_b", "--mem-report=r.json")
+    alone = run("-k", test, "--mem-report=r.json")
     alone.assert_outcomes(passed=1, deselected=1)
-    (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
-    assert abs(test["metrics"]["allocations"] - recorded) <= 64
+    (measured,) = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert abs(measured["metrics"]["allocations"] - recorded) <= 64
 
 
 # A first use that pushes the test's own entry out of a bounded cache (as a pygments lexer's
@@ -714,15 +722,9 @@ def test_a_first_use_whose_second_call_still_pays_part_of_it_is_called_a_third_t
     pytester: pytest.Pytester, run: Runner
 ) -> None:
     pytester.makepyfile(test_lex=BOUNDED_CACHE)
-    run("--mem-baseline=update").assert_outcomes(passed=2)
-    recorded = entries(pytester, "test_lex.json")["test_b_lexes"]["allocations"]
-    assert 300 <= recorded < 1_000
     # Alone, test_b's first call builds its own entry and the rules, which push it out: its
     # second call builds it again, its third finds it.
-    alone = run("-k", "test_b", "--mem-report=r.json")
-    alone.assert_outcomes(passed=1, deselected=1)
-    (test,) = json.loads((pytester.path / "r.json").read_text())["tests"]
-    assert abs(test["metrics"]["allocations"] - recorded) <= 64
+    _alone_reads_what_was_recorded(pytester, run, "test_lex", "test_b_lexes")
     grown = run("-k", "test_b", env={"MEMGUARD_TEST_GROW": "3000"})
     grown.assert_outcomes(failed=1, deselected=1)
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *", "*Where one more call*"])
