@@ -214,8 +214,7 @@ class MemguardHooks:
         plan = item.stash.get(PLAN_KEY, None)
         if plan is None or plan.window != window or self.session.scope_test:
             return None
-        session = self.session
-        return None if session.repeating and session.warm is None else plan
+        return None if self.session.windowless else plan
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:

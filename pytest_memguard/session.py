@@ -149,7 +149,9 @@ class MemguardSession:
         # pytest-memray traces this run (its --memray): every figure includes its work.
         self.memray = bool(config.getoption("memray", False))
         self.report_missing = False  # the --mem-report the user asked for could not be written
-        self.repeating = False  # in a leak check or a warm re-measure: no windows of its own
+        # A repetition of a test: a leak check's run, a warm call, the traced call explaining
+        # a regression. Only a warm call's hooks open windows (see windowless).
+        self.repeating = False
         # In a warm call (_remeasure): the windows its hooks opened, where the first call's did.
         self.warm: list[Meter] | None = None
         # In a test's call phase (a report logged now is a subtest's), and the subtests
@@ -241,6 +243,12 @@ class MemguardSession:
             return
         if getattr(core, "global_force_seed", 0) is None:  # feature-detected: not public
             core.global_force_seed = RANDOM_SEED
+
+    @property
+    def windowless(self) -> bool:
+        """A leak check's repetition (measured around the whole run) or the traced call that
+        explains a regression: the hooks open no window of their own."""
+        return self.repeating and self.warm is None
 
     def seed_import(self, collector: pytest.Collector) -> None:
         """A test file whose tests' baselines are checked or recorded is collected (and a
@@ -384,7 +392,7 @@ class MemguardSession:
         def runtest() -> None:
             if self.repeating and doctest is not None and globs is not None:
                 doctest.globs.update(globs)
-            if self.repeating and self.warm is None:  # a leak check's: in its own window
+            if self.windowless:
                 original()
                 return
             with self.window(item, plan):
@@ -408,17 +416,14 @@ class MemguardSession:
         meters: list[Meter] = []
         kind: Any = type(item)  # pytest's own startTest/stopTest still run, outside the window
 
-        def windowless() -> bool:  # the traced call explaining a regression: no window
-            return self.repeating and self.warm is None
-
         def start_test(testcase: object) -> None:
             kind.startTest(item, testcase)
-            if not windowless():
+            if not self.windowless:
                 (meters if self.warm is None else self.warm).append(self.start(plan))
 
         def stop_test(testcase: object) -> None:
             opened = meters if self.warm is None else self.warm
-            if opened and not windowless():
+            if opened and not self.windowless:
                 opened[-1].stop()
             kind.stopTest(item, testcase)
 
