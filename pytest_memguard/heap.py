@@ -37,6 +37,9 @@ class HeapReading:
     # the old block was never counted.
     old_reallocs: int | None = None
     old_realloc_bytes: int | None = None
+    # Blocks allocated before the window and freed in it, those reallocations included: the
+    # live-block change less these is the net change (sizes unknown: see the leak check).
+    old_frees: int | None = None
 
 
 class HeapBackend(Protocol):
@@ -119,12 +122,12 @@ class ExtBackend:
         return token
 
     def read(self, token: _ExtToken) -> HeapReading:
-        allocations, frees, nbytes, live, blocks, peak, reallocs, realloc_bytes = self._ext.since(
-            token[0]
+        (allocations, frees, nbytes, live, blocks, peak, reallocs, realloc_bytes, old_frees) = (
+            self._ext.since(token[0])
         )
         own = max(0, self._ext.own_bytes()[1] - token[3])
         return HeapReading(
-            allocations, frees, nbytes, peak, live, blocks, own, reallocs, realloc_bytes
+            allocations, frees, nbytes, peak, live, blocks, own, reallocs, realloc_bytes, old_frees
         )
 
     def end(self, token: _ExtToken) -> None:

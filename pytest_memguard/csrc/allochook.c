@@ -182,7 +182,8 @@ static PyMethodDef methods[] = {
      "(allocations, frees, bytes, live_bytes, live_blocks, peak_bytes)."},
     {"since", ext_since, METH_O,
      "(allocations, frees, bytes, live change, block change, peak above the mark, "
-     "reallocations of blocks allocated before tracing, their new bytes) since a mark."},
+     "reallocations of blocks allocated before tracing, their new bytes, frees of such blocks) "
+     "since a mark."},
     {"samples", ext_samples, METH_VARARGS,
      "samples(first=0): [(size, weight, domain, alive, ((filename, line, name), ...)), ...]"},
     {"sample_count", ext_sample_count, METH_NOARGS, "Samples taken since enable()."},

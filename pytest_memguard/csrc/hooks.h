@@ -22,12 +22,23 @@ HOT void *traced(int domain, int role, void *ptr, size_t size)
     return ptr;
 }
 
+/* A block allocated past the hook's accounting; remembered when the hook itself made it (see
+   made_in_hook). */
+static inline void *made_untraced(int domain, void *ptr)
+{
+    if (in_hook && ptr != NULL && domain != D_RAW && LOAD(enabled) &&
+        table_insert(&made_in_hook, (uintptr_t)ptr, 0, -1) < 0) {
+        table_failed = 1;
+    }
+    return ptr;
+}
+
 static void *hook_malloc(void *ctx, size_t size)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return o->malloc(o->ctx, size);
+        return made_untraced(DOMAIN(ctx), o->malloc(o->ctx, size));
     }
     in_hook = 1;
     return traced(DOMAIN(ctx), role, o->malloc(o->ctx, size), size);
@@ -38,7 +49,7 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return o->calloc(o->ctx, nelem, elsize);
+        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize));
     }
     in_hook = 1;
     size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
@@ -68,15 +79,24 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
             if (untraced && DOMAIN(ctx) == D_RAW) {
                 ADD(old_reallocs_raw, 1);
                 ADD(old_realloc_bytes_raw, size);
+                ADD(old_frees_raw, 1);
             }
             else if (untraced) {
                 old_reallocs_gil++;
                 old_realloc_bytes_gil += size;
+                old_frees_gil++;
             }
         }
     }
     in_hook = 0;
     return ptr;
+}
+
+static inline int forget_made_in_hook(void *ptr)
+{
+    size_t size;
+    int32_t sample;
+    return made_in_hook.used != 0 && table_remove(&made_in_hook, (uintptr_t)ptr, &size, &sample);
 }
 
 static void hook_free(void *ctx, void *ptr)
@@ -87,11 +107,17 @@ static void hook_free(void *ctx, void *ptr)
         return;
     }
     in_hook = 1;
-    if (thread_role() == COUNTED) {
+    int role = thread_role();
+    if (role == COUNTED) {
         count_call(DOMAIN(ctx), 0, 0);
     }
-    if (ptr != NULL) {
-        note_free(DOMAIN(ctx), ptr);
+    if (ptr != NULL && !note_free(DOMAIN(ctx), ptr) && role != IGNORED) {
+        if (DOMAIN(ctx) == D_RAW) {
+            ADD(old_frees_raw, 1);
+        }
+        else if (!forget_made_in_hook(ptr)) {
+            old_frees_gil++;
+        }
     }
     o->free(o->ctx, ptr);
     in_hook = 0;

@@ -67,6 +67,7 @@ static int start_tracking(Py_ssize_t interval, int frames)
     PyThread_release_lock(raw_lock);
     table_clear(&tables[D_MEM]);
     table_clear(&tables[D_OBJ]);
+    table_clear(&made_in_hook);
     pagemap_clear(&pagemaps[D_MEM], 0);
     pagemap_clear(&pagemaps[D_OBJ], 0);
     STORE(live_gil, 0);
@@ -147,7 +148,7 @@ static PyObject *ext_counters(PyObject *self, PyObject *unused)
 typedef struct {
     int used;
     size_t allocs, frees, bytes, live;
-    Py_ssize_t blocks, old_reallocs;
+    Py_ssize_t blocks, old_reallocs, old_frees;
     size_t old_realloc_bytes;
 } mark_t;
 static mark_t marks[MAX_MARKS];
@@ -160,6 +161,7 @@ static PyObject *ext_mark(PyObject *self, PyObject *unused)
             marks[i].blocks = blocks_gil + LOAD(blocks_raw);
             marks[i].old_reallocs = old_reallocs_gil + LOAD(old_reallocs_raw);
             marks[i].old_realloc_bytes = old_realloc_bytes_gil + LOAD(old_realloc_bytes_raw);
+            marks[i].old_frees = old_frees_gil + LOAD(old_frees_raw);
             marks[i].live = LOAD(live_gil) + LOAD(live_raw);
             marks[i].bytes = bytes_gil + LOAD(bytes_raw);
             marks[i].frees = n_free_gil + LOAD(n_free_raw);
@@ -174,7 +176,8 @@ static PyObject *ext_mark(PyObject *self, PyObject *unused)
 static PyObject *ext_since(PyObject *self, PyObject *arg)
 {
     /* (allocations, frees, bytes, live change, live-block change, peak above the mark's live,
-       reallocations of blocks allocated before tracing, the new sizes of those),
+       reallocations of blocks allocated before tracing, the new sizes of those, frees of such
+       blocks including those reallocations),
        all read before the result tuple is allocated. */
     size_t allocs = n_alloc_gil + LOAD(n_alloc_raw);
     size_t frees = n_free_gil + LOAD(n_free_raw);
@@ -183,6 +186,7 @@ static PyObject *ext_since(PyObject *self, PyObject *arg)
     Py_ssize_t blocks = blocks_gil + LOAD(blocks_raw);
     Py_ssize_t old_reallocs = old_reallocs_gil + LOAD(old_reallocs_raw);
     size_t old_realloc_bytes = old_realloc_bytes_gil + LOAD(old_realloc_bytes_raw);
+    Py_ssize_t old_frees = old_frees_gil + LOAD(old_frees_raw);
     size_t pk = LOAD(peak);
     long i = PyLong_AsLong(arg);
     if (i < 0 || i >= MAX_MARKS || !marks[i].used) {
@@ -192,10 +196,11 @@ static PyObject *ext_since(PyObject *self, PyObject *arg)
         return NULL;
     }
     mark_t *m = &marks[i];
-    return Py_BuildValue("(nnnnnnnn)", (Py_ssize_t)(allocs - m->allocs),
+    return Py_BuildValue("(nnnnnnnnn)", (Py_ssize_t)(allocs - m->allocs),
                          (Py_ssize_t)(frees - m->frees), (Py_ssize_t)(bytes - m->bytes),
                          (Py_ssize_t)live - (Py_ssize_t)m->live, blocks - m->blocks,
                          pk > m->live ? (Py_ssize_t)(pk - m->live) : (Py_ssize_t)0,
                          old_reallocs - m->old_reallocs,
-                         (Py_ssize_t)(old_realloc_bytes - m->old_realloc_bytes));
+                         (Py_ssize_t)(old_realloc_bytes - m->old_realloc_bytes),
+                         old_frees - m->old_frees);
 }
