@@ -432,7 +432,15 @@ def _link(path: list[object], index: int, from_local: bool = False) -> str:
             return ".__globals__"
     if isinstance(parent, types.MethodType):
         return ".__self__" if child is parent.__self__ else ".__func__"
+    if isinstance(parent, BaseException):
+        for name in ("__traceback__", "__context__", "__cause__"):
+            if getattr(parent, name) is child:
+                return f".{name}"
+    if isinstance(parent, types.TracebackType):
+        return ".tb_next" if child is parent.tb_next else ".tb_frame"
     if isinstance(parent, types.FrameType):
+        if child is parent.f_back:
+            return ".f_back"
         for name, value in list(parent.f_locals.items()):
             if value is child:
                 return f" local {name!r}"
@@ -579,19 +587,56 @@ def new_objects(
 ) -> list[object]:
     """Up to ``per_type`` live objects of each of the first ``types`` types of ``grown`` that
     ``is_new`` says were made in the window: what a retained budget or a soak asks about.
-    Types under a tenth of the biggest one's bytes are left out: noise next to it."""
+    Types under a tenth of the biggest one's bytes are left out: noise next to it. Frames of
+    calls that returned, where there are any, instead of all of them (see below)."""
     rows = [row for row in grown if row.name not in _IMPORT_DEBRIS]
     biggest = max((row.bytes for row in rows), default=0)
     rows = [row for row in rows if row.bytes * 10 >= biggest]
     if any(row.name not in _ASKED_LAST for row in rows):
         rows = [row for row in rows if row.name not in _ASKED_LAST]
     names = [row.name for row in rows][:types]
+    running: set[int] = set()
+    if any(row.name == "frame" for row in grown):
+        # The frame of a call that returned, kept by something (a traceback, most often: an
+        # exception object raised again and again grows its traceback by the raise's frames
+        # every time), keeps every local of that call and, through its caller frames, theirs:
+        # where there are such frames, only they are asked about, or the paths found lead to
+        # those locals instead (pytest's, for a test that re-raised a module's exception).
+        names = ["frame", *names]
+        running = _running_frames()
     wanted: dict[str, list[object]] = {name: [] for name in names}
-    for obj in live_objects({id(wanted)}):
+    for obj in live_objects({id(wanted), id(running)}):
         found = wanted.get(type_name(type(obj)))
-        if found is not None and len(found) < per_type and is_new(obj) and not _ours(obj):
+        if (
+            found is not None
+            and len(found) < per_type
+            and (not running or _returned(obj, running))
+            and is_new(obj)
+            and not _ours(obj)
+        ):
             found.append(obj)
-    return [obj for found in wanted.values() for obj in found]
+    frames = wanted.pop("frame", [])
+    return frames or [obj for found in wanted.values() for obj in found]
+
+
+def _returned(obj: object, running: set[int]) -> bool:
+    """Not the frame of a running call, nor of a suspended generator or coroutine (whose frame
+    has no caller while it waits, on every CPython this package supports): a call that
+    returned. Objects of other types pass."""
+    if not isinstance(obj, types.FrameType):
+        return True
+    return id(obj) not in running and obj.f_back is not None
+
+
+def _running_frames() -> set[int]:
+    """The frames of the calls running now, in every thread."""
+    running: set[int] = set()
+    for top in sys._current_frames().values():
+        frame: types.FrameType | None = top
+        while frame is not None:
+            running.add(id(frame))
+            frame = frame.f_back
+    return running
 
 
 def _ours(obj: object) -> bool:

@@ -242,6 +242,35 @@ def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: R
     )
 
 
+def test_a_re_raised_exception_is_named_as_what_keeps_the_runs_frames(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """jsonschema's format tests raise one module-level exception instance again and again:
+    each raise extends its traceback by the frames it passed, which keep the run's locals
+    (pytest's reports among them). The report named pytest's locals; it names the exception."""
+    pytester.makepyfile(
+        test_boom="""
+        import pytest
+
+        BOOM = ValueError("boom")
+
+        def boom():
+            raise BOOM
+
+        @pytest.mark.mem_leak_check
+        def test_reraise():
+            with pytest.raises(ValueError):
+                boom()
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "Why it is kept" in text
+    assert "test_boom.BOOM.__traceback__.tb_frame  (" in text, text
+    assert "_report_sections" not in text
+
+
 @OPCACHE_310
 def test_option_checks_every_test_and_marker_opts_out(
     pytester: pytest.Pytester, run: Runner

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import contextvars
 import functools
 import gc
 import logging
+import sys
 import threading
 from collections.abc import Callable
 
@@ -224,6 +226,43 @@ def test_new_objects_skip_import_debris_atoms_and_small_types() -> None:
     found = new_objects(lambda obj: id(obj) in kept, grown)
     assert len(found) == 12  # per type
     assert all(type(obj) is Record for obj in found)
+
+
+BOOM = ValueError("raised again and again")
+
+
+def _raise_boom() -> None:
+    raise BOOM
+
+
+def _catch_boom() -> None:
+    with contextlib.suppress(ValueError):
+        _raise_boom()
+
+
+def test_frames_of_returned_calls_are_asked_about_alone_and_traced_to_their_exception() -> None:
+    """jsonschema's tests re-raise a module-level exception: each raise extends its traceback
+    by the raise's frames, which keep every local of those calls and of their callers. The
+    lists and dicts those locals hold grew too; asked about, they led to pytest's locals. The
+    frames lead to the exception."""
+    made_before = set(map(id, gc.get_objects()))
+    for _ in range(3):
+        _catch_boom()
+    grown = [TypeGrowth("list", 50, 5_000), TypeGrowth("frame", 6, 2_400)]
+    found = new_objects(lambda obj: id(obj) not in made_before, grown)
+    assert 1 <= len(found) <= 12
+    assert {type(obj).__name__ for obj in found} == {"frame"}
+    assert all(obj is not sys._getframe() for obj in found)  # never a running call's frame
+    paths = {chain.path() for chain in find_retainers(found).chains}
+    assert f"{HERE}.BOOM.__traceback__.tb_frame" in paths, paths
+
+
+def test_without_returned_frames_the_other_types_are_asked_about() -> None:
+    grown = [TypeGrowth(f"{HERE}.Record", 30, 1_500), TypeGrowth("frame", 1, 400)]
+    made = [Record(n) for n in range(3)]
+    kept = {id(obj) for obj in made} | {id(sys._getframe())}
+    found = new_objects(lambda obj: id(obj) in kept, grown)
+    assert sorted(map(id, found)) == sorted(map(id, made))  # the running frame is left out
 
 
 _LEFT: list[Record] = []

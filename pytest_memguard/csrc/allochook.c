@@ -144,7 +144,8 @@ static uintptr_t block_start(PyObject *op)
 
 static PyObject *ext_block_size(PyObject *self, PyObject *op)
 {
-    /* Size of the object's block if it was allocated while tracking and is alive, else -1. */
+    /* Size of the object's block if it was allocated while tracking (or by the hook itself:
+       made_in_hook) and is alive, else -1. */
     uintptr_t start = block_start(op);
     for (int d = D_OBJ; d >= D_MEM; d--) {
         size_t size = pagemap_remove(&pagemaps[d], start, 0);
@@ -156,7 +157,8 @@ static PyObject *ext_block_size(PyObject *self, PyObject *op)
             return PyLong_FromSize_t(entry_size(e));
         }
     }
-    return PyLong_FromLong(-1);
+    entry_t *e = table_find(&made_in_hook, start);
+    return e != NULL ? PyLong_FromSize_t(e->size) : PyLong_FromLong(-1);
 }
 
 static PyObject *ext_pause(PyObject *self, PyObject *arg)

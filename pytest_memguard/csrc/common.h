@@ -170,9 +170,10 @@ static size_t peak;
 
 static table_t tables[N_DOMAINS];
 /* Python objects made inside the hook (the frame objects a sample's stack walk creates), which
-   pass through untraced: their frees are not frees of blocks older than the window. Without
-   this, each sample taken in a leak check's run read as a few old blocks freed. The sampler
-   runs with the GIL, so only the GIL domains make these. */
+   pass through untraced: their frees are not frees of blocks older than the window (without
+   this, each sample taken in a leak check's run read as a few old blocks freed), and they are
+   new objects of the window (a frame the walk made is the one a traceback then keeps). The
+   sampler runs with the GIL, so only the GIL domains make these. */
 static table_t made_in_hook;
 static struct {
     uintptr_t key;

@@ -24,10 +24,10 @@ HOT void *traced(int domain, int role, void *ptr, size_t size)
 
 /* A block allocated past the hook's accounting; remembered when the hook itself made it (see
    made_in_hook). */
-static inline void *made_untraced(int domain, void *ptr)
+static inline void *made_untraced(int domain, void *ptr, size_t size)
 {
     if (in_hook && ptr != NULL && domain != D_RAW && LOAD(enabled) &&
-        table_insert(&made_in_hook, (uintptr_t)ptr, 0, -1) < 0) {
+        table_insert(&made_in_hook, (uintptr_t)ptr, size < HUGE_SIZE ? size : 0, -1) < 0) {
         table_failed = 1;
     }
     return ptr;
@@ -38,7 +38,7 @@ static void *hook_malloc(void *ctx, size_t size)
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return made_untraced(DOMAIN(ctx), o->malloc(o->ctx, size));
+        return made_untraced(DOMAIN(ctx), o->malloc(o->ctx, size), size);
     }
     in_hook = 1;
     return traced(DOMAIN(ctx), role, o->malloc(o->ctx, size), size);
@@ -49,7 +49,7 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize));
+        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize), nelem * elsize);
     }
     in_hook = 1;
     size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
