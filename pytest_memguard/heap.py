@@ -226,6 +226,7 @@ EXT_API = (
     "sample_count",
     "set_sampling",
     "block_size",
+    "native_in_use",
     "own_bytes",
     "concurrency",
     "open_window",
