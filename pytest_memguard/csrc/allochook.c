@@ -163,18 +163,18 @@ static PyObject *ext_block_size(PyObject *self, PyObject *op)
 
 /* glibc's bytes in use (mallinfo2: chunks in use in the arenas, and mapped chunks), read with
    every bin of this thread's malloc cache full. glibc counts the chunks in a thread's cache
-   (up to 7 of each size up to 1 KiB, freed but kept for the next malloc of that size) as in
-   use, and a leak check's runs fill its bins slowly: 3 of jsonschema's 547 TestDraft3 tests
-   read 23-73 B a run of steady growth over 256 runs, and none with
-   GLIBC_TUNABLES=glibc.malloc.tcache_count=0. Taking 7 chunks of each size and giving them
-   back leaves every bin full whatever it held, so the cache's share is the same in every
-   reading (a count raised above 7 by that tunable is filled only to 7). ~240 KiB move into
-   the cache the first time, once. None where the C library has no mallinfo2 (glibc < 2.33,
-   musl, macOS). */
+   (freed, kept for the next malloc of their size: each size up to 1 KiB, 7 of each on glibc
+   2.36, 16 on 2.43) as in use, and a leak check's runs fill its bins slowly: 3 of
+   jsonschema's 547 TestDraft3 tests read 23-73 B a run of steady growth over 256 runs, and
+   none with GLIBC_TUNABLES=glibc.malloc.tcache_count=0; and a small leak the cache served
+   moved the figure by nothing. Taking 16 chunks of each size and giving them back leaves
+   every bin full whatever it held, so the cache's share is the same in every reading (a
+   count raised above 16 by that tunable is filled only to 16). 9-30 us a reading. None where
+   the C library has no mallinfo2 (glibc < 2.33, musl, macOS). */
 static PyObject *ext_native_in_use(PyObject *self, PyObject *unused)
 {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-    enum { PER_SIZE = 7, SIZES = 64 };
+    enum { PER_SIZE = 16, SIZES = 64 };
     void *held[PER_SIZE * SIZES];
     int n = 0;
     for (int bin = 0; bin < SIZES; bin++) {
