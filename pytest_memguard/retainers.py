@@ -610,7 +610,7 @@ def new_objects(
         if (
             found is not None
             and len(found) < per_type
-            and (not running or _returned(obj, running))
+            and _returned(obj, running)
             and is_new(obj)
             and not _ours(obj)
         ):
