@@ -226,7 +226,6 @@ EXT_API = (
     "sample_count",
     "set_sampling",
     "block_size",
-    "native_in_use",
     "own_bytes",
     "concurrency",
     "open_window",

@@ -566,25 +566,11 @@ def clear_hypothesis_caches() -> None:
 # ---------------------------------------------------------------------------- native heap
 
 
-def native_allocated(heap: object = None) -> Callable[[], int] | None:
-    """glibc's allocated-bytes figure: the only place a C-level malloc leak shows. Read by the
-    allocator hook's extension when ``heap`` is it (with the thread's malloc cache full: see
-    ``native_in_use`` in the C file), else through ctypes. Where the C library has it (glibc
-    2.33+), whichever way the OS is read."""
-    read = getattr(getattr(heap, "module", None), "native_in_use", None)
-    if read is not None and read() is not None:
-
-        def in_use() -> int:
-            return int(read()) - _tracemalloc_own()
-
-        return in_use
-    return _mallinfo2()
-
-
 @functools.cache
-def _mallinfo2() -> Callable[[], int] | None:
-    """glibc's figure through ctypes, loaded on first use (ctypes is not imported at
-    startup)."""
+def native_allocated() -> Callable[[], int] | None:
+    """glibc's allocated-bytes figure: the only place a C-level malloc leak shows. Loaded on
+    first use (ctypes is not imported at startup). Where the C library has it (glibc 2.33+),
+    whichever way the OS is read."""
     if os.name == "nt":
         return None
     import ctypes
@@ -616,14 +602,11 @@ def _mallinfo2() -> Callable[[], int] | None:
 
     def allocated() -> int:
         info = function()
-        return int(info.uordblks) + int(info.hblkhd) - _tracemalloc_own()
+        # tracemalloc keeps its traces in the C heap: its own growth is not the user's.
+        own = _tracemalloc.get_tracemalloc_memory() if _tracemalloc.is_tracing() else 0
+        return int(info.uordblks) + int(info.hblkhd) - own
 
     return allocated
-
-
-def _tracemalloc_own() -> int:
-    """tracemalloc keeps its traces in the C heap: its own growth is not the user's."""
-    return _tracemalloc.get_tracemalloc_memory() if _tracemalloc.is_tracing() else 0
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -763,7 +746,7 @@ class LeakRunner:
         known_lengths = array.array("q", bytes(8 * len(known)))  # at the screen's start
         cleanup = InterpreterCleanup()
         heap = self.engine.heap
-        _native_allocated = native_allocated(heap)
+        _native_allocated = native_allocated()
         use_native = _native_allocated is not None
         counts_blocks = heap.counts_calls
         collector = self.engine.collector

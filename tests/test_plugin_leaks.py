@@ -85,13 +85,9 @@ _libc.malloc.argtypes = [ctypes.c_size_t]
 
 
 def test_leak_c_malloc():
+    # Above glibc's per-thread cache (chunks up to 1 KiB): one that pytest's own run frees and
+    # mallocs again each time can hide a small leak from mallinfo (seen on 3.14, see Limits).
     _libc.malloc(2048)
-
-
-def test_leak_c_malloc_small():
-    # A chunk glibc's per-thread cache serves: its figure, read plainly, counts the cache as in
-    # use and missed such a leak on 3.14; read with the cache full, it sees it.
-    _libc.malloc(100)
 
 
 class Resurrect:
@@ -203,14 +199,12 @@ def test_leak_corpus_each_on_its_side(
     pytester.makepyfile(test_leaks=CORPUS)
     result = run(*plugin_args, "-rA", "-p", "no:randomly")
     seen = outcomes(result)
-    assert sum(name.startswith("test_leak_") for name in seen) == 13
+    assert sum(name.startswith("test_leak_") for name in seen) == 12
     assert sum(name.startswith("test_pass_") for name in seen) == 14
     # A C-level leak shows only in the C library's own figure (glibc's mallinfo2).
     glibc = native_allocated() is not None
     for name, outcome in seen.items():
-        leaks = name.startswith("test_leak_") and (
-            glibc or not name.startswith("test_leak_c_malloc")
-        )
+        leaks = name.startswith("test_leak_") and (glibc or name != "test_leak_c_malloc")
         expected = "FAILED" if leaks else "PASSED"
         assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
     text = result.stdout.str()

@@ -161,41 +161,6 @@ static PyObject *ext_block_size(PyObject *self, PyObject *op)
     return e != NULL ? PyLong_FromSize_t(e->size) : PyLong_FromLong(-1);
 }
 
-/* glibc's bytes in use (mallinfo2: chunks in use in the arenas, and mapped chunks), read with
-   every bin of this thread's malloc cache full. glibc counts the chunks in a thread's cache
-   (freed, kept for the next malloc of their size: each size up to 1 KiB, 7 of each on glibc
-   2.36, 16 on 2.43) as in use, and a leak check's runs fill its bins slowly: 3 of
-   jsonschema's 547 TestDraft3 tests read 23-73 B a run of steady growth over 256 runs, and
-   none with GLIBC_TUNABLES=glibc.malloc.tcache_count=0; and a small leak the cache served
-   moved the figure by nothing. Taking 16 chunks of each size and giving them back leaves
-   every bin full whatever it held, so the cache's share is the same in every reading (a
-   count raised above 16 by that tunable is filled only to 16). 9-30 us a reading. None where
-   the C library has no mallinfo2 (glibc < 2.33, musl, macOS). */
-static PyObject *ext_native_in_use(PyObject *self, PyObject *unused)
-{
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-    enum { PER_SIZE = 16, SIZES = 64 };
-    void *held[PER_SIZE * SIZES];
-    int n = 0;
-    for (int bin = 0; bin < SIZES; bin++) {
-        size_t size = 24 + 16 * (size_t)bin; /* the largest request of each cache bin */
-        for (int i = 0; i < PER_SIZE; i++) {
-            void *p = malloc(size);
-            if (p != NULL) {
-                held[n++] = p;
-            }
-        }
-    }
-    while (n > 0) {
-        free(held[--n]);
-    }
-    struct mallinfo2 info = mallinfo2();
-    return PyLong_FromSize_t(info.uordblks + info.hblkhd);
-#else
-    Py_RETURN_NONE;
-#endif
-}
-
 static PyObject *ext_pause(PyObject *self, PyObject *arg)
 {
     /* pause(flag) -> the previous flag: whether this thread's allocations are left out. */
@@ -226,8 +191,6 @@ static PyMethodDef methods[] = {
     {"sample_count", ext_sample_count, METH_NOARGS, "Samples taken since enable()."},
     {"set_sampling", ext_set_sampling, METH_O,
      "Set the sampling interval in bytes (1: every allocation); return the old one."},
-    {"native_in_use", ext_native_in_use, METH_NOARGS,
-     "glibc's bytes in use with this thread's malloc cache full, or None without mallinfo2."},
     {"block_size", ext_block_size, METH_O,
      "Size of the object's block if allocated while tracking and alive, else -1."},
     {"open_window", ext_open_window, METH_VARARGS,

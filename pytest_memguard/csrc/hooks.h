@@ -48,11 +48,11 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
     int role;
-    size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize), size);
+        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize), nelem * elsize);
     }
     in_hook = 1;
+    size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
     return traced(DOMAIN(ctx), role, o->calloc(o->ctx, nelem, elsize), size);
 }
 
