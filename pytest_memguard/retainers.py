@@ -118,25 +118,31 @@ def _frame_locals(ours: types.FrameType) -> dict[int, tuple[str, str]]:
     locals are not among its referents for the collector, so ``get_referrers`` never names it."""
     names = {t.ident: t.name for t in threading.enumerate()}
     found: dict[int, tuple[str, str]] = {}
-    for ident, frame in sys._current_frames().items():
-        current: types.FrameType | None = frame
-        while current is not None:
-            code = current.f_code
-            # Module-level code: its variables are the module's globals, named from there.
-            module_level = current.f_locals is current.f_globals
-            if (
-                current is not ours
-                and not module_level
-                and not code.co_filename.startswith(PACKAGE_DIR)
-            ):
-                where = (
-                    f"a local variable of {code.co_name}() at {code.co_filename}:"
-                    f"{current.f_lineno}, thread {names.get(ident, ident)!r}"
-                )
-                for name, value in list(current.f_locals.items()):
-                    found.setdefault(id(value), (name, where))
-            current = current.f_back
+    for ident, current in _running_frames():
+        code = current.f_code
+        # Module-level code: its variables are the module's globals, named from there.
+        module_level = current.f_locals is current.f_globals
+        if (
+            current is not ours
+            and not module_level
+            and not code.co_filename.startswith(PACKAGE_DIR)
+        ):
+            where = (
+                f"a local variable of {code.co_name}() at {code.co_filename}:"
+                f"{current.f_lineno}, thread {names.get(ident, ident)!r}"
+            )
+            for name, value in list(current.f_locals.items()):
+                found.setdefault(id(value), (name, where))
     return found
+
+
+def _running_frames() -> Iterator[tuple[int, types.FrameType]]:
+    """The frames of the calls running now, in every thread, with the thread's ident."""
+    for ident, top in sys._current_frames().items():
+        frame: types.FrameType | None = top
+        while frame is not None:
+            yield ident, frame
+            frame = frame.f_back
 
 
 def find_retainers(
@@ -603,7 +609,7 @@ def new_objects(
         # where there are such frames, only they are asked about, or the paths found lead to
         # those locals instead (pytest's, for a test that re-raised a module's exception).
         names = ["frame", *names]
-        running = _running_frames()
+        running = {id(frame) for _, frame in _running_frames()}
     wanted: dict[str, list[object]] = {name: [] for name in names}
     for obj in live_objects({id(wanted), id(running)}):
         found = wanted.get(type_name(type(obj)))
@@ -626,17 +632,6 @@ def _returned(obj: object, running: set[int]) -> bool:
     if not isinstance(obj, types.FrameType):
         return True
     return id(obj) not in running and obj.f_back is not None
-
-
-def _running_frames() -> set[int]:
-    """The frames of the calls running now, in every thread."""
-    running: set[int] = set()
-    for top in sys._current_frames().values():
-        frame: types.FrameType | None = top
-        while frame is not None:
-            running.add(id(frame))
-            frame = frame.f_back
-    return running
 
 
 def _ours(obj: object) -> bool:
