@@ -97,7 +97,8 @@ class TracemallocBackend:
         self._open: list[_TmToken] = []
         self._owns = False
 
-    def begin(self) -> _TmToken:
+    def begin(self, sites: bool = True) -> _TmToken:
+        # tracemalloc traces every block: a window that reads no sites costs the same.
         if not _tracemalloc().is_tracing():
             _tracemalloc().start(self.frames)
             self._owns = True

@@ -52,7 +52,8 @@ class HeapBackend(Protocol):
     # tracemalloc's snapshot holds live blocks only.
     sees_freed: bool
 
-    def begin(self) -> Any: ...
+    # ``sites``: sample where the window allocates, for ``sites()`` (where the backend samples).
+    def begin(self, sites: bool = True) -> Any: ...
     def read(self, token: Any) -> HeapReading: ...
     def end(self, token: Any) -> None: ...
     def sites(
@@ -117,8 +118,9 @@ class ExtBackend:
         self.sample_interval = sample_interval
         self.frames = frames
 
-    def begin(self) -> _ExtToken:
-        token: _ExtToken = self._ext.open_window(self.sample_interval, self.frames)
+    def begin(self, sites: bool = True) -> _ExtToken:
+        interval = self.sample_interval if sites else 0
+        token: _ExtToken = self._ext.open_window(interval, self.frames)
         return token
 
     def read(self, token: _ExtToken) -> HeapReading:

@@ -332,6 +332,9 @@ class MemguardSession:
             plan.private,
             trim=plan.trim,
             children=plan.children,
+            # Only a failed budget is explained from the window's samples: a regression's
+            # sites come from one more call with every allocation traced.
+            sites=plan.budget is not None,
         )
         meter.start()
         return meter

@@ -267,6 +267,42 @@ def test_nested_windows_each_keep_their_own_peak() -> None:
     assert outer.peak >= 0.95 * 24 * MiB
 
 
+def _sites_of(*wanted: bool) -> list[tuple[int, int]]:
+    """(allocations, sites found) of each of nested windows, outermost first, that want sites
+    or not, around the same allocation-heavy work (about 10 MiB, 20 samples' worth)."""
+    engine = measurement.get_engine()
+    meters = [measurement.Meter(engine, sites=w) for w in wanted]
+    for meter in meters:
+        meter.start()
+    kept = [str(i) * 50 for i in range(50_000)]
+    found = []
+    for meter in reversed(meters):
+        result = meter.stop()
+        meter.explain(types=False)
+        found.append((result.allocations or 0, len(result.sites)))
+        meter.close()
+    del kept
+    return found[::-1]
+
+
+@pytest.mark.skipif(
+    not isinstance(measurement.get_engine().heap, ExtBackend), reason="the hook samples sites"
+)
+def test_a_window_that_will_not_be_explained_samples_nothing() -> None:
+    """Sampling is for a window's sites; one that reads none (a baseline's) skips it, and
+    counts the same calls to within a few (one in an xdist worker). An inner window that wants
+    sites gets them inside an outer one that does not."""
+    ((sampled_calls, sampled_sites),) = _sites_of(True)
+    ((plain_calls, plain_sites),) = _sites_of(False)
+    assert sampled_sites >= 1
+    assert plain_sites == 0
+    assert 150_000 <= plain_calls <= 250_000  # an int, a str and its repetition each
+    assert abs(sampled_calls - plain_calls) <= 3
+    (_, outer_sites), (_, inner_sites) = _sites_of(False, True)
+    assert inner_sites >= 1
+    assert outer_sites >= 1  # sampling stays on until the outermost window closes
+
+
 @pytest.mark.usefixtures("engine_kind")
 def test_fd_change_is_counted() -> None:
     with pm.measure() as m:

@@ -1520,3 +1520,32 @@ def test_a_test_that_expects_a_warning_costs_the_same_however_many_modules_are_i
     warns = tests["test_b_warns.py::Cases::test_warns"]
     assert warns["baseline"]["status"] == "ok", warns
     assert abs(warns["metrics"]["allocations"] - warns["baseline"]["allocations"]) <= 64, warns
+
+
+SAMPLED = """
+import pytest
+from pytest_memguard import _allochook
+
+def allocated_samples():
+    before = _allochook.sample_count()
+    kept = [str(i) * 50 for i in range(50_000)]  # about 10 MiB: some 20 samples' worth
+    return _allochook.sample_count() - before
+
+def test_gated():
+    assert allocated_samples() == 0
+
+@pytest.mark.mem_budget(peak="1GB")
+def test_budgeted():
+    assert 5 <= allocated_samples() <= 200
+"""
+
+
+@needs_hook  # samples
+def test_only_a_window_whose_failure_names_sites_samples_them(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A budget's failure names the window's sampled sites; a baseline's regression traces one
+    more call instead, so its window does not pay the sampler on every allocation."""
+    pytester.makepyfile(test_sampled=SAMPLED)
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    run("--mem-baseline=check").assert_outcomes(passed=2)

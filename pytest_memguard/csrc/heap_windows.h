@@ -79,6 +79,14 @@ static int heap_begin(Py_ssize_t interval, int frames, size_t *saved, size_t *fi
             return -1;
         }
     }
+    else if (interval > 0 && sample_interval == 0) {
+        /* An inner window that will ask for sites, in one that would not (a user's
+           measure() in a test with a baseline): sampling starts now and stays on until the
+           outermost window closes. */
+        sample_interval = (size_t)interval;
+        max_frames = frames;
+        countdown = (int64_t)next_countdown();
+    }
     window_depth++;
     *saved = LOAD(peak);
     STORE(peak, LOAD(live_gil) + LOAD(live_raw));
