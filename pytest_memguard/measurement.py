@@ -316,7 +316,7 @@ class Meter:
         self.engine = engine
         # Sample where the window allocates, for ``explain``. A window nobody will ask about
         # leaves it out: the sampler's countdown runs on every allocation (about 1% of an
-        # allocation-heavy test's instructions, python-dateutil's tzdata tests under callgrind).
+        # allocation-heavy test's instructions, python-dateutil's tzdata tests under cachegrind).
         self.want_sites = sites
         # Watch the processes the window starts (a thread samples their private memory).
         self.want_children = children
