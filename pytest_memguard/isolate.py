@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, NoReturn
 
@@ -305,7 +305,9 @@ def child_args(args: Iterable[str], selection: AbstractSet[str]) -> list[str]:
     return kept
 
 
-def run_spawned(item: pytest.Item) -> list[pytest.TestReport]:
+def run_spawned(item: pytest.Item, env: Mapping[str, str] | None = None) -> list[pytest.TestReport]:
+    """``item`` run in a new pytest process (see ``child_command``); ``env``: variables set
+    for it besides this process's."""
     config = item.config
     handle, path = tempfile.mkstemp(prefix="memguard-child-", suffix=".jsonl")
     os.close(handle)
@@ -313,6 +315,7 @@ def run_spawned(item: pytest.Item) -> list[pytest.TestReport]:
         completed = subprocess.run(
             child_command(config, item, path),
             cwd=str(config.invocation_params.dir),
+            env=None if env is None else {**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             check=False,

@@ -26,10 +26,12 @@ from pytest_memguard.leaks import (
     LeakSettingsError,
     MetricFinding,
     judge,
+    native_only,
     parse_leak_marker,
     r_squared,
     theil_sen,
     trend,
+    without_thread_cache,
 )
 from pytest_memguard.measurement import Engine, get_engine
 from pytest_memguard.repetition import _broader_fixtures, _pristine_params
@@ -613,3 +615,21 @@ def test_between_runs_a_loaded_lxml_has_its_error_log_cleared(
     leaks._clear_module_caches()  # not loaded: nothing to clear, nothing imported
     assert cleared == [1]
     assert "lxml.etree" not in sys.modules
+
+
+def test_a_second_look_turns_glibcs_thread_cache_off_keeping_other_tunables() -> None:
+    off = "glibc.malloc.tcache_count=0"
+    assert without_thread_cache(None) == off
+    assert without_thread_cache("") == off
+    assert without_thread_cache("glibc.malloc.arena_max=2") == f"glibc.malloc.arena_max=2:{off}"
+    assert without_thread_cache("glibc.malloc.tcache_count=7:x=1") == f"x=1:{off}"
+    assert without_thread_cache(f"x=1:{off}") is None  # off already: nothing to look again with
+
+
+def test_only_growth_in_glibcs_figure_alone_gets_a_second_look() -> None:
+    native = MetricFinding("native", 40.0, "steady upward trend")
+    blocks = MetricFinding("blocks", 1.0, "grew on every call")
+    assert native_only([native])
+    assert not native_only([native, blocks])
+    assert not native_only([blocks])
+    assert not native_only([])

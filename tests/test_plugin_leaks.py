@@ -217,6 +217,60 @@ def test_leak_corpus_each_on_its_side(
     assert ("native" in text) == glibc
 
 
+NATIVE_ALONE = """
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_KEPT = (ctypes.c_void_p * 4096)()  # made before the check: no Python block grows
+_COUNT = ctypes.c_size_t(0)
+
+
+def _keep_native(size):
+    _KEPT[_COUNT.value % 4096] = _libc.malloc(size)
+    _COUNT.value += 1
+
+
+def test_grows_only_with_the_thread_cache():
+    # Growth in glibc's figure alone that a process started with its thread cache off does
+    # not have: what that cache filling looks like to the check, without its whims.
+    if "tcache_count=0" not in os.environ.get("GLIBC_TUNABLES", ""):
+        _keep_native(2048)
+
+
+def test_leaks_natively():
+    _keep_native(2048)
+"""
+
+
+@pytest.mark.skipif(native_allocated() is None, reason="glibc's figure (mallinfo2)")
+def test_growth_in_glibcs_figure_alone_is_checked_again_without_its_thread_cache(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    pytester.makepyfile(test_native=NATIVE_ALONE)
+    result = run("--mem-leak-check", "-rA", "-p", "no:randomly", "--junitxml=junit.xml")
+    assert outcomes(result) == {
+        "test_grows_only_with_the_thread_cache": "PASSED",
+        "test_leaks_natively": "FAILED",
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "memory leaks: native grew over * judged runs*",
+            "Failed again in a child process with glibc's per-thread malloc cache off "
+            "(GLIBC_TUNABLES=glibc.malloc.tcache_count=0): not that cache filling.",
+        ]
+    )
+    junit = (pytester.path / "junit.xml").read_text()
+    passed = junit.split('name="test_grows_only_with_the_thread_cache"')[1].split("</testcase>")[0]
+    assert (
+        'name="memguard.leak.second_look" value="passed in a child process with glibc\'s '
+        "per-thread malloc cache off (GLIBC_TUNABLES=glibc.malloc.tcache_count=0): the native "
+        'growth was that cache filling"' in passed
+    )
+
+
 @OPCACHE_310
 def test_leak_report_says_growth_site_and_type(pytester: pytest.Pytester, run: Runner) -> None:
     pytester.makepyfile(
