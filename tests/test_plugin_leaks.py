@@ -242,6 +242,10 @@ def test_grows_only_with_the_thread_cache():
 
 def test_leaks_natively():
     _keep_native(2048)
+
+
+def test_leaks_natively_too():
+    _keep_native(2048)
 """
 
 
@@ -250,16 +254,26 @@ def test_growth_in_glibcs_figure_alone_is_checked_again_without_its_thread_cache
     pytester: pytest.Pytester, run: Runner
 ) -> None:
     pytester.makepyfile(test_native=NATIVE_ALONE)
+    # Two second looks a run here (the first two tests); the third failure gets none.
+    pytester.makeconftest(
+        "import pytest_memguard.session\npytest_memguard.session.SECOND_LOOKS = 2"
+    )
     result = run("--mem-leak-check", "-rA", "-p", "no:randomly", "--junitxml=junit.xml")
     assert outcomes(result) == {
         "test_grows_only_with_the_thread_cache": "PASSED",
         "test_leaks_natively": "FAILED",
+        "test_leaks_natively_too": "FAILED",
     }
     result.stdout.fnmatch_lines(
         [
+            "*_ test_leaks_natively _*",
             "memory leaks: native grew over * judged runs*",
             "Failed again in a child process with glibc's per-thread malloc cache off "
             "(GLIBC_TUNABLES=glibc.malloc.tcache_count=0): not that cache filling.",
+            "*_ test_leaks_natively_too _*",
+            "memory leaks: native grew over * judged runs*",
+            "Not checked again without glibc's per-thread malloc cache: this run did that for 2 "
+            "failures already (each costs a pytest start-up).",
         ]
     )
     junit = (pytester.path / "junit.xml").read_text()
