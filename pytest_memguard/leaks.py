@@ -35,7 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from .census import Site, TypeGrowth, census_types
 from .measurement import Engine
@@ -619,6 +619,14 @@ THREAD_CACHE_OFF = "glibc.malloc.tcache_count=0"
 def native_only(findings: Sequence[MetricFinding]) -> bool:
     """A verdict of growth in glibc's figure alone, every heap figure flat."""
     return bool(findings) and all(f.metric == "native" for f in findings)
+
+
+class SecondLook(NamedTuple):
+    """A native-only failure checked again in such a child: whether it passed there, and the
+    sentence that says what that means."""
+
+    passed: bool
+    note: str
 
 
 def without_thread_cache(tunables: str | None) -> str | None:

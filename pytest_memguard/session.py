@@ -42,7 +42,7 @@ from .tolerance import Tolerance
 if TYPE_CHECKING:
     # Imported where used: a run without budgets or leak checks never loads them.
     from .budget import Budget, Verdict
-    from .leaks import KnownLeaks, LeakResult, LeakSettings
+    from .leaks import KnownLeaks, LeakResult, LeakSettings, SecondLook
     from .repetition import CannotRepeat, Repetition
     from .retainers import Survivors
 
@@ -738,24 +738,24 @@ class MemguardSession:
                 )
         else:
             second = self._second_look(item, result) if result.leaked else None
-            if second is not None and second[0]:
+            if second is not None and second.passed:
                 result = replace(result, leaked=False)
             properties = _leak_properties(result)
             if second is not None:
-                properties["leak.second_look"] = second[1]
+                properties["leak.second_look"] = second.note
             if result.leaked:
                 call.outcome = "failed"
                 call.longrepr = result.message(unit="run")
                 if second is not None:
-                    call.longrepr += f"\n{second[1]}"
+                    call.longrepr += f"\n{second.note}"
         teardown.user_properties.extend(to_properties({}, properties))
 
-    def _second_look(self, item: pytest.Item, result: LeakResult) -> tuple[bool, str] | None:
+    def _second_look(self, item: pytest.Item, result: LeakResult) -> SecondLook | None:
         """A failure on glibc's figure alone, checked again in a child process started with
-        glibc's per-thread malloc cache off (see ``THREAD_CACHE_OFF``): (passed there, what
-        that says), or None where it does not apply (another figure grew, no glibc, the cache
-        off already, or this is such a child)."""
-        from .leaks import native_allocated, native_only, without_thread_cache
+        glibc's per-thread malloc cache off (see ``THREAD_CACHE_OFF``), or None where that
+        does not apply (another figure grew, no glibc, the cache off already, or this is such
+        a child)."""
+        from .leaks import SecondLook, native_allocated, native_only, without_thread_cache
 
         if self.is_child or not native_only(result.findings) or native_allocated() is None:
             return None
@@ -763,9 +763,10 @@ class MemguardSession:
         if tunables is None:
             return None
         if self.second_looks >= SECOND_LOOKS:
-            return False, (
+            return SecondLook(
+                False,
                 "Not checked again without glibc's per-thread malloc cache: this run did that "
-                f"for {SECOND_LOOKS} failures already (each costs a pytest start-up)."
+                f"for {SECOND_LOOKS} failures already (each costs a pytest start-up).",
             )
         self.second_looks += 1
         from .isolate import run_spawned
@@ -776,14 +777,16 @@ class MemguardSession:
         verdict = f"{PROPERTY_PREFIX}leak.leaked"
         checked = any(name == verdict for r in reports for name, _ in r.user_properties)
         if call is not None and checked and all(r.passed for r in reports):
-            return True, (
+            return SecondLook(
+                True,
                 "passed in a child process with glibc's per-thread malloc cache off "
-                f"(GLIBC_TUNABLES={tunables}): the native growth was that cache filling"
+                f"(GLIBC_TUNABLES={tunables}): the native growth was that cache filling",
             )
         if call is not None and call.failed and "leaks:" in call.longreprtext:
-            return False, (
+            return SecondLook(
+                False,
                 "Failed again in a child process with glibc's per-thread malloc cache off "
-                f"(GLIBC_TUNABLES={tunables}): not that cache filling."
+                f"(GLIBC_TUNABLES={tunables}): not that cache filling.",
             )
         return None
 
