@@ -923,6 +923,23 @@ class MemguardSession:
                     ],
                 )
             )
+        looked = [
+            r.nodeid
+            for r in self.records.values()
+            if r.get("leak.second_look") and r.get("leak.leaked") is False
+        ]
+        if looked:
+            sections.append(
+                (
+                    "memguard: leak checks that passed their second look",
+                    [
+                        "only glibc's figure grew over these tests' runs, and their check passed "
+                        "in a child process with glibc's per-thread malloc cache off: that cache "
+                        "filling, not a leak (leak.second_look in the JSON report):",
+                        *(f"  {nodeid}" for nodeid in looked),
+                    ],
+                )
+            )
         known = Counter(
             str(first) for r in self.records.values() if (first := r.get("leak.known_from"))
         )
