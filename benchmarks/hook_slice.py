@@ -5,7 +5,8 @@ twice: once to warm imports and caches, then again under the hook (``MODE=hook``
 (``MODE=none``); ``ONCE=1`` stops after the warm-up, so that the second slice's cost is the
 difference of two runs. ``SI`` is the sampling interval in bytes (0: no sampled sites).
 ``DATEUTIL_TESTS`` is the suite's ``tests`` folder, as ``realsuite prepare python-dateutil``
-unpacks it (its venv has this project installed). Instructions and simulated cache misses are the same on a busy machine::
+unpacks it (its venv has this project installed). Instructions and simulated cache misses are
+the same on a busy machine::
 
     export DATEUTIL_TESTS=~/.cache/memguard-realsuites/python-dateutil-4.0.0/src/tests
     PY=~/.cache/memguard-realsuites/python-dateutil-4.0.0/venv/bin/python
