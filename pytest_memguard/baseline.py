@@ -418,11 +418,12 @@ class Checked(NamedTuple):
     moved: list[Change]
     regressions: list[Change]
 
-    def unwarmed(self, imported: bool) -> Checked:
+    def unwarmed(self, first_use: bool) -> Checked:
         """This comparison where no warm call measured the test: figures that would fail and
-        hold a first use (``imported``: a module imported in the window) say what ran before
-        the test, not what it costs, so it is ``cold`` and fails nothing."""
-        if imported and self.status == "regressed":
+        hold a first use (``first_use``: the window imported a module or compiled a regular
+        expression) say what ran before the test, not what it costs, so it is ``cold`` and
+        fails nothing."""
+        if first_use and self.status == "regressed":
             return Checked("cold", self.moved, [])
         return self
 

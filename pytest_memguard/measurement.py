@@ -74,6 +74,9 @@ class Measurement:
     # Modules first imported in the window: the test paid a first-use cost that whichever
     # test comes first pays (see the plugin's warm re-measure for baselines).
     imports: int = 0
+    # The window compiled a regular expression ``re`` had not cached: a first use that imports
+    # nothing (a pygments lexer compiles its hundreds of rules the first time it is used).
+    compiled: bool = False
     # The window ran work beside the test's own thread: the suite's other threads allocated
     # (ones it started, a pool's), or it started a process. Its own thread's count then
     # depends on the scheduler (how often it polled a pipe or woke on a future), and its peak
@@ -269,6 +272,19 @@ def window_flags(
     return flags
 
 
+def newest_pattern() -> object:
+    """The key ``re`` cached last, or None. Another one after a window means the window
+    compiled a pattern (from 3.12 also: it used one from the older part of ``re``'s two-level
+    cache, which moves it to the end; a warm call more, nothing wrong)."""
+    cache = getattr(sys.modules.get("re"), "_cache", None)
+    if not isinstance(cache, dict) or not cache:
+        return None
+    try:
+        return next(reversed(cache))
+    except (StopIteration, RuntimeError):  # another thread changed it meanwhile
+        return None
+
+
 class Meter:
     """One window. ``start``/``stop`` bracket the code; ``explain`` may follow ``stop`` to get
     sites and object types (still accurate, since tracking stays on until ``close``).
@@ -295,6 +311,7 @@ class Meter:
         "_collecting",
         "_stopped",
         "_modules",
+        "_pattern",
         "_concurrency0",
         "_shmem0",
         "want_trim",
@@ -337,6 +354,7 @@ class Meter:
         self._collecting = False
         self._stopped = False
         self._modules = 0
+        self._pattern: object = None
         self._concurrency0 = 0
         self._shmem0 = 0
 
@@ -349,6 +367,7 @@ class Meter:
             self._children = ChildWatch(pause=self.engine.heap.pause)
             self._children.start()
         self._modules = len(sys.modules)
+        self._pattern = newest_pattern()
         if self.want_private:
             from .process import release_free_memory
 
@@ -403,6 +422,8 @@ class Meter:
             result = self.result = Measurement()
         result.fill(values)
         result.imports = max(0, len(sys.modules) - self._modules)
+        result.compiled = newest_pattern() is not self._pattern
+        self._pattern = None
         result.concurrent = self.engine.heap.concurrency() > self._concurrency0
         if self._children is not None:
             result.children = self._children.stop()

@@ -485,7 +485,8 @@ class MemguardSession:
                 checked = self.baselines.compare(
                     item.nodeid, metrics, tolerance, concurrent, had_subtests
                 )
-                cold = measurement.imports > 0 or checked.status == "regressed"
+                first_use = measurement.imports > 0 or measurement.compiled
+                cold = first_use or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone). Any
                 # item's call is repeated as a test function's is, a doctest's with its
                 # globals put back (see measured_runtest): other plugins' items pay for first
@@ -519,7 +520,7 @@ class MemguardSession:
                         else:
                             warm.close()
                 if warm is None:
-                    checked = checked.unwarmed(imported=measurement.imports > 0)
+                    checked = checked.unwarmed(first_use)
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))

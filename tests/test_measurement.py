@@ -267,6 +267,22 @@ def test_nested_windows_each_keep_their_own_peak() -> None:
     assert outer.peak >= 0.95 * 24 * MiB
 
 
+def test_a_window_that_compiles_a_pattern_re_had_not_cached_says_so() -> None:
+    """A first use that imports nothing (a lexer compiling its rules) is seen; using the
+    pattern again, or compiling nothing, is not."""
+    import re
+
+    pattern = f"memguard-{os.getpid()}-[a-z]+"
+    with pm.measure() as first:
+        re.compile(pattern)
+    with pm.measure() as again:
+        re.compile(pattern)
+    with pm.measure() as nothing:
+        pass
+    assert (first.compiled, again.compiled, nothing.compiled) == (True, False, False)
+    assert first.imports == again.imports == 0
+
+
 def _sites_of(*wanted: bool) -> list[tuple[int, int]]:
     """(allocations, sites found) of each of nested windows, outermost first, that want sites
     or not, around the same allocation-heavy work (about 10 MiB, 20 samples' worth)."""

@@ -730,6 +730,41 @@ def test_a_first_use_whose_second_call_still_pays_part_of_it_is_called_a_third_t
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *", "*Where one more call*"])
 
 
+# A first use that imports nothing: a lexer compiles its rules the first time it is used
+# (pygments' example-file items, sqlparse's lexer), and its steady work is a fraction of that.
+COMPILES_ITS_RULES = """
+import os
+import re
+
+GROW = int(os.environ.get("MEMGUARD_TEST_GROW", "0"))
+RULES = []
+
+
+def test_lexes():
+    if not RULES:
+        RULES.extend(re.compile(f"memguard-rule-{i}-[a-z]{{2,{i + 3}}}") for i in range(40))
+    data = [str(i) for i in range(300 + GROW)]
+"""
+
+
+@needs_hook  # counts
+def test_a_regression_of_a_test_that_compiles_its_patterns_first_is_caught(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Recorded cold, the test's figures held its 40 compiles, and a regression that made its
+    first call look regressed was measured again warm and compared with that: lower than the
+    baseline, regression and all. A window that compiled a pattern is called again warm at
+    the update too, so the baseline is the test's own work."""
+    pytester.makepyfile(test_lex=COMPILES_ITS_RULES)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    recorded = entries(pytester, "test_lex.json")["test_lexes"]["allocations"]
+    assert 300 <= recorded < 1_000  # the warm call's: a first call compiles ~100 a pattern
+    run().assert_outcomes(passed=1)
+    grown = run(env={"MEMGUARD_TEST_GROW": "2000"})
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
+
+
 CONCURRENT = """
 import os
 import subprocess
