@@ -520,7 +520,7 @@ class MemguardSession:
                         else:
                             warm.close()
                 if warm is None:
-                    checked = checked.unwarmed(first_use)
+                    checked = checked.unwarmed(imported=measurement.imports > 0)
                 baseline_properties.append((BASELINE_STATUS, checked.status))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))

@@ -596,11 +596,11 @@ def test_a_run_lists_each_test_under_its_status(tmp_path: Path) -> None:
     assert set(outcome) == set(b.OUTCOME_KEYS)
 
 
-def test_a_comparison_no_warm_call_could_confirm_is_cold_only_after_a_first_use() -> None:
+def test_a_comparison_no_warm_call_could_confirm_is_cold_only_where_it_imported() -> None:
     change = b.Change("allocations", 100, 200, TOL)
     regressed = b.Checked("regressed", [change], [change])
-    assert regressed.unwarmed(first_use=True) == b.Checked("cold", [change], [])
-    assert regressed.unwarmed(first_use=False) is regressed  # no first use seen: it fails
+    assert regressed.unwarmed(imported=True) == b.Checked("cold", [change], [])
+    assert regressed.unwarmed(imported=False) is regressed  # no first use seen: it fails
     for status in ("ok", "improved", "new"):
         checked = b.Checked(status, [], [])
-        assert checked.unwarmed(first_use=True) is checked
+        assert checked.unwarmed(imported=True) is checked

@@ -765,6 +765,42 @@ def test_a_regression_of_a_test_that_compiles_its_patterns_first_is_caught(
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
 
 
+COMPILES_ONCE_ONLY = """
+import os
+import re
+
+import pytest
+
+GROW = int(os.environ.get("MEMGUARD_TEST_GROW", "0"))
+CALLS = []
+
+
+def test_lexes():
+    CALLS.append(1)
+    if len(CALLS) > 1:
+        pytest.fail("a second call of this test fails")
+    rules = [re.compile(f"memguard-once-{i}-[a-z]{{2,{i + 3}}}") for i in range(40)]
+    data = [str(i) for i in range(300 + GROW)]
+"""
+
+
+@needs_hook  # counts
+def test_a_test_that_compiled_a_pattern_and_cannot_run_twice_is_still_compared(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Unlike an import, a compile alone does not make a figure that looks regressed ``cold``
+    where no warm call can confirm it: the first figures are compared, and a regression of
+    the test's own work fails it."""
+    pytester.makepyfile(test_lex=COMPILES_ONCE_ONLY)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    recorded = entries(pytester, "test_lex.json")["test_lexes"]["allocations"]
+    assert 2_000 <= recorded < 20_000  # the first call's: the compiles and the work
+    run().assert_outcomes(passed=1)
+    grown = run(env={"MEMGUARD_TEST_GROW": "3000"})
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
+
+
 CONCURRENT = """
 import os
 import subprocess
