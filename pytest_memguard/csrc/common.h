@@ -71,6 +71,29 @@ typedef struct {
 } sample_t;
 
 static PyMemAllocatorEx orig[N_DOMAINS];
+/* Our hooks as installed over orig[] (hooks_in fills it); until then, nothing is ours. */
+static PyMemAllocatorEx ours[N_DOMAINS];
+
+/* Whether our hook is the outermost allocator of ``domain``: someone may have wrapped it since
+   (tracemalloc started inside a window), and then it must neither be taken out (which would cut
+   them off) nor walk the stack (see take_sample). */
+static int hook_outermost(int domain)
+{
+    PyMemAllocatorEx now;
+    PyMem_GetAllocator(domains[domain], &now);
+    return ours[domain].malloc != NULL && now.malloc == ours[domain].malloc &&
+           now.ctx == ours[domain].ctx;
+}
+
+static int hooks_current(void)
+{
+    for (int d = 0; d < N_DOMAINS; d++) {
+        if (!hook_outermost(d)) {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 /* Whose allocations are the test's. The thread that opened the outermost window is the test's
    own: its calls are counted and its blocks tracked. Threads alive when the session's tests

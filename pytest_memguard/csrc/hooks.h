@@ -123,23 +123,6 @@ static void hook_free(void *ctx, void *ptr)
     in_hook = 0;
 }
 
-static int hook_outermost(int domain)
-{
-    PyMemAllocatorEx now;
-    PyMem_GetAllocator(domains[domain], &now);
-    return now.malloc == hook_malloc && now.ctx == (void *)(intptr_t)domain;
-}
-
-static int hooks_current(void)
-{
-    for (int d = 0; d < N_DOMAINS; d++) {
-        if (!hook_outermost(d)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* ---------------------------------------------------------------- processes started
 
    Every way CPython starts a process raises one of these audit events (PEP 578) in the thread

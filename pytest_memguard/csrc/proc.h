@@ -97,7 +97,23 @@ static void note_fork(void)
     forked = 1;
 }
 
-static void proc_close_all(void);
+/* Kept open for the whole windows (see whole_windows.h): statm and status for reading,
+   clear_refs for resetting the peak. */
+static int proc_statm = -1, proc_status = -1, proc_clear = -1;
+static int proc_state = 0; /* 0 not tried, 1 open, -1 unavailable */
+static long page_size = 4096;
+
+static void proc_close_all(void)
+{
+    int *fds[] = {&proc_statm, &proc_status, &proc_clear, &fd_dir};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    }
+    proc_state = 0;
+}
 
 /* After a fork every kept /proc fd still describes the parent. */
 static void proc_after_fork(void)
@@ -106,6 +122,71 @@ static void proc_after_fork(void)
         forked = 0;
         proc_close_all();
     }
+}
+
+static int proc_open(void)
+{
+    proc_after_fork();
+    if (proc_state != 0) {
+        return proc_state;
+    }
+    page_size = sysconf(_SC_PAGESIZE);
+    proc_statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    proc_status = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    proc_clear = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+    if (proc_statm < 0 || proc_status < 0 || proc_clear < 0 || write(proc_clear, "5", 1) != 1) {
+        proc_close_all();
+        proc_state = -1;
+    }
+    else {
+        proc_state = 1;
+    }
+    return proc_state;
+}
+
+/* A "Name:   N kB" field of /proc/self/status, in bytes; 0 where it is missing. */
+static long long status_bytes(const char *field)
+{
+    char buf[4096];
+    ssize_t n = pread(proc_status, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = 0;
+    char *at = strstr(buf, field);
+    return at == NULL ? 0 : strtoll(at + strlen(field), NULL, 10) * 1024LL;
+}
+
+static long long vmhwm(void)
+{
+    return status_bytes("VmHWM:");
+}
+
+/* Resident shared memory (RssShmem): shared anonymous mappings (``mmap.mmap(-1, n)``, what
+   multiprocessing's shared memory uses), SysV shared memory and tmpfs. statm counts it as
+   "shared", with file pages, but it is memory the process made and holds: private memory
+   counts it. */
+static long long rss_shmem(void)
+{
+    return status_bytes("RssShmem:");
+}
+
+/* Resident and shared bytes, and ru_maxrss in bytes; -1 with an error set. */
+static int kernel_read(long long *res, long long *shared, long long *maxrss)
+{
+    unsigned long long r = 0, sh = 0;
+    struct rusage usage;
+    if (read_statm(proc_statm, &r, &sh) < 0) {
+        return -1;
+    }
+    if (getrusage(RUSAGE_SELF, &usage) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *res = (long long)r * page_size;
+    *shared = (long long)sh * page_size;
+    *maxrss = (long long)usage.ru_maxrss * 1024LL;
+    return 0;
 }
 
 /* Open file descriptors, not counting the one kept open to count them; -1 with an error set.

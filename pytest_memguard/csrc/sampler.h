@@ -150,8 +150,6 @@ static uint32_t pooled_name(PyObject *str)
     return offset;
 }
 
-static int hook_outermost(int domain); /* hooks.h */
-
 /* Record the Python stack for an allocation. Called with the GIL held and in_hook set, so the
    frame objects that 3.11+ may create here pass through the hooks untraced. On 3.10 and 3.11
    creating a GC object can start a collection on the spot, which must not run inside an

@@ -21,6 +21,7 @@ static void hooks_in(void)
     for (int d = 0; d < N_DOMAINS; d++) {
         PyMemAllocatorEx hook = {(void *)(intptr_t)d, hook_malloc, hook_calloc, hook_realloc,
                                  hook_free};
+        ours[d] = hook;
         PyMem_SetAllocator(domains[d], &hook);
     }
     installed = 1;
