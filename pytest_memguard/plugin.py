@@ -82,7 +82,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(CHILD_OPTION, default=None, dest="memguard_child_reports", help=SUPPRESS)
 
 
+def forget_readline_terminal_size() -> None:
+    """GNU readline sets COLUMNS and LINES in the C library's environment when it is
+    imported, which pytest does before any conftest (its capture's readline workaround).
+    ``os.environ``, read when Python started, does not have them, but every process started
+    after inherits them: the tests of an xdist worker or a spawned child read a terminal size
+    from the environment that the same tests run serially do not. natsort's argparse test made
+    183 more calls serially (``shutil.get_terminal_size`` raised and caught an OSError for each
+    of its arguments), so a baseline recorded under ``-n 2`` failed a serial check. Where
+    ``os.environ`` does not have them, they are taken out of the C environment too, as it was
+    before readline was imported; a size the user set is kept."""
+    for name in ("COLUMNS", "LINES"):
+        if name not in os.environ:
+            os.unsetenv(name)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    forget_readline_terminal_size()
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     # Baseline directories hold data, not tests.

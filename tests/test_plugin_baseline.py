@@ -13,7 +13,7 @@ import pytest
 
 from pytest_memguard import baseline as b
 
-from .conftest import HOOK, Runner, needs_hook
+from .conftest import HAS_XDIST, HOOK, Runner, needs_hook
 from .test_plugin_budget import outcomes
 
 # What a baseline entry counts besides bytes: calls, where the allocator hook counts them.
@@ -453,6 +453,37 @@ def test_xdist_records_all_40(pytester: pytest.Pytester, run: Runner) -> None:
     run("-n", "2", "--mem-baseline=update").assert_outcomes(passed=40)
     assert len(entries(pytester)) == 40
     run("-n", "2").assert_outcomes(passed=40)
+
+
+@needs_hook
+@pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist not installed")
+def test_a_baseline_recorded_under_xdist_holds_serially_where_code_reads_the_terminal_size(
+    pytester: pytest.Pytester, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest imports GNU readline, which puts COLUMNS and LINES in the C environment, and
+    xdist's workers inherited them: argparse asked the environment for the terminal size there
+    and the terminal itself serially (an OSError raised and caught per argument), so natsort's
+    CLI test read 183 calls more in a serial check than its baseline recorded under -n 2."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    pytester.makepyfile(
+        test_mod="""
+        import argparse
+        import os
+
+        def test_cli():
+            parser = argparse.ArgumentParser(prog="tool")
+            for i in range(20):
+                parser.add_argument(f"--option-{i}")
+            parser.parse_args([])
+
+        def test_the_environment_is_as_the_session_started():
+            assert "COLUMNS" not in os.environ and "LINES" not in os.environ
+        """
+    )
+    run("-n", "2", "--mem-baseline=update").assert_outcomes(passed=2)
+    assert set(entries(pytester)) == {"test_cli", "test_the_environment_is_as_the_session_started"}
+    run().assert_outcomes(passed=2)
 
 
 def test_two_concurrent_updates_keep_every_entry(pytester: pytest.Pytester) -> None:
