@@ -45,9 +45,10 @@ class HeapReading:
 class HeapBackend(Protocol):
     name: str
     counts_calls: bool
-    # How many times longer a run of a fast pytest test takes with this backend tracing it than
-    # with the hook: time budgets sized in runs scale by it.
-    slowdown: float
+    # Whether a window's live bytes can be made net of the blocks older than it that it freed
+    # (the hook counts those frees): what a leak check's byte figure needs. tracemalloc sees no
+    # such free, so a leak check does not trace with it (see LeakRunner).
+    net_bytes: bool
     # Whether sites can include blocks freed before the window ended (a sampled history);
     # tracemalloc's snapshot holds live blocks only.
     sees_freed: bool
@@ -105,7 +106,7 @@ class ExtBackend:
 
     name = "allocator hook (_allochook)"
     counts_calls = True
-    slowdown = 1.0
+    net_bytes = True
     sees_freed = True
 
     def __init__(

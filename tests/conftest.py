@@ -20,12 +20,6 @@ HOOK = isinstance(get_engine().heap, ExtBackend)
 needs_hook = pytest.mark.skipif(
     not HOOK, reason="what only the allocator hook gives (call counts, freed blocks, pausing)"
 )
-# Tests of the leak check's time budget, sized in CPU seconds of busy tests against floors made
-# for the hook: the fallback's floors are its slowdown (9.5x) longer, and the same tests would
-# take minutes there. The scaling itself is unit-tested (test_leaks.py).
-budget_seconds = pytest.mark.skipif(
-    not HOOK, reason="calibrated to the hook's time floors (the fallback's are 9.5x longer)"
-)
 # Before 3.12 tracemalloc cannot find the traceback of an instance of a Python class (its
 # attributes sit in front of the object), so the fallback's census and reference paths miss them.
 traces_instances = pytest.mark.skipif(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from .conftest import HOOK, OPCACHE_310, OPCACHE_310_AT_TIMES, Runner, budget_seconds, needs_hook
+from .conftest import HOOK, OPCACHE_310, OPCACHE_310_AT_TIMES, Runner, needs_hook
 from .test_plugin_budget import outcomes
 
 PATTERNS = '''
@@ -381,10 +381,15 @@ def test_a_test_that_changes_its_parameters_repeats_with_a_copy_of_them(
     for nodeid, details in rows.items():
         assert "leak.cannot_repeat" not in details, nodeid
     assert 7 <= rows["test_params.py::test_negates[args0]"]["leak.calls"] <= 64
-    assert rows["test_params.py::test_negates_and_leaks[args0]"]["leak.leaked"]
-    assert (
-        900 <= rows["test_params.py::test_negates_and_leaks[args0]"]["leak.bytes_per_call"] <= 1200
-    )
+    leaks = rows["test_params.py::test_negates_and_leaks[args0]"]
+    assert leaks["leak.leaked"]
+    if HOOK:
+        assert 900 <= leaks["leak.bytes_per_call"] <= 1200
+    else:  # untraced runs (docs/leaks.md, step 5): the interpreter's blocks, glibc's bytes
+        assert "leak.bytes_per_call" not in leaks
+        assert 0.9 <= leaks["leak.blocks_per_call"] <= 2.1
+        if "leak.native_per_call" in leaks:
+            assert 900 <= leaks["leak.native_per_call"] <= 1200
 
 
 def test_a_failing_test_fails_once_as_itself(pytester: pytest.Pytester, run: Runner) -> None:
@@ -403,7 +408,6 @@ def test_a_failing_test_fails_once_as_itself(pytester: pytest.Pytester, run: Run
     assert "cannot repeat" not in text
 
 
-@budget_seconds
 def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -425,7 +429,6 @@ def test_a_slow_test_gets_a_few_runs_not_the_full_schedule(
     assert 2 <= row["details"]["leak.calls"] <= 6
 
 
-@budget_seconds
 def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
     pytester: pytest.Pytester, run: Runner, plugin_args: Sequence[str]
 ) -> None:
@@ -566,7 +569,6 @@ def test_broader_fixtures_are_set_up_once_and_their_teardown_is_reported(
     )
 
 
-@budget_seconds
 def test_growth_the_budget_cannot_judge_is_listed_not_failed(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
@@ -588,8 +590,10 @@ def test_growth_the_budget_cannot_judge_is_listed_not_failed(
     result.stdout.fnmatch_lines(
         [
             "*memguard: leak checks cut short by their time budget (not failed)*",
-            "*test_slow_growth.py::test_slow_and_growing: blocks +1?.??/run, bytes +* B/run*"
-            " over ? runs",
+            # Only the hook's runs are traced for bytes (docs/leaks.md, step 5).
+            "*test_slow_growth.py::test_slow_and_growing: blocks +1?.??/run"
+            + (", bytes +* B/run*" if HOOK else "")
+            + " over ? runs",
         ]
     )
 

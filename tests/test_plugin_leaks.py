@@ -209,7 +209,15 @@ def test_leak_corpus_each_on_its_side(
     # A C-level leak shows only in the C library's own figure (glibc's mallinfo2).
     glibc = native_allocated() is not None
     for name, outcome in seen.items():
-        leaks = name.startswith("test_leak_") and (glibc or name != "test_leak_c_malloc")
+        # Without the hook the runs are not traced (tracemalloc's bytes cannot be made net of
+        # older blocks freed): a list that only gains a slot makes no block, and its array
+        # grows by too little a run for glibc's figure.
+        seen_by_path = HOOK or name != "test_leak_list_slot_bytes_only"
+        leaks = (
+            name.startswith("test_leak_")
+            and (glibc or name != "test_leak_c_malloc")
+            and seen_by_path
+        )
         expected = "FAILED" if leaks else "PASSED"
         assert outcome == expected, f"{name}: {outcome}\n{result.stdout.str()}"
     text = result.stdout.str()
@@ -440,10 +448,6 @@ def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
                 memguard.check_leaks(sorted, [], iterations=0)
 
         def test_too_slow_for_the_budget_runs_in_full(memguard):
-            from pytest_memguard.measurement import get_engine
-
-            if get_engine().heap.slowdown > 1:
-                pytest.skip("sized for the hook's time floors")
             calls = [0]
 
             def slow():  # 0.08 s: the budget holds no verdict; asked for, it runs in full
@@ -456,7 +460,7 @@ def test_fixture_check_leaks(pytester: pytest.Pytester, run: Runner) -> None:
             assert 1 + 32 <= calls[0] <= 1 + 2 * 32
         """
     )
-    run().assert_outcomes(passed=4 if HOOK else 3, skipped=0 if HOOK else 1)
+    run().assert_outcomes(passed=4)
 
 
 def test_threads_alive_during_a_check_are_noted_in_a_leak_and_never_warned(
