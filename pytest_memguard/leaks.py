@@ -778,7 +778,6 @@ class LeakRunner:
         heap = self.engine.heap
         _native_allocated = native_allocated()
         use_native = _native_allocated is not None
-        counts_blocks = heap.counts_calls
         collector = self.engine.collector
         # The call counter as ints made before the window: past the last cached small int (256;
         # 1,024 from 3.15) every `calls += 1` would allocate, and the step from the last cached
@@ -806,7 +805,7 @@ class LeakRunner:
                 reading = heap.read(token)
                 old_reallocs[index] = reading.old_reallocs or 0
                 old_frees[index] = reading.old_frees or 0
-                if counts_blocks and reading.live_blocks is not None:
+                if reading.live_blocks is not None:
                     # Net of the blocks older than the check that it freed, as CPython's -R
                     # counts (sys.getallocatedblocks): a bounded cache that replaces entries
                     # made before the check is not growth. Without it, jsonschema's class-level
