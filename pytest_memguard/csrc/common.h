@@ -71,7 +71,8 @@ typedef struct {
 } sample_t;
 
 static PyMemAllocatorEx orig[N_DOMAINS];
-/* Our hooks as installed over orig[] (hooks_in fills it); until then, nothing is ours. */
+/* Our hooks as installed over orig[] (hooks_in fills it); until then all NULL, which no
+   installed allocator's malloc is, so nothing is ours. */
 static PyMemAllocatorEx ours[N_DOMAINS];
 
 /* Whether our hook is the outermost allocator of ``domain``: someone may have wrapped it since
@@ -81,8 +82,7 @@ static int hook_outermost(int domain)
 {
     PyMemAllocatorEx now;
     PyMem_GetAllocator(domains[domain], &now);
-    return ours[domain].malloc != NULL && now.malloc == ours[domain].malloc &&
-           now.ctx == ours[domain].ctx;
+    return now.malloc == ours[domain].malloc && now.ctx == ours[domain].ctx;
 }
 
 static int hooks_current(void)
