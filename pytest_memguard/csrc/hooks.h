@@ -3,8 +3,6 @@
 
 /* ---------------------------------------------------------------- hooks */
 
-#define DOMAIN(ctx) ((int)(intptr_t)(ctx))
-
 /* The rest of an allocating hook once the real allocator returned ``ptr``: count the call,
    trace the block, leave the hook. */
 HOT void *traced(int domain, int role, void *ptr, size_t size)
@@ -33,32 +31,36 @@ static inline void *made_untraced(int domain, void *ptr, size_t size)
     return ptr;
 }
 
-static void *hook_malloc(void *ctx, size_t size)
+/* The hooks take their domain as a constant (one instance of each per domain, made by
+   DOMAIN_HOOKS below) rather than from ``ctx``: every table, counter and branch on the domain
+   is then resolved when compiling: a fifth fewer instructions in the hooks on dateutil's tzdata
+   slice (benchmarks/hook_slice.py under cachegrind: 206 to 160 million). */
+HOT void *hook_malloc(int domain, size_t size)
 {
-    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    PyMemAllocatorEx *o = &orig[domain];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return made_untraced(DOMAIN(ctx), o->malloc(o->ctx, size), size);
+        return made_untraced(domain, o->malloc(o->ctx, size), size);
     }
     in_hook = 1;
-    return traced(DOMAIN(ctx), role, o->malloc(o->ctx, size), size);
+    return traced(domain, role, o->malloc(o->ctx, size), size);
 }
 
-static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+HOT void *hook_calloc(int domain, size_t nelem, size_t elsize)
 {
-    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    PyMemAllocatorEx *o = &orig[domain];
     int role;
     if (!LOAD(enabled) || in_hook || (role = thread_role()) == IGNORED) {
-        return made_untraced(DOMAIN(ctx), o->calloc(o->ctx, nelem, elsize), nelem * elsize);
+        return made_untraced(domain, o->calloc(o->ctx, nelem, elsize), nelem * elsize);
     }
     in_hook = 1;
     size_t size = (elsize && nelem > SIZE_MAX / elsize) ? SIZE_MAX : nelem * elsize;
-    return traced(DOMAIN(ctx), role, o->calloc(o->ctx, nelem, elsize), size);
+    return traced(domain, role, o->calloc(o->ctx, nelem, elsize), size);
 }
 
-static void *hook_realloc(void *ctx, void *old, size_t size)
+HOT void *hook_realloc(int domain, void *old, size_t size)
 {
-    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    PyMemAllocatorEx *o = &orig[domain];
     if (!LOAD(enabled) || in_hook) {
         return o->realloc(o->ctx, old, size);
     }
@@ -66,17 +68,17 @@ static void *hook_realloc(void *ctx, void *old, size_t size)
     int role = thread_role();
     void *ptr = o->realloc(o->ctx, old, size);
     if (role == COUNTED) {
-        count_call(DOMAIN(ctx), 1, size);
+        count_call(domain, 1, size);
     }
     else if (role == TRACKED) {
         ADD(concurrent_events, 1);
     }
     if (ptr != NULL) {
         /* The old block is gone (or reused in place): forget it, then trace the new one. */
-        int untraced = old != NULL && !note_free(DOMAIN(ctx), old);
+        int untraced = old != NULL && !note_free(domain, old);
         if (role != IGNORED) {
-            note_alloc(DOMAIN(ctx), ptr, size);
-            if (untraced && DOMAIN(ctx) == D_RAW) {
+            note_alloc(domain, ptr, size);
+            if (untraced && domain == D_RAW) {
                 ADD(old_reallocs_raw, 1);
                 ADD(old_realloc_bytes_raw, size);
                 ADD(old_frees_raw, 1);
@@ -99,9 +101,9 @@ static inline int forget_made_in_hook(void *ptr)
     return made_in_hook.used != 0 && table_remove(&made_in_hook, (uintptr_t)ptr, &size, &sample);
 }
 
-static void hook_free(void *ctx, void *ptr)
+HOT void hook_free(int domain, void *ptr)
 {
-    PyMemAllocatorEx *o = &orig[DOMAIN(ctx)];
+    PyMemAllocatorEx *o = &orig[domain];
     if (!LOAD(enabled) || in_hook) {
         o->free(o->ctx, ptr);
         return;
@@ -109,10 +111,10 @@ static void hook_free(void *ctx, void *ptr)
     in_hook = 1;
     int role = thread_role();
     if (role == COUNTED) {
-        count_call(DOMAIN(ctx), 0, 0);
+        count_call(domain, 0, 0);
     }
-    if (ptr != NULL && !note_free(DOMAIN(ctx), ptr) && role != IGNORED) {
-        if (DOMAIN(ctx) == D_RAW) {
+    if (ptr != NULL && !note_free(domain, ptr) && role != IGNORED) {
+        if (domain == D_RAW) {
             ADD(old_frees_raw, 1);
         }
         else if (!forget_made_in_hook(ptr)) {
@@ -122,6 +124,35 @@ static void hook_free(void *ctx, void *ptr)
     o->free(o->ctx, ptr);
     in_hook = 0;
 }
+
+#define DOMAIN_HOOKS(name, domain)                                                          \
+    static void *hook_malloc_##name(void *ctx, size_t size)                                 \
+    {                                                                                       \
+        return hook_malloc(domain, size);                                                   \
+    }                                                                                       \
+    static void *hook_calloc_##name(void *ctx, size_t nelem, size_t elsize)                 \
+    {                                                                                       \
+        return hook_calloc(domain, nelem, elsize);                                          \
+    }                                                                                       \
+    static void *hook_realloc_##name(void *ctx, void *old, size_t size)                     \
+    {                                                                                       \
+        return hook_realloc(domain, old, size);                                             \
+    }                                                                                       \
+    static void hook_free_##name(void *ctx, void *ptr)                                      \
+    {                                                                                       \
+        hook_free(domain, ptr);                                                             \
+    }
+DOMAIN_HOOKS(raw, D_RAW)
+DOMAIN_HOOKS(mem, D_MEM)
+DOMAIN_HOOKS(obj, D_OBJ)
+
+/* Our allocators as hooks_in installs them, by domain (ctx: the domain, for nothing but
+   telling them apart in a debugger). */
+static const PyMemAllocatorEx hook_of[N_DOMAINS] = {
+    {(void *)(intptr_t)D_RAW, hook_malloc_raw, hook_calloc_raw, hook_realloc_raw, hook_free_raw},
+    {(void *)(intptr_t)D_MEM, hook_malloc_mem, hook_calloc_mem, hook_realloc_mem, hook_free_mem},
+    {(void *)(intptr_t)D_OBJ, hook_malloc_obj, hook_calloc_obj, hook_realloc_obj, hook_free_obj},
+};
 
 /* ---------------------------------------------------------------- processes started
 

@@ -19,10 +19,8 @@ static void hooks_in(void)
         PyMem_GetAllocator(domains[d], &orig[d]);
     }
     for (int d = 0; d < N_DOMAINS; d++) {
-        PyMemAllocatorEx hook = {(void *)(intptr_t)d, hook_malloc, hook_calloc, hook_realloc,
-                                 hook_free};
-        ours[d] = hook;
-        PyMem_SetAllocator(domains[d], &hook);
+        ours[d] = hook_of[d];
+        PyMem_SetAllocator(domains[d], &ours[d]);
     }
     installed = 1;
 }
