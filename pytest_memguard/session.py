@@ -62,6 +62,8 @@ BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
 BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
 BASELINE_CONCURRENT = f"{PROPERTY_PREFIX}baseline.concurrent"
 BASELINE_SUBTESTS = f"{PROPERTY_PREFIX}baseline.subtests"
+# The figures hold a compile no warm call took out (baseline.COMPILED).
+BASELINE_COMPILED = f"{PROPERTY_PREFIX}baseline.compiled"
 
 
 class MemguardWarning(pytest.PytestWarning):
@@ -520,8 +522,14 @@ class MemguardSession:
                         else:
                             warm.close()
                 if warm is None:
-                    checked = checked.unwarmed(imported=measurement.imports > 0)
+                    checked = checked.unwarmed(
+                        imported=measurement.imports > 0,
+                        compiled=measurement.compiled
+                        and not self.baselines.recorded_compiling(item.nodeid),
+                    )
                 baseline_properties.append((BASELINE_STATUS, checked.status))
+                if warm is None and measurement.compiled:
+                    baseline_properties.append((BASELINE_COMPILED, True))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))
                 if subtests:
@@ -840,7 +848,11 @@ class MemguardSession:
                 if (status := r.properties.get(BASELINE_STATUS)) is not None
                 and (status != "new" or r.recordable)
             ),
-            passed=((r.nodeid, r.metrics) for r in records if r.measured and r.recordable),
+            passed=(
+                (r.nodeid, r.metrics, bool(r.properties.get(BASELINE_COMPILED)))
+                for r in records
+                if r.measured and r.recordable
+            ),
             collected=self.collected.union(item.nodeid for item in items) or self.records,
             full_run=self.unfiltered(),
         )

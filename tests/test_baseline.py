@@ -185,7 +185,7 @@ def test_an_update_makes_the_files_it_will_write_first_and_removes_those_left_em
 
     outcome = update.settle(
         statuses=[],
-        passed=[("tests/test_a.py::t", {"heap_peak": 5})],
+        passed=[("tests/test_a.py::t", {"heap_peak": 5}, False)],
         collected=ids,
         full_run=True,
     )
@@ -596,11 +596,46 @@ def test_a_run_lists_each_test_under_its_status(tmp_path: Path) -> None:
     assert set(outcome) == set(b.OUTCOME_KEYS)
 
 
-def test_a_comparison_no_warm_call_could_confirm_is_cold_only_where_it_imported() -> None:
+def test_an_unconfirmed_regression_is_cold_where_its_entry_lacks_its_first_use() -> None:
     change = b.Change("allocations", 100, 200, TOL)
     regressed = b.Checked("regressed", [change], [change])
-    assert regressed.unwarmed(imported=True) == b.Checked("cold", [change], [])
-    assert regressed.unwarmed(imported=False) is regressed  # no first use seen: it fails
+    cold = b.Checked("cold", [change], [])
+    assert regressed.unwarmed(imported=True, compiled=False) == cold
+    assert regressed.unwarmed(imported=False, compiled=True) == cold
+    # No first use seen, or a compile its entry's figures hold too: it fails.
+    assert regressed.unwarmed(imported=False, compiled=False) is regressed
     for status in ("ok", "improved", "new"):
         checked = b.Checked(status, [], [])
-        assert checked.unwarmed(imported=True) is checked
+        assert checked.unwarmed(imported=True, compiled=True) is checked
+
+
+def test_an_entry_says_whether_its_figures_hold_a_compile(tmp_path: Path) -> None:
+    """Marked where the update's window compiled with no warm call; the mark alone does not
+    rewrite an entry whose figures stay within tolerance, and a check reads it back."""
+    root = str(tmp_path)
+    update = b.BaselineCheck(root, "s", "update", ["allocations"], TOL)
+    passed = [
+        ("test_a.py::cold", {"allocations": 873}, True),
+        ("test_a.py::warm", {"allocations": 291}, False),
+    ]
+    update.settle(statuses=[], passed=passed, collected=[], full_run=False)
+    path = str(tmp_path / "__memguard__" / "test_a.json")
+    assert b.load(path) == {
+        "s": {"cold": {"allocations": 873, "compiled": 1}, "warm": {"allocations": 291}}
+    }
+    check = b.BaselineCheck(root, "s", "check", ["allocations"], TOL)
+    assert check.recorded_compiling("test_a.py::cold")
+    assert not check.recorded_compiling("test_a.py::warm")
+    assert not check.recorded_compiling("test_a.py::missing")
+    assert check.compare("test_a.py::cold", {"allocations": 873}).status == "ok"
+    written = Path(path).read_bytes()
+    same = [("test_a.py::cold", {"allocations": 880}, False)]
+    b.BaselineCheck(root, "s", "update", ["allocations"], TOL).settle(
+        statuses=[], passed=same, collected=[], full_run=False
+    )
+    assert Path(path).read_bytes() == written
+    moved = [("test_a.py::cold", {"allocations": 291}, False)]
+    b.BaselineCheck(root, "s", "update", ["allocations"], TOL).settle(
+        statuses=[], passed=moved, collected=[], full_run=False
+    )
+    assert b.load(path)["s"]["cold"] == {"allocations": 291}

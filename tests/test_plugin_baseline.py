@@ -824,6 +824,67 @@ def test_a_regression_of_a_test_that_compiles_its_patterns_first_is_caught(
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
 
 
+# A pattern compiled on first use by a helper the tests share (pkgutil.resolve_name, which
+# mock.patch uses for a dotted name), in a test whose second call fails (arrow's
+# test_untranslated_granularity deletes a key of a dict its fixture patched, and the second
+# call finds it gone).
+SHARED_FIRST_COMPILE = """
+import re
+
+PATTERN = []
+CALLS = []
+
+
+def resolve(name):
+    if not PATTERN:
+        words = "|".join(f"w{i}[a-z]{{2,9}}" for i in range(60))
+        PATTERN.append(re.compile("memguard-shared-" + words))
+    return PATTERN[0].match(name)
+
+
+def test_a_resolves():
+    resolve("x")
+
+
+def test_b_resolves_once_only():
+    CALLS.append(1)
+    if len(CALLS) > 1:
+        raise KeyError("week")
+    resolve("y")
+    data = [str(i) for i in range(300)]
+"""
+
+
+@needs_hook  # counts
+def test_a_compile_another_test_paid_for_where_the_baseline_was_recorded_fails_nothing(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """Recorded in the full run, test_b's figures hold no compile (test_a compiled the shared
+    pattern first). Run alone it compiles it, and no warm call can take that out: its figures
+    say what ran before it, so it is ``cold``, as after a first import. Recorded alone, the
+    entry holds the compile, and a check alone compares with it as it is (the case above)."""
+    pytester.makepyfile(test_shared=SHARED_FIRST_COMPILE)
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    recorded = entries(pytester, "test_shared.json")
+    assert "compiled" not in recorded["test_b_resolves_once_only"]
+    assert 300 <= recorded["test_b_resolves_once_only"]["allocations"] < 1_500
+    alone = run("-k", "test_b", "--mem-report=report.json")
+    alone.assert_outcomes(passed=1, deselected=1)
+    alone.stdout.fnmatch_lines(["*not compared: their figures hold a first use*"])
+    (test,) = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert test["baseline"]["status"] == "cold"
+    assert test["baseline"]["compiled"] is True
+    assert test["metrics"]["allocations"] > 2 * recorded["test_b_resolves_once_only"]["allocations"]
+    # Recorded alone, the entry says its figures hold the compile, and a check alone keeps
+    # comparing them.
+    run("-k", "test_b", "--mem-baseline=update").assert_outcomes(passed=1, deselected=1)
+    assert entries(pytester, "test_shared.json")["test_b_resolves_once_only"]["compiled"] == 1
+    again = run("-k", "test_b", "--mem-report=report.json")
+    again.assert_outcomes(passed=1, deselected=1)
+    (test,) = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert test["baseline"]["status"] == "ok"
+
+
 CONCURRENT = """
 import os
 import subprocess
