@@ -71,8 +71,9 @@ typedef struct {
 } sample_t;
 
 static PyMemAllocatorEx orig[N_DOMAINS];
-/* Our hooks as installed over orig[] (hooks_in fills it); until then all NULL, which no
-   installed allocator's malloc is, so nothing is ours. */
+/* Our hooks as installed over orig[] (hooks_in copies hooks.h's hook_of here); until then all
+   NULL, which no installed allocator's malloc is, so nothing is ours. A copy rather than
+   hook_of itself because the sampler, included before hooks.h, asks hook_outermost. */
 static PyMemAllocatorEx ours[N_DOMAINS];
 
 /* Whether our hook is the outermost allocator of ``domain``: someone may have wrapped it since
