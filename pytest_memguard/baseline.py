@@ -36,15 +36,16 @@ from .tolerance import Tolerance
 SCHEMA_VERSION = 1
 DIRNAME = "__memguard__"
 STORED = ("allocations", "heap_peak", "retained", "peak", "private")
-# An entry's mark (1) that its figures hold a first use: its window compiled a regular
-# expression and no warm call could measure the test without that (its second call fails, or
-# it is measured over its teardown). A check whose window compiled and could not be called
-# warm either compares with such an entry as it is: docutils' smartquotes test compiles its
-# patterns in every context, and a regression of it is caught. Against an entry without the
-# mark, the compile is what ran before the test, not what it costs, and such a figure is
-# ``cold`` (arrow's test_untranslated_granularity: 291 calls in the full run, 873 as the
-# first test of its file to resolve a dotted name, which compiles pkgutil's pattern).
-COMPILED = "compiled"
+# An entry's mark (1) that its figures hold a first use that imports nothing (its window
+# compiled a regular expression or read a file for the first time, see firstuse) and no warm
+# call could measure the test without it (its second call fails, or it is measured over its
+# teardown). A check whose window paid such a first use and could not be called warm either
+# compares with such an entry as it is: docutils' smartquotes test compiles its patterns in
+# every context, and a regression of it is caught. Against an entry without the mark, the
+# first use is what ran before the test, not what it costs, and such a figure is ``cold``
+# (arrow's test_untranslated_granularity: 291 calls in the full run, 873 as the first test of
+# its file to resolve a dotted name, which compiles pkgutil's pattern).
+FIRST_USE = "first_use"
 COUNTS = frozenset({"allocations"})
 # The relative slack at least of the byte figures of a test whose figures depend on more than
 # its own code:
@@ -239,12 +240,12 @@ def same_within(
     the 48 KiB slack, so its entry changed. They are refreshed whenever the entry is written."""
     if old == new:  # what an update over unchanged code sees for nearly every test
         return True
-    if old.keys() - {COMPILED} != new.keys() - {COMPILED}:
+    if old.keys() - {FIRST_USE} != new.keys() - {FIRST_USE}:
         return False
     return all(
         abs(value - old[metric]) <= tolerance.allowance(old[metric], metric in COUNTS)
         for metric, value in new.items()
-        if metric != COMPILED and (gated is None or metric in gated)
+        if metric != FIRST_USE and (gated is None or metric in gated)
     )
 
 
@@ -381,11 +382,11 @@ def compare(
     return result
 
 
-def entry_from(metrics: Mapping[str, Any], compiled: bool = False) -> Entry:
-    """The entry an update writes; ``compiled``: its figures hold a compile (``COMPILED``)."""
+def entry_from(metrics: Mapping[str, Any], first_use: bool = False) -> Entry:
+    """The entry an update writes; ``first_use``: its figures hold one (``FIRST_USE``)."""
     entry = {m: int(v) for m in STORED if isinstance(v := metrics.get(m), int)}
-    if compiled:
-        entry[COMPILED] = 1
+    if first_use:
+        entry[FIRST_USE] = 1
     return entry
 
 
@@ -431,12 +432,12 @@ class Checked(NamedTuple):
     moved: list[Change]
     regressions: list[Change]
 
-    def unwarmed(self, imported: bool, compiled: bool) -> Checked:
+    def unwarmed(self, imported: bool, first_use: bool) -> Checked:
         """This comparison where no warm call measured the test: figures that would fail and
-        hold a module's import (``imported``) or a compile its entry's figures did not hold
-        (``compiled``, see ``COMPILED``) say what ran before the test, not what it costs, so
-        it is ``cold`` and fails nothing."""
-        if (imported or compiled) and self.status == "regressed":
+        hold a module's import (``imported``) or another first use its entry's figures did not
+        hold (``first_use``, see ``FIRST_USE``) say what ran before the test, not what it
+        costs, so it is ``cold`` and fails nothing."""
+        if (imported or first_use) and self.status == "regressed":
             return Checked("cold", self.moved, [])
         return self
 
@@ -536,9 +537,9 @@ class BaselineCheck:
         found = self._read(path)
         return None if isinstance(found, str) else found.get(self.scope, {}).get(key)
 
-    def recorded_compiling(self, nodeid: str) -> bool:
-        """Whether the test's entry holds a compile (``COMPILED``)."""
-        return bool((self.entry(nodeid) or {}).get(COMPILED))
+    def recorded_first_use(self, nodeid: str) -> bool:
+        """Whether the test's entry holds a first use (``FIRST_USE``)."""
+        return bool((self.entry(nodeid) or {}).get(FIRST_USE))
 
     def compare(
         self,
@@ -568,10 +569,10 @@ class BaselineCheck:
     ) -> dict[str, list[str]]:
         """The run's outcome by kind (``OUTCOME_KEYS``); an update writes each file once,
         under its lock. ``statuses``: (node id, baseline status) of the tests compared;
-        ``passed``: (node id, metrics, whether they hold a compile) of the tests that passed
-        whole (what an update records); ``collected``: every collected node id. Only a run
-        that saw every test (``full_run``) can tell a removed test from one not run this
-        time: only it lists stale entries, and only its update removes them."""
+        ``passed``: (node id, metrics, whether they hold a first use, ``FIRST_USE``) of the
+        tests that passed whole (what an update records); ``collected``: every collected node
+        id. Only a run that saw every test (``full_run``) can tell a removed test from one not
+        run this time: only it lists stale entries, and only its update removes them."""
         outcome: dict[str, list[str]] = {key: [] for key in OUTCOME_KEYS}
         if self.mode == "off":
             return outcome
@@ -587,9 +588,9 @@ class BaselineCheck:
             keys_by_file.setdefault(path, set()).add(key)
         updates: dict[str, dict[str, Entry]] = {}
         if self.mode == "update":
-            for nodeid, metrics, compiled in passed:
+            for nodeid, metrics, first_use in passed:
                 path, key = self.locate(nodeid)
-                updates.setdefault(path, {})[key] = entry_from(metrics, compiled)
+                updates.setdefault(path, {})[key] = entry_from(metrics, first_use)
         for path in sorted(set(updates) | set(keys_by_file)):
             if self.mode == "auto" and not os.path.exists(path):
                 continue

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .census import Site, TypeGrowth
+from .firstuse import FileReads, newest_pattern
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
 from .platforms import FORCE_PORTABLE_ENV, IS_LINUX, PORTABLE_FORCED
@@ -77,6 +78,8 @@ class Measurement:
     # The window compiled a regular expression ``re`` had not cached: a first use that imports
     # nothing (a pygments lexer compiles its hundreds of rules the first time it is used).
     compiled: bool = False
+    # Files the window read first in the process (see firstuse): data a library loads once.
+    files_read: int = 0
     # The window ran work beside the test's own thread: the suite's other threads allocated
     # (ones it started, a pool's), or it started a process. Its own thread's count then
     # depends on the scheduler (how often it polled a pipe or woke on a future), and its peak
@@ -188,6 +191,14 @@ class Engine:
         self._probe: ProcessProbe | None = None
         if self.native is None:
             self._probe = self.probe
+        self.file_reads: FileReads | None = None  # see watch_file_reads
+
+    def watch_file_reads(self) -> None:
+        """Count the files read for the first time (``Measurement.files_read``) from now on.
+        For good: an audit hook cannot be removed, so only the plugin asks, once."""
+        if self.file_reads is None:
+            self.file_reads = FileReads(self.heap.pause)
+            self.file_reads.watch()
 
     @property
     def probe(self) -> ProcessProbe:
@@ -272,19 +283,6 @@ def window_flags(
     return flags
 
 
-def newest_pattern() -> object:
-    """The key ``re`` cached last, or None. Another one after a window means the window
-    compiled a pattern (from 3.12 also: it used one from the older part of ``re``'s two-level
-    cache, which moves it to the end; a warm call more, nothing wrong)."""
-    cache = getattr(sys.modules.get("re"), "_cache", None)
-    if not isinstance(cache, dict) or not cache:
-        return None
-    try:
-        return next(reversed(cache))
-    except (StopIteration, RuntimeError):  # another thread changed it meanwhile
-        return None
-
-
 class Meter:
     """One window. ``start``/``stop`` bracket the code; ``explain`` may follow ``stop`` to get
     sites and object types (still accurate, since tracking stays on until ``close``).
@@ -312,6 +310,7 @@ class Meter:
         "_stopped",
         "_modules",
         "_pattern",
+        "_reads",
         "_concurrency0",
         "_shmem0",
         "want_trim",
@@ -355,6 +354,7 @@ class Meter:
         self._stopped = False
         self._modules = 0
         self._pattern: object = None
+        self._reads = 0
         self._concurrency0 = 0
         self._shmem0 = 0
 
@@ -368,6 +368,8 @@ class Meter:
             self._children.start()
         self._modules = len(sys.modules)
         self._pattern = newest_pattern()
+        reads = self.engine.file_reads
+        self._reads = reads.count if reads is not None else 0
         if self.want_private:
             from .process import release_free_memory
 
@@ -424,6 +426,8 @@ class Meter:
         result.imports = max(0, len(sys.modules) - self._modules)
         result.compiled = newest_pattern() is not self._pattern
         self._pattern = None
+        reads = self.engine.file_reads
+        result.files_read = reads.count - self._reads if reads is not None else 0
         result.concurrent = self.engine.heap.concurrency() > self._concurrency0
         if self._children is not None:
             result.children = self._children.stop()

@@ -62,8 +62,8 @@ BASELINE_STATUS = f"{PROPERTY_PREFIX}baseline.status"
 BASELINE_CHANGES = f"{PROPERTY_PREFIX}baseline.changes"
 BASELINE_CONCURRENT = f"{PROPERTY_PREFIX}baseline.concurrent"
 BASELINE_SUBTESTS = f"{PROPERTY_PREFIX}baseline.subtests"
-# The figures hold a compile no warm call took out (baseline.COMPILED).
-BASELINE_COMPILED = f"{PROPERTY_PREFIX}baseline.compiled"
+# The figures hold a first use no warm call took out (baseline.FIRST_USE).
+BASELINE_FIRST_USE = f"{PROPERTY_PREFIX}baseline.first_use"
 
 
 class MemguardWarning(pytest.PytestWarning):
@@ -134,6 +134,7 @@ class MemguardSession:
         self.config = config
         self.settings = settings
         self.engine = engine
+        engine.watch_file_reads()  # a first read is a first use (see firstuse)
         self.is_worker = hasattr(config, "workerinput")  # its controller reports and writes
         self.is_child = False  # a spawned --mem-isolate child: never isolates again
         self.rootdir = str(config.rootpath)
@@ -487,8 +488,9 @@ class MemguardSession:
                 checked = self.baselines.compare(
                     item.nodeid, metrics, tolerance, concurrent, had_subtests
                 )
-                first_use = measurement.imports > 0 or measurement.compiled
-                cold = first_use or checked.status == "regressed"
+                # A first use that imports nothing: a pattern compiled, a file read first.
+                loaded = measurement.compiled or measurement.files_read > 0
+                cold = measurement.imports > 0 or loaded or checked.status == "regressed"
                 # Not where the window closes after teardown (its fixtures are gone). Any
                 # item's call is repeated as a test function's is, a doctest's with its
                 # globals put back (see measured_runtest): other plugins' items pay for first
@@ -524,12 +526,11 @@ class MemguardSession:
                 if warm is None:
                     checked = checked.unwarmed(
                         imported=measurement.imports > 0,
-                        compiled=measurement.compiled
-                        and not self.baselines.recorded_compiling(item.nodeid),
+                        first_use=loaded and not self.baselines.recorded_first_use(item.nodeid),
                     )
                 baseline_properties.append((BASELINE_STATUS, checked.status))
-                if warm is None and measurement.compiled:
-                    baseline_properties.append((BASELINE_COMPILED, True))
+                if warm is None and loaded:
+                    baseline_properties.append((BASELINE_FIRST_USE, True))
                 if concurrent:
                     baseline_properties.append((BASELINE_CONCURRENT, True))
                 if subtests:
@@ -849,7 +850,7 @@ class MemguardSession:
                 and (status != "new" or r.recordable)
             ),
             passed=(
-                (r.nodeid, r.metrics, bool(r.properties.get(BASELINE_COMPILED)))
+                (r.nodeid, r.metrics, bool(r.properties.get(BASELINE_FIRST_USE)))
                 for r in records
                 if r.measured and r.recordable
             ),

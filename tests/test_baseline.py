@@ -600,13 +600,13 @@ def test_an_unconfirmed_regression_is_cold_where_its_entry_lacks_its_first_use()
     change = b.Change("allocations", 100, 200, TOL)
     regressed = b.Checked("regressed", [change], [change])
     cold = b.Checked("cold", [change], [])
-    assert regressed.unwarmed(imported=True, compiled=False) == cold
-    assert regressed.unwarmed(imported=False, compiled=True) == cold
+    assert regressed.unwarmed(imported=True, first_use=False) == cold
+    assert regressed.unwarmed(imported=False, first_use=True) == cold
     # No first use seen, or a compile its entry's figures hold too: it fails.
-    assert regressed.unwarmed(imported=False, compiled=False) is regressed
+    assert regressed.unwarmed(imported=False, first_use=False) is regressed
     for status in ("ok", "improved", "new"):
         checked = b.Checked(status, [], [])
-        assert checked.unwarmed(imported=True, compiled=True) is checked
+        assert checked.unwarmed(imported=True, first_use=True) is checked
 
 
 def test_an_entry_says_whether_its_figures_hold_a_compile(tmp_path: Path) -> None:
@@ -621,12 +621,12 @@ def test_an_entry_says_whether_its_figures_hold_a_compile(tmp_path: Path) -> Non
     update.settle(statuses=[], passed=passed, collected=[], full_run=False)
     path = str(tmp_path / "__memguard__" / "test_a.json")
     assert b.load(path) == {
-        "s": {"cold": {"allocations": 873, "compiled": 1}, "warm": {"allocations": 291}}
+        "s": {"cold": {"allocations": 873, "first_use": 1}, "warm": {"allocations": 291}}
     }
     check = b.BaselineCheck(root, "s", "check", ["allocations"], TOL)
-    assert check.recorded_compiling("test_a.py::cold")
-    assert not check.recorded_compiling("test_a.py::warm")
-    assert not check.recorded_compiling("test_a.py::missing")
+    assert check.recorded_first_use("test_a.py::cold")
+    assert not check.recorded_first_use("test_a.py::warm")
+    assert not check.recorded_first_use("test_a.py::missing")
     assert check.compare("test_a.py::cold", {"allocations": 873}).status == "ok"
     written = Path(path).read_bytes()
     same = [("test_a.py::cold", {"allocations": 880}, False)]

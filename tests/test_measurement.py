@@ -10,6 +10,7 @@ import sysconfig
 import textwrap
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -281,6 +282,30 @@ def test_a_window_that_compiles_a_pattern_re_had_not_cached_says_so() -> None:
         pass
     assert (first.compiled, again.compiled, nothing.compiled) == (True, False, False)
     assert first.imports == again.imports == 0
+
+
+def test_a_window_that_reads_a_file_first_says_so(tmp_path: Path) -> None:
+    """A first read of a file older than the watch is a first use; reading it again, reading
+    a file written since, and writing are not. The watch's own bookkeeping is left out of
+    the figures: the first read retains what the second does."""
+    engine = measurement.get_engine()
+    engine.watch_file_reads()
+    data = tmp_path / f"data-{'x' * 200}.txt"
+    data.write_text("old")
+    os.utime(data, (0, 0))
+    written = tmp_path / "written.txt"
+    written.write_text("new")
+    with pm.measure() as first:
+        data.read_text()
+    with pm.measure() as again:
+        data.read_text()
+    with pm.measure() as new:
+        written.read_text()
+    with pm.measure() as writing:
+        (tmp_path / "out.txt").write_text("out")
+    assert [m.files_read for m in (first, again, new, writing)] == [1, 0, 0, 0]
+    if measurement.get_engine().native is not None:
+        assert first.retained == again.retained
 
 
 def _sites_of(*wanted: bool) -> list[tuple[int, int]]:

@@ -824,6 +824,83 @@ def test_a_regression_of_a_test_that_compiles_its_patterns_first_is_caught(
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
 
 
+# A first use that neither imports nor compiles: data a library reads from a file once and
+# keeps (arrow's first pytz zone, parso's grammars). The file is older than the run.
+READS_ITS_DATA = """
+import os
+
+GROW = int(os.environ.get("MEMGUARD_TEST_GROW", "0"))
+DATA = []
+CALLS = []
+
+
+def load():
+    if not DATA:
+        with open(os.environ["MEMGUARD_TEST_DATA"]) as f:
+            DATA.extend(line.split() for line in f)
+    return DATA
+
+
+def test_reads():
+    if os.environ.get("MEMGUARD_TEST_ONCE"):
+        CALLS.append(1)
+        assert len(CALLS) == 1, "a second call of this test fails"
+    assert len(load()) == 2_000
+    data = [str(i) for i in range(300 + GROW)]
+"""
+
+
+@needs_hook  # counts
+@pytest.mark.parametrize(
+    ("once", "low", "high"),
+    [
+        pytest.param("", 300, 1_000, id="measured-warm"),
+        pytest.param("1", 4_000, 20_000, id="cannot-run-twice"),
+    ],
+)
+def test_a_regression_of_a_test_that_reads_its_data_first_is_caught(
+    pytester: pytest.Pytester, run: Runner, once: str, low: int, high: int
+) -> None:
+    """The first read of a data file is a first use, as a compile is: the update calls the
+    test again warm, so the baseline is its own work (a few hundred calls; the first call
+    reads 2,000 lines into 4,000 strings), and a regression smaller than the first read is
+    caught. Where no second call can run, the first figures are recorded and compared."""
+    data = pytester.path / "zones.txt"
+    data.write_text("".join(f"zone{i} offset{i}\n" for i in range(2_000)))
+    os.utime(data, (0, 0))  # installed before the run, as a library's data is
+    pytester.makepyfile(test_data=READS_ITS_DATA)
+    env = {"MEMGUARD_TEST_DATA": str(data), "MEMGUARD_TEST_ONCE": once}
+    run("--mem-baseline=update", env=env).assert_outcomes(passed=1)
+    recorded = entries(pytester, "test_data.json")["test_reads"]
+    assert low <= recorded["allocations"] < high
+    assert ("first_use" in recorded) == bool(once)
+    run(env=env).assert_outcomes(passed=1)
+    grown = run(env={**env, "MEMGUARD_TEST_GROW": "3000"})
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
+
+
+def test_a_file_the_run_wrote_is_no_first_use(pytester: pytest.Pytester, run: Runner) -> None:
+    """A test's own files are new in every run (a temporary directory, a file an earlier test
+    wrote): reading them is no first use, so the test is not called again for it."""
+    pytester.makepyfile(
+        test_tmp="""
+        CALLS = []
+
+        def test_reads_what_it_wrote(tmp_path):
+            CALLS.append(1)
+            path = tmp_path / "data.txt"
+            path.write_text("x" * 1000)
+            assert path.read_text()
+
+        def test_called_once():
+            assert CALLS == [1]
+        """
+    )
+    run("--mem-baseline=update").assert_outcomes(passed=2)
+    run().assert_outcomes(passed=2)
+
+
 # A pattern compiled on first use by a helper the tests share (pkgutil.resolve_name, which
 # mock.patch uses for a dotted name), in a test whose second call fails (arrow's
 # test_untranslated_granularity deletes a key of a dict its fixture patched, and the second
@@ -866,19 +943,19 @@ def test_a_compile_another_test_paid_for_where_the_baseline_was_recorded_fails_n
     pytester.makepyfile(test_shared=SHARED_FIRST_COMPILE)
     run("--mem-baseline=update").assert_outcomes(passed=2)
     recorded = entries(pytester, "test_shared.json")
-    assert "compiled" not in recorded["test_b_resolves_once_only"]
+    assert "first_use" not in recorded["test_b_resolves_once_only"]
     assert 300 <= recorded["test_b_resolves_once_only"]["allocations"] < 1_500
     alone = run("-k", "test_b", "--mem-report=report.json")
     alone.assert_outcomes(passed=1, deselected=1)
     alone.stdout.fnmatch_lines(["*not compared: their figures hold a first use*"])
     (test,) = json.loads((pytester.path / "report.json").read_text())["tests"]
     assert test["baseline"]["status"] == "cold"
-    assert test["baseline"]["compiled"] is True
+    assert test["baseline"]["first_use"] is True
     assert test["metrics"]["allocations"] > 2 * recorded["test_b_resolves_once_only"]["allocations"]
     # Recorded alone, the entry says its figures hold the compile, and a check alone keeps
     # comparing them.
     run("-k", "test_b", "--mem-baseline=update").assert_outcomes(passed=1, deselected=1)
-    assert entries(pytester, "test_shared.json")["test_b_resolves_once_only"]["compiled"] == 1
+    assert entries(pytester, "test_shared.json")["test_b_resolves_once_only"]["first_use"] == 1
     again = run("-k", "test_b", "--mem-report=report.json")
     again.assert_outcomes(passed=1, deselected=1)
     (test,) = json.loads((pytester.path / "report.json").read_text())["tests"]
