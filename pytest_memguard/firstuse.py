@@ -1,17 +1,21 @@
 """Signs that a window paid a first use: work whichever test comes first pays, and whose
 cost says what ran before the test, not what the test costs.
 
-Three are read: modules imported (``sys.modules`` grew), a regular expression compiled (``re``
-cached a pattern it had not), and a file read for the first time in the process. The last is
+A meter reads three: modules imported (``sys.modules`` grew), a regular expression compiled
+(``newest_pattern``), and a file read for the first time in the process (``FileReads``). The
+last is
 the data a library loads once and keeps: arrow's first test to build a pytz zone reads the
-zone's file (42,186 calls recorded against 3,843 once warm), parso loads its grammars, a
-traceback's first formatting of a module fills ``linecache``. None of these imports or
-compiles anything.
+zone's file (42,186 calls recorded against 3,843 once warm), parso loads its grammars,
+``mimetypes`` reads the system's ``/etc/mime.types`` (jsonschema's CLI tests), a traceback's
+first formatting of a module fills ``linecache``. None of these imports or compiles anything.
 
-Files are seen through the ``open`` audit event (every ``open()``, ``os.open``, ``io`` file),
-which a hook cannot stop watching once added: it is added once per process, by the plugin,
-and costs a call per audit event (about 426,000 in python-dateutil's whole suite). Only
-files opened read-only and last modified before the hook was added count: a test's
+Files are seen through the ``open`` audit event (every ``open()``, ``os.open``, ``io`` file).
+An audit hook cannot be removed, so the plugin alone asks, once per process. The C extension
+calls ``FileReads.opened`` from its own audit hook for this event only, with the calling
+thread's allocations left out of every window, so that a first read changes no figure of the
+test's; on the tracemalloc fallback a Python audit hook sees every event (about 426,000 in
+python-dateutil's suite, 1.1 million in a leak check of toolz) and its bookkeeping is
+counted. Only files opened read-only and last modified before the watch began count: a test's
 temporary files, and files earlier tests wrote, are new in every run and read again in each;
 counting them would only buy warm calls that change nothing.
 """
@@ -39,47 +43,53 @@ def newest_pattern() -> object:
 
 
 class FileReads:
-    """Counts files read for the first time since ``watch``. ``pause`` leaves the hook's own
-    allocations (the set of names, the ``stat``) out of the window it runs in, so that a
-    first read changes no figure of the test's."""
+    """Counts files read for the first time since ``watch``."""
 
-    def __init__(self, pause: Callable[[bool], bool]) -> None:
+    def __init__(self) -> None:
         self.count = 0
-        self._pause = pause
         self._seen: set[str | bytes] = set()
         self._since = 0.0
 
-    def watch(self) -> None:
-        """Adds the audit hook; from now on ``count`` grows with each first read."""
+    def watch(self, native: Callable[[Callable[..., None]], None] | None) -> None:
+        """From now on ``count`` grows with each first read. ``native``: the extension's
+        ``watch_opens``, else a Python audit hook watches."""
         self._since = time.time()
-        sys.addaudithook(self._event)
+        if native is not None:
+            native(self.opened)
+        else:
+            sys.addaudithook(self._event)
 
     def _event(self, event: str, args: tuple[Any, ...]) -> None:
-        if event != "open" or len(args) != 3:
-            return
-        path, _, flags = args
+        if event == "open" and len(args) == 3:
+            self.opened(*args)
+
+    def opened(self, path: object, mode: object, flags: object) -> None:
+        """An ``open`` audit event's arguments."""
         if not isinstance(flags, int):
             return
         if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) != os.O_RDONLY:
             return
-        if not isinstance(path, (str, bytes)):
-            if not isinstance(path, os.PathLike):
-                return  # a file descriptor
+        if isinstance(path, os.PathLike):
             path = os.fspath(path)
-        was = self._pause(True)
-        try:
+        # The key is a new object: the test's own, kept in the set, would count as retained.
+        if isinstance(path, str):
             if not os.path.isabs(path):
-                path = os.path.join(os.getcwd() if isinstance(path, str) else os.getcwdb(), path)
-            # A key of our own: the test's string, kept in the set, would count as retained.
-            key = os.fsencode(path) if isinstance(path, str) else os.fsdecode(path)
-            if key in self._seen:
-                return
+                path = os.path.join(os.getcwd(), path)
+            key: str | bytes = os.fsencode(path)
+        elif isinstance(path, bytes):
+            if not os.path.isabs(path):
+                path = os.path.join(os.getcwdb(), path)
+            key = os.fsdecode(path)
+        else:
+            return  # a file descriptor
+        if key in self._seen:
+            return
+        try:
+            modified = os.stat(path).st_mtime
+        except (OSError, ValueError):
+            return
+        # Only files older than the watch are kept: a leak check's runs each make new
+        # temporary files, and a set of their names would grow run after run.
+        if modified < self._since:
             self._seen.add(key)
-            try:
-                modified = os.stat(path).st_mtime
-            except (OSError, ValueError):
-                return
-            if modified < self._since:
-                self.count += 1
-        finally:
-            self._pause(was)
+            self.count += 1

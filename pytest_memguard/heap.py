@@ -235,4 +235,5 @@ EXT_API = (
     "close_window",
     "pause",
     "leave_out_threads",
+    "watch_opens",
 )

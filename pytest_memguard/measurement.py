@@ -197,8 +197,9 @@ class Engine:
         """Count the files read for the first time (``Measurement.files_read``) from now on.
         For good: an audit hook cannot be removed, so only the plugin asks, once."""
         if self.file_reads is None:
-            self.file_reads = FileReads(self.heap.pause)
-            self.file_reads.watch()
+            self.file_reads = FileReads()
+            module = self.heap.module if isinstance(self.heap, ExtBackend) else None
+            self.file_reads.watch(getattr(module, "watch_opens", None))
 
     @property
     def probe(self) -> ProcessProbe:

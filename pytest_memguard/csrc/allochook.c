@@ -173,9 +173,24 @@ static PyObject *ext_pause(PyObject *self, PyObject *arg)
     return PyBool_FromLong(before);
 }
 
+static PyObject *ext_watch_opens(PyObject *self, PyObject *arg)
+{
+    /* watch_opens(callable): call it with each "open" audit event's (path, mode, flags). */
+    if (!PyCallable_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "watch_opens() takes a callable");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(open_watcher, arg);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"install", ext_install, METH_NOARGS, "Put the hooks in now (enable() does it anyway)."},
     {"pause", ext_pause, METH_O, "pause(flag) -> previous: leave this thread's allocations out."},
+    {"watch_opens", ext_watch_opens, METH_O,
+     "watch_opens(callable): called with each open audit event's (path, mode, flags), its "
+     "allocations left out of every window."},
     {"is_installed", ext_is_installed, METH_NOARGS, "True if our hooks are the current ones."},
     {"enable", ext_enable, METH_VARARGS,
      "enable(sample_interval=0, frames=4): clear the tables and start tracking."},
@@ -253,7 +268,7 @@ PyMODINIT_FUNC PyInit__allochook(void)
     static int audit_hooked = 0;
     if (!audit_hooked) {
         /* Refused only when another hook objects; then processes go unseen, nothing worse. */
-        audit_hooked = PySys_AddAuditHook(note_process_start, NULL) == 0;
+        audit_hooked = PySys_AddAuditHook(note_event, NULL) == 0;
         PyErr_Clear();
     }
     if (raw_lock == NULL) {
