@@ -3,11 +3,11 @@ cost says what ran before the test, not what the test costs.
 
 A meter reads three: modules imported (``sys.modules`` grew), a regular expression compiled
 (``newest_pattern``), and a file read for the first time in the process (``FileReads``). The
-last is
-the data a library loads once and keeps: arrow's first test to build a pytz zone reads the
-zone's file (42,186 calls recorded against 3,843 once warm), parso loads its grammars,
-``mimetypes`` reads the system's ``/etc/mime.types`` (jsonschema's CLI tests), a traceback's
-first formatting of a module fills ``linecache``. None of these imports or compiles anything.
+last is the data a library loads once and keeps: arrow's first test to build a pytz zone
+reads the zone's file (42,186 calls recorded against 3,843 once warm), parso loads its
+grammars, ``mimetypes`` reads the system's ``/etc/mime.types`` (jsonschema's CLI tests), a
+traceback's first formatting of a module fills ``linecache``. None of these imports or
+compiles anything.
 
 Files are seen through the ``open`` audit event (every ``open()``, ``os.open``, ``io`` file).
 An audit hook cannot be removed, so the plugin alone asks, once per process. The C extension

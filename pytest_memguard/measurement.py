@@ -198,8 +198,8 @@ class Engine:
         For good: an audit hook cannot be removed, so only the plugin asks, once."""
         if self.file_reads is None:
             self.file_reads = FileReads()
-            module = self.heap.module if isinstance(self.heap, ExtBackend) else None
-            self.file_reads.watch(getattr(module, "watch_opens", None))
+            native = self.heap.module.watch_opens if isinstance(self.heap, ExtBackend) else None
+            self.file_reads.watch(native)
 
     @property
     def probe(self) -> ProcessProbe:
