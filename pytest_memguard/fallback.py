@@ -6,6 +6,7 @@ switches it on only for tests that ask for heap figures. Loaded only where it is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -47,14 +48,18 @@ _STARTS = frozenset(
     }
 )
 _started = [0]  # a list: the audit hook, which cannot be removed, must not hold the backend
+_open_watchers: list[Callable[..., object]] = []  # watch_opens(): at most one
 
 
-def _note_start(event: str, _args: tuple[object, ...]) -> None:
+def _note_event(event: str, args: tuple[object, ...]) -> None:
     if event in _STARTS:
         _started[0] += 1
+    elif event == "open" and _open_watchers and len(args) == 3:
+        with contextlib.suppress(Exception):  # the watcher must never fail the program's open()
+            _open_watchers[0](*args)
 
 
-sys.addaudithook(_note_start)
+sys.addaudithook(_note_event)
 
 
 def _stack(traceback: Any) -> tuple[Frame, ...]:
@@ -113,6 +118,9 @@ class TracemallocBackend:
 
     def leave_out_threads(self) -> int:
         return 0
+
+    def watch_opens(self, watcher: Callable[..., object]) -> None:
+        _open_watchers[:] = [watcher]
 
     def read(self, token: _TmToken) -> HeapReading:
         current, peak = _tracemalloc().get_traced_memory()

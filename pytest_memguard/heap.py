@@ -81,6 +81,11 @@ class HeapBackend(Protocol):
         plugins'), not the measured code's: leave them out of every later window. Returns how
         many are left out; 0 from a backend that cannot (tracemalloc)."""
 
+    def watch_opens(self, watcher: Callable[..., object]) -> None:
+        """Call ``watcher`` with each ``open`` audit event's (path, mode, flags), from the
+        backend's own audit hook (see firstuse); its allocations are left out of every figure
+        where the backend can pause."""
+
     def growth_sites(
         self,
         token: Any,
@@ -141,6 +146,9 @@ class ExtBackend:
 
     def leave_out_threads(self) -> int:
         return int(self._ext.leave_out_threads())
+
+    def watch_opens(self, watcher: Callable[..., object]) -> None:
+        self._ext.watch_opens(watcher)
 
     @property
     def module(self) -> Any:

@@ -198,8 +198,7 @@ class Engine:
         For good: an audit hook cannot be removed, so only the plugin asks, once."""
         if self.file_reads is None:
             self.file_reads = FileReads()
-            native = self.heap.module.watch_opens if isinstance(self.heap, ExtBackend) else None
-            self.file_reads.watch(native)
+            self.file_reads.watch(self.heap.watch_opens)
 
     @property
     def probe(self) -> ProcessProbe:
