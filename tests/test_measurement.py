@@ -288,13 +288,17 @@ def test_a_window_that_reads_a_file_first_says_so(tmp_path: Path) -> None:
     """A first read of a file older than the watch is a first use; reading it again, reading
     a file written since, and writing are not. The watch's own bookkeeping is left out of
     the figures: the first read retains what the second does, though the window made the
-    name it opened (the watch keeps a copy of its own)."""
+    name it opened (the watch keeps a copy of its own; keeping the window's would add the
+    name's 500 bytes). Not to the byte: as an xdist worker's first test, the first read
+    sometimes keeps one block of 67 bytes more (2 runs in about 25), interpreter state no
+    window controls."""
     engine = measurement.get_engine()
     engine.watch_file_reads()
     with pm.measure():  # the tracemalloc fallback imports its modules in its first window
         pass
-    name = f"data-{'x' * 200}.txt"
+    name = os.path.join("d" * 200, f"data-{'x' * 200}.txt")
     data = tmp_path / name
+    data.parent.mkdir()
     data.write_text("old")
     os.utime(data, (0, 0))
     written = tmp_path / "written.txt"
@@ -315,7 +319,7 @@ def test_a_window_that_reads_a_file_first_says_so(tmp_path: Path) -> None:
         (tmp_path / "out.txt").write_text("out")
     assert [m.files_read for m in (first, again, new, writing)] == [1, 0, 0, 0]
     if measurement.get_engine().native is not None:
-        assert first.retained == again.retained
+        assert -128 < first.retained - again.retained < 128
 
 
 def _sites_of(*wanted: bool) -> list[tuple[int, int]]:
