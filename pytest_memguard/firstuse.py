@@ -1,13 +1,13 @@
 """Signs that a window paid a first use: work whichever test comes first pays, and whose
 cost says what ran before the test, not what the test costs.
 
-A meter reads three: modules imported (``sys.modules`` grew), a regular expression compiled
-(``newest_pattern``), and a file read for the first time in the process (``FileReads``). The
-last is the data a library loads once and keeps: arrow's first test to build a pytz zone
-reads the zone's file (42,186 calls recorded against 3,843 once warm), parso loads its
-grammars, ``mimetypes`` reads the system's ``/etc/mime.types`` (jsonschema's CLI tests), a
-traceback's first formatting of a module fills ``linecache``. None of these imports or
-compiles anything.
+A meter reads three: modules imported (the interpreter's table of them grew, ``MODULES``), a
+regular expression compiled (``newest_pattern``), and a file read for the first time in the
+process (``FileReads``). The last is the data a library loads once and keeps: arrow's first
+test to build a pytz zone reads the zone's file (42,186 calls recorded against 3,843 once
+warm), parso loads its grammars, ``mimetypes`` reads the system's ``/etc/mime.types``
+(jsonschema's CLI tests), a traceback's first formatting of a module fills ``linecache``. None
+of these imports or compiles anything.
 
 Files are seen through the ``open`` audit event (every ``open()``, ``os.open``, ``io`` file).
 An audit hook cannot be removed, so the plugin alone asks, once per process, and the heap
@@ -28,14 +28,41 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+# The interpreter's own table of modules (the one its C side imports into). A test may rebind
+# ``sys.modules`` for its call (structlog's test_no_multiprocessing sets it to ``{}``): what a
+# window imported is read from this one, and the plugin imports through it (``real_modules``).
+MODULES = sys.modules
+
+
+def modules_loaded() -> int:
+    """How many modules the interpreter holds; more after a window means it imported some."""
+    return len(MODULES)
+
+
+@contextmanager
+def real_modules() -> Iterator[None]:
+    """``sys.modules`` is the interpreter's own in the block, as the plugin's imports after a
+    test's call need (its lazy ones, and the warm call's): with the ``{}`` a test put there,
+    importlib fails with a KeyError on the plugin's own package."""
+    current = sys.modules
+    if current is MODULES:
+        yield
+        return
+    sys.modules = MODULES
+    try:
+        yield
+    finally:
+        sys.modules = current
 
 
 def newest_pattern() -> object:
     """The key ``re`` cached last, or None. Another one after a window means the window
     compiled a pattern (from 3.12 also: it used one from the older part of ``re``'s two-level
     cache, which moves it to the end; a warm call more, nothing wrong)."""
-    cache = getattr(sys.modules.get("re"), "_cache", None)
+    cache = getattr(MODULES.get("re"), "_cache", None)
     if not isinstance(cache, dict) or not cache:
         return None
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .census import Site, TypeGrowth
-from .firstuse import FileReads, newest_pattern
+from .firstuse import FileReads, modules_loaded, newest_pattern
 from .garbage import Collector
 from .heap import EXT_API, ExtBackend, HeapBackend
 from .platforms import FORCE_PORTABLE_ENV, IS_LINUX, PORTABLE_FORCED
@@ -366,7 +366,7 @@ class Meter:
 
             self._children = ChildWatch(pause=self.engine.heap.pause)
             self._children.start()
-        self._modules = len(sys.modules)
+        self._modules = modules_loaded()
         self._pattern = newest_pattern()
         reads = self.engine.file_reads
         self._reads = reads.count if reads is not None else 0
@@ -423,7 +423,7 @@ class Meter:
         if result is None:
             result = self.result = Measurement()
         result.fill(values)
-        result.imports = max(0, len(sys.modules) - self._modules)
+        result.imports = max(0, modules_loaded() - self._modules)
         result.compiled = newest_pattern() is not self._pattern
         self._pattern = None
         reads = self.engine.file_reads

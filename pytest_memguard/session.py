@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from .baseline import BaselineCheck, Change, random_string_hashes, render_regression
+from .firstuse import real_modules
 from .measurement import Engine, Meter, interpreter_scope
 from .options import Settings
 from .report import (
@@ -459,6 +460,21 @@ class MemguardSession:
         itself passed), fail it on a budget it exceeded or a baseline regression. ``compare``:
         the body raised what it was expected to (xfail), so its figures are compared with the
         baseline too, though nothing can fail a test expected to fail."""
+        try:
+            meter.stop()  # first: anything of ours allocated before would count as the test's
+        except BaseException:
+            meter.close()
+            raise
+        # The call is over, its teardown is not: a test that rebound sys.modules for its call
+        # (structlog's test_no_multiprocessing) has it so still, and what is imported from here
+        # on for the first time (a warm call's helpers, a failure's messages) needs the real one.
+        with real_modules():
+            self._finish_stopped(item, plan, meter, judge, compare)
+
+    def _finish_stopped(
+        self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool, compare: bool
+    ) -> None:
+        """``finish`` once the window is stopped (``stop`` returns the figures it kept)."""
         # A subtest that failed failed the test (pytest reports it apart; the body went on):
         # its figures are of a run that did not pass, as for any failed test.
         judge = judge and not self.subtests_failed

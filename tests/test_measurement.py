@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pytest_memguard as pm
-from pytest_memguard import measurement
+from pytest_memguard import firstuse, measurement
 from pytest_memguard.heap import ExtBackend
 from pytest_memguard.measurement import Engine, get_engine, interpreter_scope
 from pytest_memguard.platforms import IS_LINUX
@@ -321,6 +321,31 @@ def test_a_window_that_reads_a_file_first_says_so(tmp_path: Path) -> None:
     if measurement.get_engine().native is not None:
         assert first.retained is not None and again.retained is not None
         assert -128 < first.retained - again.retained < 128
+
+
+def test_a_window_reads_the_interpreters_modules_not_a_rebound_sys_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A test that rebinds ``sys.modules`` imported nothing and compiled nothing by that;
+    ``real_modules`` puts the interpreter's own back for a block, and the test's after it."""
+    import json.decoder  # noqa: F401  (loaded before the window)
+
+    rebound: dict[str, object] = {}
+    with pm.measure() as window:
+        monkeypatch.setattr(sys, "modules", rebound)
+    with firstuse.real_modules():
+        assert sys.modules is firstuse.MODULES
+        assert "json.decoder" in sys.modules
+    assert sys.modules is rebound
+    monkeypatch.undo()
+    assert (window.imports, window.compiled) == (0, False)
+    monkeypatch.setattr(sys, "modules", rebound)
+    with pm.measure() as importing:
+        with firstuse.real_modules():
+            sys.modules.pop("colorsys", None)
+            import colorsys  # noqa: F401
+        monkeypatch.undo()
+    assert importing.imports == 1
 
 
 def _sites_of(*wanted: bool) -> list[tuple[int, int]]:

@@ -901,6 +901,62 @@ def test_a_file_the_run_wrote_is_no_first_use(pytester: pytest.Pytester, run: Ru
     run().assert_outcomes(passed=2)
 
 
+# structlog's test_no_multiprocessing sets sys.modules to {} for its call.
+REBINDS_SYS_MODULES = """
+import re
+import sys
+
+import pytest
+
+CALLS = []
+
+
+def test_rebinds(monkeypatch):
+    CALLS.append("rebinds")
+    monkeypatch.setattr(sys, "modules", {})
+
+
+def test_compiles_then_rebinds(monkeypatch):
+    CALLS.append("compiles")
+    re.compile("memguard-own-pattern-[a-z]{3,7}")  # a first use: called again warm
+    monkeypatch.setattr(sys, "modules", {})
+
+
+@pytest.mark.mem_budget(peak="1KB")
+def test_over_budget_rebinds(monkeypatch):
+    kept = [bytearray(4096) for _ in range(10)]
+    monkeypatch.setattr(sys, "modules", {})
+    del kept
+
+
+def test_after():
+    import warnings  # noqa: F401
+
+    assert "warnings" in sys.modules
+    assert CALLS == ["rebinds", "compiles", "compiles"]
+"""
+
+
+def test_a_test_that_rebinds_sys_modules_is_measured_and_judged(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A test may rebind ``sys.modules`` for its call: what it imported is read from the
+    interpreter's own table (a rebinding is no first use: it is called once), and the
+    plugin's imports after the call (a warm call's, a failed budget's explanation) go through
+    that table. Before, such a test read as having compiled a pattern (``re`` looked gone),
+    its warm call failed it with a KeyError importing the plugin's own package, and pytest's
+    report of that failure, with no ``warnings`` module to be found, ended the run."""
+    pytester.makepyfile(test_rebind=REBINDS_SYS_MODULES)
+    for mode in ("update", "check"):
+        result = run(f"--mem-baseline={mode}", "-p", "no:randomly")
+        result.assert_outcomes(passed=3, failed=1)
+        result.stdout.fnmatch_lines(["*test_over_budget_rebinds - Failed: peak *"])
+        result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    recorded = entries(pytester, "test_rebind.json")
+    assert sorted(recorded) == ["test_after", "test_compiles_then_rebinds", "test_rebinds"]
+    assert "first_use" not in recorded["test_compiles_then_rebinds"]  # measured warm
+
+
 # A pattern compiled on first use by a helper the tests share (pkgutil.resolve_name, which
 # mock.patch uses for a dotted name), in a test whose second call fails (arrow's
 # test_untranslated_granularity deletes a key of a dict its fixture patched, and the second
