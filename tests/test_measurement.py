@@ -319,7 +319,8 @@ def test_a_window_that_reads_a_file_first_says_so(tmp_path: Path) -> None:
         (tmp_path / "out.txt").write_text("out")
     assert [m.files_read for m in (first, again, new, writing)] == [1, 0, 0, 0]
     if measurement.get_engine().native is not None:
-        assert first.retained is not None and again.retained is not None
+        assert first.retained is not None
+        assert again.retained is not None
         assert -128 < first.retained - again.retained < 128
 
 
