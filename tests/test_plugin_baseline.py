@@ -1810,6 +1810,33 @@ def test_a_test_that_expects_a_warning_costs_the_same_however_many_modules_are_i
     assert abs(warns["metrics"]["allocations"] - warns["baseline"]["allocations"]) <= 64, warns
 
 
+INSPECTS_ITS_STACK = """
+import inspect
+
+
+def test_inspects():
+    assert inspect.stack(0)  # places each frame's module, as structlog's callsite tests do
+"""
+
+
+@needs_hook  # counts: the hook's
+def test_a_test_that_inspects_its_stack_costs_the_same_however_many_modules_are_imported(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """``inspect.stack()`` under pytest meets a frame of ``<frozen runpy>``, which no module's
+    file is, and ``inspect.getmodule`` then maps the file of every module imported since it
+    last did: the test after the imports paid for them (~90 modules here). It is recorded
+    alone and checked after them."""
+    pytester.makepyfile(test_b_inspects=INSPECTS_ITS_STACK, test_a_imports=IMPORTS_A_LOT)
+    run("--mem-baseline=update", "test_b_inspects.py").assert_outcomes(passed=1)
+    checked = run("--mem-report=r.json")  # test_a_imports.py first
+    checked.assert_outcomes(passed=2)
+    tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
+    inspects = tests["test_b_inspects.py::test_inspects"]
+    assert inspects["baseline"]["status"] == "ok", inspects
+    assert abs(inspects["metrics"]["allocations"] - inspects["baseline"]["allocations"]) <= 64
+
+
 SAMPLED = """
 import pytest
 from pytest_memguard import _allochook
