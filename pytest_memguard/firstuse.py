@@ -71,6 +71,13 @@ def newest_pattern() -> object:
         return None
 
 
+# The watcher runs inside the test's own open(), so it calls the functions captured here, never
+# the module's attributes, which a test may have patched: ``mock.patch("os.stat")`` would
+# count the watcher's calls as the code's.
+_fspath, _fsencode, _fsdecode, _stat = os.fspath, os.fsencode, os.fsdecode, os.stat
+_getcwd, _getcwdb, _isabs, _join = os.getcwd, os.getcwdb, os.path.isabs, os.path.join
+
+
 class FileReads:
     """Counts files read for the first time since ``watch``."""
 
@@ -92,22 +99,22 @@ class FileReads:
         if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) != os.O_RDONLY:
             return
         if isinstance(path, os.PathLike):
-            path = os.fspath(path)
+            path = _fspath(path)
         # The key is a new object: the test's own, kept in the set, would count as retained.
         if isinstance(path, str):
-            if not os.path.isabs(path):
-                path = os.path.join(os.getcwd(), path)
-            key: str | bytes = os.fsencode(path)
+            if not _isabs(path):
+                path = _join(_getcwd(), path)
+            key: str | bytes = _fsencode(path)
         elif isinstance(path, bytes):
-            if not os.path.isabs(path):
-                path = os.path.join(os.getcwdb(), path)
-            key = os.fsdecode(path)
+            if not _isabs(path):
+                path = _join(_getcwdb(), path)
+            key = _fsdecode(path)
         else:
             return  # a file descriptor
         if key in self._seen:
             return
         try:
-            modified = os.stat(path).st_mtime
+            modified = _stat(path).st_mtime
         except (OSError, ValueError):
             return
         # Only files older than the watch are kept: a leak check's runs each make new

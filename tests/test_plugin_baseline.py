@@ -901,6 +901,41 @@ def test_a_file_the_run_wrote_is_no_first_use(pytester: pytest.Pytester, run: Ru
     run().assert_outcomes(passed=2)
 
 
+PATCHES_OS = """
+import os
+from unittest import mock
+
+import pytest
+
+NAMES = ["os.stat", "os.path.join", "os.path.isabs", "os.getcwd", "os.fsencode"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counts_the_calls_of_its_code(name, tmp_path, monkeypatch):
+    data = tmp_path / "data.txt"
+    data.write_text("old")
+    os.utime(data, (0, 0))  # older than the run: its first read is a first use
+    monkeypatch.chdir(tmp_path)
+    module, _, attr = name.rpartition(".")
+    with mock.patch(name, wraps=getattr(eval(module), attr)) as patched:
+        with open("data.txt") as f:  # relative: the watcher makes the name absolute
+            f.read()
+    assert patched.call_count == 0
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "update"])
+def test_the_watch_of_first_reads_calls_no_function_a_test_patched(
+    pytester: pytest.Pytester, run: Runner, mode: str
+) -> None:
+    """The watch of first reads runs inside the test's own ``open()``: a test that patched
+    ``os.stat`` (or another function the watch uses) to count the calls of its code counted
+    the watch's, and failed only under the plugin, in every mode."""
+    pytester.makepyfile(test_patches_os=PATCHES_OS)
+    args = () if mode == "default" else ("--mem-baseline=update",)
+    run(*args).assert_outcomes(passed=5)
+
+
 # structlog's test_no_multiprocessing sets sys.modules to {} for its call.
 REBINDS_SYS_MODULES = """
 import re
