@@ -1828,23 +1828,6 @@ def test_imports():
 """
 
 
-@needs_hook  # counts: the hook's
-def test_a_test_that_expects_a_warning_costs_the_same_however_many_modules_are_imported(
-    pytester: pytest.Pytester, run: Runner
-) -> None:
-    """unittest's assertWarns asks every module for its ``__warningregistry__``; before
-    CPython 3.12 each module without one made an AttributeError (~6 calls): the count grew with
-    what earlier tests imported, ~90 modules here. It is recorded alone and checked after."""
-    pytester.makepyfile(test_b_warns=EXPECTS_A_WARNING, test_a_imports=IMPORTS_A_LOT)
-    run("--mem-baseline=update", "test_b_warns.py").assert_outcomes(passed=1)
-    checked = run("--mem-report=r.json")  # test_a_imports.py first
-    checked.assert_outcomes(passed=2)
-    tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
-    warns = tests["test_b_warns.py::Cases::test_warns"]
-    assert warns["baseline"]["status"] == "ok", warns
-    assert abs(warns["metrics"]["allocations"] - warns["baseline"]["allocations"]) <= 64, warns
-
-
 INSPECTS_ITS_STACK = """
 import inspect
 
@@ -1855,21 +1838,31 @@ def test_inspects():
 
 
 @needs_hook  # counts: the hook's
-def test_a_test_that_inspects_its_stack_costs_the_same_however_many_modules_are_imported(
-    pytester: pytest.Pytester, run: Runner
+@pytest.mark.parametrize(
+    ("source", "nodeid"),
+    [
+        (EXPECTS_A_WARNING, "test_b_checked.py::Cases::test_warns"),
+        (INSPECTS_ITS_STACK, "test_b_checked.py::test_inspects"),
+    ],
+    ids=["assert-warns", "inspect-stack"],
+)
+def test_a_lookup_over_every_module_costs_the_same_however_many_modules_are_imported(
+    pytester: pytest.Pytester, run: Runner, source: str, nodeid: str
 ) -> None:
-    """``inspect.stack()`` under pytest meets a frame of ``<frozen runpy>``, which no module's
-    file is, and ``inspect.getmodule`` then maps the file of every module imported since it
-    last did: the test after the imports paid for them (~90 modules here). It is recorded
-    alone and checked after them."""
-    pytester.makepyfile(test_b_inspects=INSPECTS_ITS_STACK, test_a_imports=IMPORTS_A_LOT)
-    run("--mem-baseline=update", "test_b_inspects.py").assert_outcomes(passed=1)
+    """Lookups whose cost grew with what earlier tests imported (~90 modules here): unittest's
+    assertWarns asks every module for its ``__warningregistry__``, and before CPython 3.12
+    each module without one made an AttributeError (~6 calls); ``inspect.stack()`` under
+    pytest meets a frame of ``<frozen runpy>``, which no module's file is, and
+    ``inspect.getmodule`` then maps the file of every module imported since it last did. The
+    test is recorded alone and checked after the imports."""
+    pytester.makepyfile(test_b_checked=source, test_a_imports=IMPORTS_A_LOT)
+    run("--mem-baseline=update", "test_b_checked.py").assert_outcomes(passed=1)
     checked = run("--mem-report=r.json")  # test_a_imports.py first
     checked.assert_outcomes(passed=2)
     tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
-    inspects = tests["test_b_inspects.py::test_inspects"]
-    assert inspects["baseline"]["status"] == "ok", inspects
-    assert abs(inspects["metrics"]["allocations"] - inspects["baseline"]["allocations"]) <= 64
+    test = tests[nodeid]
+    assert test["baseline"]["status"] == "ok", test
+    assert abs(test["metrics"]["allocations"] - test["baseline"]["allocations"]) <= 64, test
 
 
 SAMPLED = """
