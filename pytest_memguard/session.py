@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from .baseline import BaselineCheck, Change, random_string_hashes, render_regression
-from .firstuse import MODULES, real_modules
-from .measurement import Engine, Meter, interpreter_scope
+from .firstuse import MODULES, modules_loaded, real_modules
+from .measurement import Engine, Measurement, Meter, interpreter_scope
 from .options import Settings
 from .report import (
     PROPERTY_PREFIX,
@@ -360,7 +360,7 @@ class MemguardSession:
         as every ``inspect.stack()`` under pytest has) maps the file of each module imported
         since it last did: structlog's ``TestCallsiteParameterAdder`` test that came first
         after imports at a random order made 20,465 calls, 15,089 recorded. Here it maps them."""
-        if len(MODULES) == self._modules_settled:
+        if modules_loaded() == self._modules_settled:
             return
         if sys.version_info < (3, 12):
             for module in list(MODULES.values()):
@@ -370,7 +370,7 @@ class MemguardSession:
         if inspect is not None:
             with suppress(Exception):  # its own failure, the user's call meets it too
                 inspect.getmodule(None, "<memguard: no such file>")
-        self._modules_settled = len(MODULES)
+        self._modules_settled = modules_loaded()
 
     @contextmanager
     def window(self, item: pytest.Item, plan: TestPlan) -> Iterator[None]:
@@ -470,7 +470,7 @@ class MemguardSession:
         the body raised what it was expected to (xfail), so its figures are compared with the
         baseline too, though nothing can fail a test expected to fail."""
         try:
-            meter.stop()  # first: anything of ours allocated before would count as the test's
+            measurement = meter.stop()  # first: anything of ours allocated before would count
         except BaseException:
             meter.close()
             raise
@@ -478,19 +478,24 @@ class MemguardSession:
         # (structlog's test_no_multiprocessing) has it so still, and what is imported from here
         # on for the first time (a warm call's helpers, a failure's messages) needs the real one.
         with real_modules():
-            self._finish_stopped(item, plan, meter, judge, compare)
+            self._finish_stopped(item, plan, meter, measurement, judge, compare)
 
     def _finish_stopped(
-        self, item: pytest.Item, plan: TestPlan, meter: Meter, judge: bool, compare: bool
+        self,
+        item: pytest.Item,
+        plan: TestPlan,
+        meter: Meter,
+        measurement: Measurement,
+        judge: bool,
+        compare: bool,
     ) -> None:
-        """``finish`` once the window is stopped (``stop`` returns the figures it kept)."""
+        """``finish`` once the window is stopped, with its figures."""
         # A subtest that failed failed the test (pytest reports it apart; the body went on):
         # its figures are of a run that did not pass, as for any failed test.
         judge = judge and not self.subtests_failed
         # A regressed test's warm window, left open: the hook traces one more call in it.
         explained: Meter | None = None
         try:
-            measurement = meter.stop()
             budget = plan.budget
             verdict = None
             if budget is not None:
