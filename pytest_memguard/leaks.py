@@ -67,6 +67,14 @@ SCREEN = 20
 TIME_RUNS = 4.0
 SCREEN_FLOOR = 0.05
 SUSPECT_FLOOR = 0.5
+# The share of a check's wall time that counts against its budget where it is more than its CPU
+# time: a test that waits is timed, and a machine loaded four times over still gets a CPU-bound
+# test's whole budget.
+WALL_SHARE = 0.25
+# The clocks as they are at import: a test may patch time's (freezegun, the soak's fast clock)
+# and leave them patched past its teardown.
+_cpu_clock, _wall_clock = time.process_time, time.perf_counter
+XX=1
 # A suspect that grew on (almost) every run of a stage may take this many times its budget:
 # the corpus's C-level leak, on 3.14 under -n 2, ran out of 0.5 s of CPU before its verdict.
 STRONG_SUSPECT = 4.0
@@ -719,8 +727,9 @@ class LeakResult:
     # filling) could be told from a leak: not failed, and said.
     inconclusive: bool = False
     budget: float | None = None  # seconds, where the check had a time budget
-    # Seconds of CPU a run took where one run showed that no verdict fits in the time budget:
-    # the check stopped there, neither passed nor failed, and said.
+    # The time a run took (as the budget counts it: CPU, or a WALL_SHARE of the wall time
+    # where more) where one run showed that no verdict fits in the time budget: the check
+    # stopped there, neither passed nor failed, and said.
     too_slow: float | None = None
     # Failed at the screen: a known leak's container grew by ``known_entries`` in its runs.
     known: KnownLeak | None = None
@@ -852,8 +861,19 @@ class LeakRunner:
                     first, calls, blocks, nbytes, fds, native, traced=token is not None
                 )
 
-            clock = time.process_time  # CPU time: a loaded machine does not shrink the budget
-            began = clock()
+            began_cpu, began_wall = _cpu_clock(), _wall_clock()
+
+            def clock() -> float:
+                """The time the check has taken: its CPU time, so that a loaded machine does
+                not shrink the budget, or a WALL_SHARE of its wall time where that is more,
+                so that a test that waits (a socket's timeout, a server's thread, a child
+                process) is timed too: requests' tests that wait 0.5 s for a socket ran
+                256 runs each on a budget their CPU time never spent."""
+                return max(
+                    _cpu_clock() - began_cpu,
+                    (_wall_clock() - began_wall) * WALL_SHARE,
+                )
+
             budget: float | None = None
 
             def affords(more: int, within: float | None = None) -> bool:
@@ -862,7 +882,7 @@ class LeakRunner:
                 limit = budget if within is None else within
                 if limit is None:
                     return True
-                spent = clock() - began
+                spent = clock()
                 return spent + more * spent / max(1, calls) <= limit
 
             read(0)
@@ -872,7 +892,7 @@ class LeakRunner:
             out_of_time = False
             if screen is not None and screen < settings.iterations:
                 run_to(1)
-                first = clock() - began
+                first = clock()
                 budget = max(settings.screen_floor, settings.time_runs * first)
                 read(calls)  # again: the floats just made are the check's, not the test's
                 if not affords(warmup + QUIET - calls):

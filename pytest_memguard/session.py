@@ -949,7 +949,7 @@ class MemguardSession:
         too_slow = [r for r in self.records.values() if r.get("leak.too_slow")]
         if too_slow:
             shown = [
-                f"  {r.nodeid}: {_seconds(r.get('leak.too_slow'))} of CPU a run"
+                f"  {r.nodeid}: {_seconds(r.get('leak.too_slow'))} a run"
                 for r in too_slow[:TOO_SLOW_LISTED]
             ]
             if len(too_slow) > TOO_SLOW_LISTED:
@@ -962,7 +962,8 @@ class MemguardSession:
                         "one run took so long that the time budget holds neither the screen nor "
                         "the first stage of the full check, so no verdict was possible; to check "
                         "one, mark it @pytest.mark.mem_leak_check: a marked test gets its runs "
-                        "in full",
+                        "in full (a run's time: its CPU time, or a quarter of its wall time "
+                        "where the test waits longer)",
                         *shown,
                     ],
                 )

@@ -394,6 +394,39 @@ def test_a_test_too_slow_for_any_verdict_stops_after_one_run() -> None:
     assert 0.14 <= result.too_slow <= 1.0
 
 
+def test_a_test_that_waits_is_timed_by_its_wall_time() -> None:
+    """0.4 s asleep a run, next to no CPU: a quarter of its wall time (0.1 s) counts against
+    the budget, so it is too slow for a verdict like a test of 0.1 s of CPU, where its CPU time
+    alone would have bought it the whole escalation (256 runs, 100 s)."""
+    runs = [0]
+
+    def waits() -> None:
+        runs[0] += 1
+        time.sleep(0.4)
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(waits)
+    assert (result.calls, runs[0]) == (1, 1)
+    assert not result.leaked
+    assert result.too_slow is not None
+    assert 0.099 <= result.too_slow <= 0.5
+
+
+def test_a_clock_a_test_patched_does_not_time_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test may leave ``time.perf_counter`` patched (freezegun, a fast clock that runs a day
+    a read): the budget reads the clock as it was when the plugin was imported."""
+    days = iter(range(0, 10**9, 86_400))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(days)))
+    monkeypatch.setattr(time, "process_time", lambda: float(next(days)))
+
+    def quick() -> None:
+        pass
+
+    result = LeakRunner(get_engine(), LeakSettings()).run(quick)
+    assert result.too_slow is None
+    assert not result.leaked
+    assert 7 <= result.calls <= 64
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_time_floors_are_the_same_on_every_backend(backend: str) -> None:
     """The floors are sized in runs of a fast test under the hook; the fallback's runs are not

@@ -466,8 +466,8 @@ def test_tests_too_slow_for_a_verdict_are_run_once_more_and_listed(
         [
             "*memguard: tests too slow to check for leaks in their time budget*",
             "one run took so long that the time budget holds neither the screen nor*",
-            "  test_slow.py::test_slow[[]?]: 1?? ms of CPU a run",
-            "  test_slow.py::test_slow[[]?]: 1?? ms of CPU a run",
+            "  test_slow.py::test_slow[[]?]: 1?? ms a run",
+            "  test_slow.py::test_slow[[]?]: 1?? ms a run",
             "  and 1 more (leak.too_slow in the JSON report)",
         ]
     )
