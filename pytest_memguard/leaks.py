@@ -67,6 +67,10 @@ SCREEN = 20
 TIME_RUNS = 4.0
 SCREEN_FLOOR = 0.05
 SUSPECT_FLOOR = 0.5
+# How far past its budget a stage may run before it stops: a stage is afforded at the mean time
+# of a run so far, so a steady test ends it a little past the budget now and then, while a test
+# whose runs keep slowing down must not run on.
+OVERRUN = 2.0
 # The share of a check's wall time that counts against its budget where it is more than its CPU
 # time: a test that waits is timed, and a machine loaded four times over still gets a CPU-bound
 # test's whole budget.
@@ -74,7 +78,6 @@ WALL_SHARE = 0.25
 # The clocks as they are at import: a test may patch time's (freezegun, the soak's fast clock)
 # and leave them patched past its teardown.
 _cpu_clock, _wall_clock = time.process_time, time.perf_counter
-XX=1
 # A suspect that grew on (almost) every run of a stage may take this many times its budget:
 # the corpus's C-level leak, on 3.14 under -n 2, ran out of 0.5 s of CPU before its verdict.
 STRONG_SUSPECT = 4.0
@@ -847,14 +850,22 @@ class LeakRunner:
                     # figure needs no correction for reallocations: glibc sees both arrays.)
                     native[index] = _native_allocated() - heap.own_bytes()
 
-            def run_to(total: int) -> None:
+            def run_to(total: int, timed: bool = True) -> bool:
+                """Runs to ``total`` runs in all; False where the budget ran out first. A stage
+                is afforded at the mean time of a run so far, which a test whose runs slow down
+                as it repeats outgrows: each run of one of wrapt's tests stacks one more
+                wrapper on a module's class and takes twice as long as the one before, and a
+                stage of 256 runs went on for 15 minutes."""
                 nonlocal calls
                 while calls < total:
+                    if timed and budget is not None and clock() > OVERRUN * budget:
+                        return False
                     call()
                     calls = numbers[calls + 1]
                     cleanup()
                     collector.collect()
                     read(calls)
+                return True
 
             def window(first: int) -> dict[str, list[int]]:
                 return self._window(
@@ -912,7 +923,7 @@ class LeakRunner:
                             budget=budget,
                             too_slow=first,
                         )
-                run_to(warmup)
+                run_to(warmup, timed=False)
                 for index in range(len(known)):
                     known_lengths[index] = container_length(known[index].container)
                 quiet = 0  # calls in a row that moved no reading
@@ -986,10 +997,9 @@ class LeakRunner:
                     # still filling looks like: worth a longer look than a drift, once.
                     budget *= STRONG_SUSPECT
                     extended = True
-                if not affords(total - calls):
+                if not affords(total - calls) or not run_to(total):
                     out_of_time = True
                     break
-                run_to(total)
                 staged = True
                 judged_from = calls - settings.iterations
                 findings = judge(window(judged_from), settings.tolerance, window(warmup))

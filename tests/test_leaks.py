@@ -471,6 +471,28 @@ def test_a_slow_growing_test_out_of_time_is_inconclusive_not_failed() -> None:
     assert 3 <= result.calls <= 25  # 0.3 s of 0.02 s runs, and never the 280 of the schedule
 
 
+def test_a_test_whose_runs_slow_down_stops_within_its_budget() -> None:
+    """Runs of 0.1 ms through the screen, then of 0.1 s (a test whose runs slow down as it
+    repeats: one of wrapt's stacks one more wrapper on a module's class each run): the stage
+    after the screen is afforded at the mean time of the runs so far, and must still stop
+    once its budget is spent twice over, not run to its end at 32 runs."""
+    sink: list[object] = []
+    runs = [0]
+
+    def slows_down() -> None:
+        runs[0] += 1
+        busy(0.0001 if runs[0] <= SCREEN + 2 else 0.1)
+        sink.append(object())
+
+    settings = LeakSettings(screen_floor=0.2, suspect_floor=0.2)
+    result = LeakRunner(get_engine(), settings).run(slows_down)
+    assert result.budget == 0.2
+    assert not result.leaked
+    assert result.inconclusive
+    # 0.4 s is 2-4 runs of 0.1 s past the screen's 22.
+    assert SCREEN + 2 < result.calls <= SCREEN + 2 + 5 < 32
+
+
 def test_a_number_of_runs_the_user_chose_has_no_time_budget() -> None:
     sink: list[object] = []
 
