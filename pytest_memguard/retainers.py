@@ -68,8 +68,34 @@ class Chain:
             parts.append("[…]" if index == self.grows and link.startswith("[") else link)
         if self.grows == len(self.links):  # the target is the container that grows
             parts.append("[…]")
-        text = "".join(parts)
+        text = "".join(_repeats_counted(parts))
         return f"{text}  ({self.where})" if self.where else text
+
+
+# A link repeated this many times in a row is written once with its count: wrappers stacked on
+# wrappers (wrapt's, one more a run) or a linked list's ``.next`` ran to 24 links of the same text.
+REPEATS_COUNTED = 3
+
+
+def _repeats_counted(parts: Sequence[str]) -> list[str]:
+    """``parts`` with each run of REPEATS_COUNTED or more equal links written once with its
+    count: `` → Wrapper ×10``, ``(.next ×12)``."""
+    out: list[str] = []
+    start = 0
+    while start < len(parts):
+        end = start
+        while end < len(parts) and parts[end] == parts[start]:
+            end += 1
+        run = end - start
+        part = parts[start]
+        if run < REPEATS_COUNTED:
+            out.append(part * run)
+        elif part.startswith(" → "):
+            out.append(f"{part} ×{run}")
+        else:  # a link code would spell (``.next``, ``[0]``): bracketed, so it reads as one
+            out.append(f"({part} ×{run})")
+        start = end
+    return out
 
 
 @dataclass

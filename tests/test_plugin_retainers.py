@@ -105,6 +105,51 @@ def test_a_leak_that_nests_a_new_holder_each_run_names_its_type_and_root(
     )
 
 
+def test_wrappers_stacked_one_a_run_are_written_once_with_their_count(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """wrapt 2.5.2's monkey-patching tests wrap a module's function and never unwrap it, so
+    each run of the check stacks one more wrapper: the path through them is one repeated link,
+    written once with its count rather than once per wrapper."""
+    pytester.makepyfile(
+        test_wrap="""
+        import pytest
+
+
+        class Wrapper:
+            __slots__ = ("wrapped", "calls")
+
+            def __init__(self, wrapped):
+                self.wrapped = wrapped
+                self.calls = []
+
+            def __call__(self, value):
+                self.calls.append(value)
+                return self.wrapped(value)
+
+
+        def handler(value):
+            return value
+
+
+        @pytest.mark.mem_leak_check
+        def test_wraps_and_never_unwraps():
+            global handler
+            handler = Wrapper(handler)
+            assert handler(1) == 1
+        """,
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Why it is kept (shortest reference paths from a root):",
+            "  test_wrap.handler(.wrapped ×*",
+        ]
+    )
+    assert ".wrapped.wrapped.wrapped" not in result.stdout.str()
+
+
 @traces_instances
 def test_a_retained_budget_and_a_soak_say_who_holds_what_they_kept(
     pytester: pytest.Pytester, run: Runner

@@ -22,6 +22,7 @@ import pytest
 
 from pytest_memguard.census import TypeGrowth
 from pytest_memguard.retainers import (
+    Chain,
     Survivors,
     container_lengths,
     find_retainers,
@@ -369,3 +370,56 @@ def test_a_value_set_in_a_context_variable_is_reached_from_this_threads_context(
     assert chain.root == "contextvars.copy_context()[ContextVar('memguard_test_variable')]"
     assert chain.links == ()
     assert chain.target.endswith("Record")
+
+
+class Node:
+    def __init__(self, following: object) -> None:
+        self.next = following
+
+
+class Wrapper:
+    __slots__ = ("wrapped",)
+
+    def __init__(self, wrapped: object) -> None:
+        self.wrapped = wrapped
+
+
+def _stack_up() -> None:
+    """A linked list of 12 nodes and 10 wrappers stacked on wrappers, held by globals only (a
+    running frame's locals are roots too)."""
+    held = Record(1)
+    head: object = held
+    for _ in range(12):
+        head = Node(head)
+    stacked: object = ([Record(2)],)
+    for _ in range(10):
+        stacked = Wrapper(stacked)
+    globals().update(_HEAD=head, _PAIR=Node(Node(Record(3))), _STACKED=stacked)
+
+
+def _end(first: object, attr: str) -> object:
+    while hasattr(first, attr):
+        first = getattr(first, attr)
+    return first
+
+
+def test_a_link_repeated_in_a_row_is_written_once_with_its_count() -> None:
+    """A linked list's ``.next`` 12 times, and 10 wrappers stacked on wrappers (wrapt's, one
+    more a run): each run of three or more equal links is written once, with its count; two in
+    a row stay as they are."""
+    _stack_up()
+    try:
+        linked = find_retainers([_end(globals()["_HEAD"], "next")])
+        paired = find_retainers([_end(globals()["_PAIR"], "next")])
+        wrapped = find_retainers([_end(globals()["_STACKED"], "wrapped")])
+    finally:
+        del globals()["_HEAD"], globals()["_STACKED"], globals()["_PAIR"]
+    assert [c.path() for c in linked.chains] == [f"{HERE}._HEAD(.next ×12)"]
+    assert [c.path() for c in paired.chains] == [f"{HERE}._PAIR.next.next"]
+    assert [c.path() for c in wrapped.chains] == [f"{HERE}._STACKED(.wrapped ×10)"]
+    # Links code cannot spell (a C type's references) are arrows, counted the same way.
+    arrows = (" → _wrappers.FunctionWrapper",) * 10 + (" → function", " → closure cell 'called'")
+    chain = Chain("m.global_function_4", arrows, "list", grows=len(arrows))
+    assert chain.path() == (
+        "m.global_function_4 → _wrappers.FunctionWrapper ×10 → function → closure cell 'called'[…]"
+    )
