@@ -185,8 +185,28 @@ def _dunder_str(kind: type, name: str, default: str) -> str:
 def type_name(kind: type) -> str:
     """``module.QualName`` of a type (builtins without a prefix), for any type at all."""
     module = _dunder_str(kind, "__module__", "?")
-    qualname = _dunder_str(kind, "__qualname__", "") or _dunder_str(kind, "__name__", "?")
+    qualname = (
+        _dunder_str(kind, "__qualname__", "")
+        or _dunder_str(kind, "__name__", "")
+        or _own_qualname(kind)
+    )
     return qualname if module == "builtins" else f"{module}.{qualname}"
+
+
+def _own_qualname(kind: type) -> str:
+    """The name a class was made with, read through ``type``'s own descriptors where a lookup
+    on the class fails: its metatype raises, or the garbage collector cleared it and could not
+    free it. A class made its own type (``cls.__class__ = cls``, as h11's ``Sentinel`` does)
+    holds itself in a way the collector does not see: found in a cycle, it is cleared (its
+    dict and MRO emptied, so every lookup on it fails) and stays alive, five blocks a class."""
+    try:
+        qualname = type.__dict__["__qualname__"].__get__(kind, type)
+        cleared = type.__dict__["__mro__"].__get__(kind, type) is None
+    except Exception:
+        return "?"
+    if not isinstance(qualname, str) or not qualname:
+        return "?"
+    return f"{qualname} (cleared by the collector, not freed)" if cleared else qualname
 
 
 def _sizeof(obj: object) -> int:
