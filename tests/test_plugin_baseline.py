@@ -824,6 +824,47 @@ def test_a_regression_of_a_test_that_compiles_its_patterns_first_is_caught(
     grown.stdout.fnmatch_lines(["*allocations: baseline *, now *"])
 
 
+# A first use that neither imports, compiles nor reads: tables a library builds from data
+# already in memory the first time it is asked, and keeps (chardet's multi-byte models).
+BUILDS_ITS_TABLES = """
+import os
+
+GROW = int(os.environ.get("MEMGUARD_TEST_GROW", "0"))
+DATA = bytes(range(256)) * 8192  # 2 MiB, made at import
+TABLES = {}
+KEPT = []
+
+
+def tables():
+    if not TABLES:
+        TABLES["models"] = bytearray(DATA)
+    return TABLES["models"]
+
+
+def test_detects():
+    assert len(tables()) == len(DATA)
+    KEPT.append(bytearray(GROW))
+"""
+
+
+@needs_hook  # retained bytes
+def test_a_test_that_keeps_a_cache_it_filled_is_recorded_warm(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """A call that kept 1 MiB or more is called again warm at the update: recorded with the
+    2 MiB of tables its first call built, a test that keeps 64 KiB more a call read +3% and
+    passed; recorded warm, it fails."""
+    pytester.makepyfile(test_tables=BUILDS_ITS_TABLES)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    recorded = entries(pytester, "test_tables.json")["test_detects"]
+    assert 0 <= recorded["retained"] < 16 * 1024
+    assert "first_use" not in recorded
+    run().assert_outcomes(passed=1)
+    grown = run(env={"MEMGUARD_TEST_GROW": str(64 * 1024)})
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*retained: baseline *, now 6?.? KiB*"])
+
+
 # A first use that neither imports nor compiles: data a library reads from a file once and
 # keeps (arrow's first pytz zone, parso's grammars). The file is older than the run.
 READS_ITS_DATA = """
