@@ -187,7 +187,7 @@ def test_a_leak_of_classes_the_collector_cleared_names_them(
     pytester: pytest.Pytester, run: Runner
 ) -> None:
     """h11 0.16's ``test_make_sentinel`` makes two classes a run that are their own type: the
-    collector clears them and cannot free them (five blocks a class, on 3.11-3.13 without the
+    collector clears them and cannot free them (five blocks a class, on 3.11-3.15 without the
     plugin too). The leak check fails it and names the classes, where it wrote ``?.?``."""
     pytester.makepyfile(
         test_sentinel="""
