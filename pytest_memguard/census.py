@@ -193,6 +193,17 @@ def type_name(kind: type) -> str:
     return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
+def mro(kind: type) -> tuple[type, ...]:
+    """``kind.__mro__``, for any type at all: read through ``type``'s own descriptor (a
+    metatype may raise on names), and the type alone where the collector cleared it (see
+    ``_own_qualname``), whose MRO is gone and whose ``__mro__`` lookup raises."""
+    try:
+        found = type.__dict__["__mro__"].__get__(kind, type)
+    except Exception:
+        found = None
+    return found if isinstance(found, tuple) else (kind,)
+
+
 def _own_qualname(kind: type) -> str:
     """The name a class was made with, read through ``type``'s own descriptors where a lookup
     on the class fails: its metatype raises, or the garbage collector cleared it and could not

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .census import PACKAGE_DIR, TypeGrowth, live_objects, type_name
+from .census import PACKAGE_DIR, TypeGrowth, live_objects, mro, type_name
 
 MAX_DEPTH = 24
 # Objects per level: get_referrers compares each reference in the heap with each of them.
@@ -501,8 +501,11 @@ def _link(path: list[object], index: int, from_local: bool = False) -> str:
 
 def _slot_names(kind: type) -> list[str]:
     names: list[str] = []
-    for klass in kind.__mro__:
-        slots = vars(klass).get("__slots__", ())
+    for klass in mro(kind):
+        try:
+            slots = vars(klass).get("__slots__", ())
+        except Exception:  # a class the collector cleared has no dict to read
+            continue
         names.extend([slots] if isinstance(slots, str) else list(slots))
     return names
 
@@ -706,7 +709,7 @@ class Survivors:
         known = self._matches.get(kind)
         if known is None:
             known = issubclass(kind, self._types) or any(
-                type_name(klass) in self._names for klass in kind.__mro__
+                type_name(klass) in self._names for klass in mro(kind)
             )
             self._matches[kind] = known
         return known
