@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from pytest_memguard import baseline as b
+from pytest_memguard.measurement import Measurement
+from pytest_memguard.session import _filled_a_cache
 
 from .conftest import HAS_XDIST, HOOK, Runner, needs_hook
 from .test_plugin_budget import outcomes
@@ -863,6 +865,43 @@ def test_a_test_that_keeps_a_cache_it_filled_is_recorded_warm(
     grown = run(env={"MEMGUARD_TEST_GROW": str(64 * 1024)})
     grown.assert_outcomes(failed=1)
     grown.stdout.fnmatch_lines(["*retained: baseline *, now 6?.? KiB*"])
+
+
+# Work that keeps a part of what it held, the same every call (attrs' property tests).
+KEEPS_PART_OF_ITS_WORK = """
+KEPT = []
+
+
+def test_works():
+    with open("calls.txt", "a") as calls:
+        calls.write("call\\n")
+    work = [bytearray(1024) for _ in range(4096)]  # 4 MiB held at once
+    KEPT.append(work[:1536])  # 1.5 MiB of it kept
+"""
+
+
+@needs_hook  # retained bytes
+def test_a_test_that_keeps_part_of_its_work_is_not_called_again(
+    pytester: pytest.Pytester, run: Runner
+) -> None:
+    """1.5 MiB kept of a 4 MiB peak is what the call does, not a cache it filled once: the
+    update calls it once (attrs' four such hypothesis tests, called again, cost 15% more)."""
+    pytester.makepyfile(test_work=KEEPS_PART_OF_ITS_WORK)
+    run("--mem-baseline=update").assert_outcomes(passed=1)
+    assert (pytester.path / "calls.txt").read_text().split() == ["call"]
+    recorded = entries(pytester, "test_work.json")["test_works"]
+    assert 1536 * 1024 <= recorded["retained"] < 2 * 1024 * 1024
+
+
+def test_a_cache_filled_is_told_from_work_that_keeps_a_part_of_it() -> None:
+    def reading(retained: int, heap_peak: int) -> Measurement:
+        return Measurement(retained=retained, heap_peak=heap_peak)
+
+    mib = 1 << 20
+    assert _filled_a_cache(reading(22 * mib, 23 * mib))  # chardet's tables
+    assert _filled_a_cache(reading(mib, mib))
+    assert not _filled_a_cache(reading(mib - 1, mib - 1))  # too little to call again
+    assert not _filled_a_cache(reading(3 * mib, 6 * mib))  # attrs' property tests
 
 
 # A first use that neither imports nor compiles: data a library reads from a file once and
