@@ -66,19 +66,23 @@ def test_type_name_of_ordinary_and_hostile_types() -> None:
 # A class made its own type (h11 0.16's ``Sentinel``), which the collector clears and cannot
 # free. Run in a child: once cleared, such a class stays in the process, and pytest's own
 # report of a failure whose arguments hold one raises while formatting it.
-CLEARED = """
-import gc
-
-from pytest_memguard.census import census_types, mro, type_name
-from pytest_memguard.retainers import Survivors
-
-
+SENTINEL = """
 class Sentinel(type):
     def __new__(cls, name, bases, namespace):
         made = super().__new__(cls, name, bases, namespace)
         made.__class__ = made
         return made
+"""
 
+CLEARED = (
+    """
+import gc
+
+from pytest_memguard.census import census_types, mro, type_name
+from pytest_memguard.retainers import Survivors
+"""
+    + SENTINEL
+    + """
 
 def make():
     class S(Sentinel, metaclass=Sentinel):
@@ -101,6 +105,7 @@ watch.finish()
 print("survivors", [type_name(type(o)) for o in watch.objects])
 print("census", [n for n, (c, b) in census_types().items() if "cleared" in n and c == 1])
 """
+)
 
 
 def test_a_class_the_collector_cleared_but_could_not_free_is_named_and_survived(
@@ -225,24 +230,17 @@ def test_a_leak_of_classes_the_collector_cleared_names_them(
     collector clears them and cannot free them (five blocks a class, on 3.11-3.15 without the
     plugin too). The leak check fails it and names the classes, where it wrote ``?.?``."""
     pytester.makepyfile(
-        test_sentinel="""
-        import pytest
+        test_sentinel="import pytest\n"
+        + SENTINEL
+        + """
 
+@pytest.mark.mem_leak_check
+def test_make_sentinel():
+    class S(Sentinel, metaclass=Sentinel):
+        pass
 
-        class Sentinel(type):
-            def __new__(cls, name, bases, namespace):
-                made = super().__new__(cls, name, bases, namespace)
-                made.__class__ = made
-                return made
-
-
-        @pytest.mark.mem_leak_check
-        def test_make_sentinel():
-            class S(Sentinel, metaclass=Sentinel):
-                pass
-
-            assert type(S) is S
-        """
+    assert type(S) is S
+"""
     )
     result = run()
     result.assert_outcomes(failed=1)
