@@ -194,14 +194,19 @@ def type_name(kind: type) -> str:
 
 
 def mro(kind: type) -> tuple[type, ...]:
-    """``kind.__mro__``, for any type at all: read through ``type``'s own descriptor (a
-    metatype may raise on names), and the type alone where the collector cleared it (see
-    ``_own_qualname``), whose MRO is gone and whose ``__mro__`` lookup raises."""
+    """``kind.__mro__``, for any type at all: the type alone where the collector cleared it
+    (see ``_own_qualname``), whose MRO is gone and whose ``__mro__`` lookup raises."""
+    return _own_mro(kind) or (kind,)
+
+
+def _own_mro(kind: type) -> tuple[type, ...] | None:
+    """The MRO read through ``type``'s own descriptor (a metatype may raise on names); None
+    where the collector cleared the class."""
     try:
         found = type.__dict__["__mro__"].__get__(kind, type)
     except Exception:
-        found = None
-    return found if isinstance(found, tuple) else (kind,)
+        return None
+    return found if isinstance(found, tuple) else None
 
 
 def _own_qualname(kind: type) -> str:
@@ -212,12 +217,11 @@ def _own_qualname(kind: type) -> str:
     dict and MRO emptied, so every lookup on it fails) and stays alive, five blocks a class."""
     try:
         qualname = type.__dict__["__qualname__"].__get__(kind, type)
-        cleared = type.__dict__["__mro__"].__get__(kind, type) is None
     except Exception:
         return "?"
     if not isinstance(qualname, str) or not qualname:
         return "?"
-    return f"{qualname} (cleared by the collector, not freed)" if cleared else qualname
+    return qualname if _own_mro(kind) else f"{qualname} (cleared by the collector, not freed)"
 
 
 def _sizeof(obj: object) -> int:

@@ -22,6 +22,7 @@ import contextvars
 import dataclasses
 import functools
 import gc
+import itertools
 import operator
 import sys
 import threading
@@ -81,20 +82,14 @@ def _repeats_counted(parts: Sequence[str]) -> list[str]:
     """``parts`` with each run of REPEATS_COUNTED or more equal links written once with its
     count: `` → Wrapper ×10``, ``(.next ×12)``."""
     out: list[str] = []
-    start = 0
-    while start < len(parts):
-        end = start
-        while end < len(parts) and parts[end] == parts[start]:
-            end += 1
-        run = end - start
-        part = parts[start]
+    for part, same in itertools.groupby(parts):
+        run = len(list(same))
         if run < REPEATS_COUNTED:
             out.append(part * run)
         elif part.startswith(" → "):
             out.append(f"{part} ×{run}")
         else:  # a link code would spell (``.next``, ``[0]``): bracketed, so it reads as one
             out.append(f"({part} ×{run})")
-        start = end
     return out
 
 
